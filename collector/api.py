@@ -1,0 +1,308 @@
+"""HTTP API: ingest, queue status, health; the JSON error shape for everything."""
+
+from __future__ import annotations
+
+import hmac
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import orjson
+import structlog
+from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from collector.errors import QueueClosedError, QueueFullError, StorageError, StorageFullError
+from collector.keys import QUEUE, SETTINGS, STATE, WORKER
+
+log = structlog.get_logger(__name__)
+
+routes = web.RouteTableDef()
+
+_JSON_TYPES: Final = frozenset({"application/json", "text/json"})
+_NDJSON_TYPES: Final = frozenset(
+    {"application/x-ndjson", "application/ndjson", "application/jsonl",
+     "application/x-jsonlines", "application/jsonlines"}
+)
+_ENCODINGS: Final = frozenset({"", "identity", "gzip", "x-gzip", "deflate"})
+_MAX_SEQUENCE: Final = 2**63 - 1
+_MAX_HEADER_TEXT: Final = 256
+_RETRY_FULL: Final = "1"
+_RETRY_STOPPING: Final = "5"
+
+
+class ApiError(Exception):
+    """An error answer in the contract's shape: {"error": CODE, "detail": TEXT}."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        close: bool = False,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = headers or {}
+        self.close = close
+
+
+def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None
+                  ) -> web.Response:
+    """A JSON response rendered with orjson."""
+    return web.Response(body=orjson.dumps(data), status=status, headers=headers,
+                        content_type="application/json")
+
+
+def error_response(err: ApiError) -> web.Response:
+    """Render an ApiError; `close` ends the keep-alive connection (body left unread)."""
+    resp = json_response({"error": err.code, "detail": err.detail}, status=err.status,
+                         headers=err.headers)
+    if err.close:
+        resp.force_close()
+    return resp
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bind request_id, check the token on /v1/, and turn every failure into JSON."""
+    state = request.app[STATE]
+    request_id = state.next_request_id()
+    with structlog.contextvars.bound_contextvars(request_id=request_id):
+        try:
+            if state.token is not None and request.path.startswith("/v1/"):
+                _check_token(request, state.token)
+            return await handler(request)
+        except ApiError as err:
+            state.rejected[err.code] += 1
+            log.info("request_rejected", method=request.method, path=request.path,
+                     status=err.status, error=err.code, detail=err.detail)
+            return error_response(err)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            code = exc.reason.lower().replace(" ", "_")
+            return error_response(ApiError(exc.status, code, exc.text or exc.reason,
+                                           headers=_allow_header(exc)))
+        except Exception:
+            log.exception("request_failed", method=request.method, path=request.path)
+            return error_response(ApiError(500, "internal_error",
+                                           f"unexpected server error (request {request_id})"))
+
+
+def _allow_header(exc: web.HTTPException) -> dict[str, str]:
+    allow = exc.headers.get(hdrs.ALLOW)
+    return {hdrs.ALLOW: allow} if allow else {}
+
+
+def _check_token(request: web.Request, token: str) -> None:
+    header = request.headers.get(hdrs.AUTHORIZATION, "")
+    scheme, _, given = header.partition(" ")
+    # compare_digest takes the same time whatever the guess (for a given length).
+    ok = hmac.compare_digest(given.strip().encode(), token.encode())
+    if scheme.lower() != "bearer" or not ok:
+        raise ApiError(401, "unauthorized", "missing or wrong bearer token",
+                       headers={hdrs.WWW_AUTHENTICATE: 'Bearer realm="collector"'}, close=True)
+
+
+def _depth_ok(value: Any, limit: int) -> bool:
+    """True when `value` nests no deeper than `limit` containers."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, dict | list))
+        else:
+            stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
+    return True
+
+
+def _parse_events(body: bytes, ndjson: bool, max_depth: int) -> tuple[list[Any], list[bytes]]:
+    """Events (JSON objects, in order) and the bytes to store for each."""
+    if ndjson:
+        events: list[Any] = []
+        blobs: list[bytes] = []
+        for number, line in enumerate(body.split(b"\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                event = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise ApiError(400, "invalid_json", f"line {number}: {exc}") from None
+            _check_event(event, max_depth, where=f"line {number}")
+            events.append(event)
+            blobs.append(line)
+        if not events:
+            raise ApiError(400, "invalid_event", "the body holds no event")
+        return events, blobs
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", str(exc)) from None
+    if isinstance(value, list):
+        if not value:
+            raise ApiError(400, "invalid_event", "the array holds no event")
+        for index, event in enumerate(value):
+            _check_event(event, max_depth, where=f"event {index}")
+        return value, [orjson.dumps(event) for event in value]
+    _check_event(value, max_depth, where="the body")
+    return [value], [body]
+
+
+def _check_event(event: Any, max_depth: int, *, where: str) -> None:
+    if not isinstance(event, dict):
+        kind = type(event).__name__ if event is not None else "null"
+        raise ApiError(400, "invalid_event", f"{where}: an event must be a JSON object, not {kind}")
+    if not _depth_ok(event, max_depth):
+        raise ApiError(400, "invalid_event", f"{where}: nested deeper than {max_depth} levels")
+
+
+def _text_header(request: web.Request, name: str) -> str | None:
+    value = request.headers.get(name)
+    if value is None:
+        return None
+    value = value.strip()
+    if not value or len(value) > _MAX_HEADER_TEXT or not value.isprintable():
+        raise ApiError(400, "invalid_header",
+                       f"{name}: 1 to {_MAX_HEADER_TEXT} printable characters expected")
+    return value
+
+
+def _sequence_header(request: web.Request, count: int) -> int | None:
+    raw = request.headers.get("X-Sequence")
+    if raw is None:
+        return None
+    text = raw.strip()
+    if not text.isdigit() or not text.isascii():
+        raise ApiError(400, "invalid_header", "X-Sequence: a non-negative integer expected")
+    number = int(text)
+    if number + count - 1 > _MAX_SEQUENCE:
+        raise ApiError(400, "invalid_header", f"X-Sequence: the batch must end <= {_MAX_SEQUENCE}")
+    return number
+
+
+def _body_kind(request: web.Request) -> bool:
+    """True for NDJSON, False for JSON; anything else is a 415."""
+    if hdrs.CONTENT_TYPE not in request.headers:
+        return False  # no Content-Type: take it as JSON
+    ctype = request.content_type
+    if ctype in _JSON_TYPES or ctype.endswith("+json"):
+        return False
+    if ctype in _NDJSON_TYPES:
+        return True
+    raise ApiError(415, "unsupported_media_type",
+                   f"Content-Type {ctype} is not application/json or application/x-ndjson",
+                   close=True)
+
+
+@routes.post("/v1/events")
+async def post_events(request: web.Request) -> web.Response:
+    """Store the body's events durably, in order, then answer 202 with their seqs."""
+    app = request.app
+    settings = app[SETTINGS].server
+    received_at = time.time()
+    if app[STATE].stopping:
+        raise ApiError(503, "shutting_down", "the server is shutting down",
+                       headers={hdrs.RETRY_AFTER: _RETRY_STOPPING}, close=True)
+    ndjson = _body_kind(request)
+    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower()
+    if encoding not in _ENCODINGS:
+        raise ApiError(415, "unsupported_media_type",
+                       f"Content-Encoding {encoding} is not supported (use gzip or deflate)",
+                       close=True)
+    length = request.content_length
+    if length is not None and length > settings.max_body_bytes:
+        raise ApiError(413, "too_large", f"body over {settings.max_body_bytes} bytes", close=True)
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, "too_large",
+                       f"body over {settings.max_body_bytes} bytes (after decompression)",
+                       close=True) from None
+    except (HttpProcessingError, zlib.error, ValueError, EOFError) as exc:
+        raise ApiError(400, "invalid_json", f"the body could not be read: {exc}",
+                       close=True) from None
+    source = _text_header(request, "X-Source")
+    key = _text_header(request, "Idempotency-Key")
+    events, blobs = _parse_events(body, ndjson, settings.max_depth)
+    sequence = _sequence_header(request, len(events))
+    queue = app[QUEUE]
+    try:
+        accepted = await queue.put(events, blobs=blobs, source=source, sequence=sequence,
+                                   key=key, received_at=received_at)
+    except QueueFullError as exc:
+        raise ApiError(503, "queue_full", str(exc),
+                       headers={hdrs.RETRY_AFTER: _RETRY_FULL}) from None
+    except QueueClosedError:
+        raise ApiError(503, "shutting_down", "the server is shutting down",
+                       headers={hdrs.RETRY_AFTER: _RETRY_STOPPING}) from None
+    except StorageFullError as exc:
+        log.error("storage_full", error=str(exc))
+        raise ApiError(507, "insufficient_storage", "the disk is full; nothing was stored",
+                       headers={hdrs.RETRY_AFTER: "30"}) from None
+    except StorageError as exc:
+        log.error("storage_failed", error=str(exc))
+        raise ApiError(503, "storage_unavailable", "storage failed; nothing was stored",
+                       headers={hdrs.RETRY_AFTER: "5"}) from None
+    headers = {"Idempotent-Replayed": "true"} if accepted.replayed else None
+    if not accepted.replayed:
+        app[STATE].accepted_events += accepted.accepted
+    return json_response(
+        {"accepted": accepted.accepted, "first_seq": accepted.first_seq,
+         "last_seq": accepted.last_seq},
+        status=202, headers=headers,
+    )
+
+
+@routes.get("/v1/queue")
+async def get_queue(request: web.Request) -> web.Response:
+    """Queue depth and counters."""
+    stats = await request.app[QUEUE].stats()
+    age = stats.oldest_pending_age_s
+    return json_response({
+        "pending": stats.pending,
+        "in_flight": stats.in_flight,
+        "dead": stats.dead,
+        "processed_total": stats.processed_total,
+        "last_seq": stats.last_seq,
+        "oldest_pending_age_s": None if age is None else round(age, 3),
+    })
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    """200 while the process serves."""
+    return json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    """200 only when the queue is open, recovery is done and the worker runs."""
+    reason = not_ready_reason(request.app)
+    if reason is not None:
+        return json_response({"error": "not_ready", "detail": reason}, status=503)
+    return json_response({"status": "ready"})
+
+
+def not_ready_reason(app: web.Application) -> str | None:
+    """Why the service is not ready, or None when it is."""
+    state = app[STATE]
+    if state.stopping:
+        return "shutting down"
+    if state.ready_reason:
+        return state.ready_reason
+    if not app[QUEUE].is_open:
+        return "queue is closed"
+    if not app[WORKER].running:
+        return "worker is not running"
+    return None

@@ -1,0 +1,100 @@
+"""The application factory: settings in, a wired aiohttp application out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from collector import api
+from collector.config import Settings
+from collector.datadir import locked_data_dir
+from collector.handlers import HandlerFactory, resolve
+from collector.jobs import Handler
+from collector.keys import QUEUE, SETTINGS, STATE, WORKER
+from collector.queue import DurableQueue
+from collector.state import ServiceState
+from collector.worker import Worker
+
+log = structlog.get_logger(__name__)
+
+_PURGE_EVERY_S = 3600.0
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Build the application; resources are opened and closed by its cleanup contexts."""
+    factories = [(spec, resolve(spec)) for spec in settings.worker.handlers]
+    app = web.Application(
+        client_max_size=settings.server.max_body_bytes,
+        middlewares=[api.request_middleware],
+    )
+    app[SETTINGS] = settings
+    app[STATE] = ServiceState(token=settings.token_value())
+    app.add_routes(api.routes)
+
+    async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
+        q = settings.queue
+        with locked_data_dir(settings.server.data_dir) as data_dir:
+            queue = DurableQueue(
+                data_dir, durability=q.durability, max_pending=q.max_pending,
+                ack_interval_ms=q.ack_interval_ms, idempotency_ttl_hours=q.idempotency_ttl_hours,
+            )
+            await queue.open()
+            app[QUEUE] = queue
+            try:
+                yield
+            finally:
+                await queue.close()
+
+    async def worker_ctx(app: web.Application) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            handlers = [
+                (spec, await stack.enter_async_context(factory(settings)))
+                for spec, factory in factories
+            ]
+            w = settings.worker
+            worker = Worker(
+                app[QUEUE], handlers, max_attempts=w.max_attempts, backoff_base=w.backoff_base,
+                backoff_cap=w.backoff_cap, handler_timeout=w.handler_timeout,
+            )
+            app[WORKER] = worker
+            worker.start()
+            app[STATE].ready_reason = ""
+            try:
+                yield
+            finally:
+                app[STATE].stopping = True
+                await worker.stop(settings.server.shutdown_timeout)
+
+    async def maintenance_ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(_maintain(app), name="collector-maintenance")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def on_shutdown(app: web.Application) -> None:
+        app[STATE].stopping = True
+
+    app.cleanup_ctx.extend([queue_ctx, worker_ctx, maintenance_ctx])
+    app.on_shutdown.append(on_shutdown)
+    return app
+
+
+async def _maintain(app: web.Application) -> None:
+    """Hourly upkeep: forget expired Idempotency-Keys."""
+    while True:
+        try:
+            purged = await app[QUEUE].purge_idempotency_keys()
+        except Exception:
+            log.exception("maintenance_failed")
+        else:
+            if purged:
+                log.info("idempotency_keys_purged", count=purged)
+        await asyncio.sleep(_PURGE_EVERY_S)
+
+
+__all__ = ["Handler", "HandlerFactory", "create_app"]

@@ -1,0 +1,260 @@
+"""Settings: embedded defaults < TOML file < COLLECTOR_<SECTION>_<KEY> environment < flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+from collector.errors import ConfigError
+
+ENV_PREFIX = "COLLECTOR_"
+#: Environment variables with the prefix that are not settings.
+ENV_NOT_SETTINGS = frozenset({"COLLECTOR_CONFIG"})
+
+
+def default_data_dir() -> Path:
+    """`$STATE_DIRECTORY` when systemd sets it, else ./collector-data."""
+    state = os.environ.get("STATE_DIRECTORY")
+    if state:
+        # systemd may list several directories separated by colons; the first is ours.
+        return Path(state.split(":")[0])
+    return Path("collector-data")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """[server]: the HTTP side."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    data_dir: Path = field(default_factory=default_data_dir)
+    #: Largest request body, after gzip decompression, in bytes.
+    max_body_bytes: int = 1_048_576
+    #: Deepest nesting of arrays/objects accepted inside one event.
+    max_depth: int = 32
+    #: Bearer token; prefer token_file (or systemd's LoadCredential=token).
+    token: str | None = field(default=None, repr=False)
+    token_file: Path | None = None
+    #: Seconds to let in-flight requests and the current job finish on SIGTERM.
+    shutdown_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    """[queue]: the durable FIFO."""
+
+    #: "full": fsync every commit (survives power loss). "normal": survives a crash of
+    #: the process (kill -9), but the last commits may be lost on power loss.
+    durability: Literal["full", "normal"] = "full"
+    #: Pending jobs above which POSTs get 503 queue_full.
+    max_pending: int = 1_000_000
+    #: Acknowledgements are committed in groups at most this often (0 = one by one).
+    ack_interval_ms: int = 50
+    #: How long an Idempotency-Key is remembered.
+    idempotency_ttl_hours: float = 48.0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """[worker]: the single consumer."""
+
+    handlers: tuple[str, ...] = ("log",)
+    max_attempts: int = 5
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    #: A handler call that takes longer fails (and is retried).
+    handler_timeout: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    """[log]: structlog output."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting of the daemon."""
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    queue: QueueSettings = field(default_factory=QueueSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+
+    def token_value(self) -> str | None:
+        """The bearer token from `token`, `token_file` or systemd's credential, if any."""
+        if self.server.token:
+            return self.server.token
+        path = self.server.token_file
+        if path is None:
+            creds = os.environ.get("CREDENTIALS_DIRECTORY")
+            if creds and (Path(creds) / "token").is_file():
+                path = Path(creds) / "token"
+        if path is None:
+            return None
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"server.token_file: cannot read {path}: {exc.strerror}") from exc
+        if not token:
+            raise ConfigError(f"server.token_file: {path} is empty")
+        return token
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "server": ServerSettings,
+    "queue": QueueSettings,
+    "worker": WorkerSettings,
+    "log": LogSettings,
+}
+
+
+def _convert(name: str, hint: Any, value: Any, *, from_text: bool) -> Any:
+    """Check/convert one value against the field's type hint."""
+    origin = get_origin(hint)
+    args = get_args(hint)
+    if hint is bool:
+        if from_text:
+            lowered = str(value).strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+        elif isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    if hint is int:
+        if from_text:
+            try:
+                return int(str(value).strip())
+            except ValueError:
+                pass
+        elif isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected an integer, got {value!r}")
+    if hint is float:
+        if from_text:
+            try:
+                return float(str(value).strip())
+            except ValueError:
+                pass
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{name}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{name}: expected a string, got {value!r}")
+    if hint is Path:
+        if isinstance(value, str) and value:
+            return Path(value).expanduser()
+        raise ConfigError(f"{name}: expected a path, got {value!r}")
+    if origin is Literal:
+        if value in args:
+            return value
+        choices = ", ".join(repr(a) for a in args)
+        raise ConfigError(f"{name}: expected one of {choices}, got {value!r}")
+    if origin is tuple:
+        if from_text:
+            value = [part.strip() for part in str(value).split(",") if part.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"{name}: expected a list of strings, got {value!r}")
+    if type(None) in args:  # Optional[X]
+        (inner,) = (a for a in args if a is not type(None))
+        if value is None or (from_text and value == ""):
+            return None
+        return _convert(name, inner, value, from_text=from_text)
+    raise ConfigError(f"{name}: unsupported setting type {hint!r}")  # pragma: no cover
+
+
+def _check_ranges(settings: Settings) -> None:
+    s, q, w = settings.server, settings.queue, settings.worker
+    checks: list[tuple[bool, str]] = [
+        (0 <= s.port <= 65535, f"server.port: {s.port} is not a port number"),
+        (s.max_body_bytes >= 1024, "server.max_body_bytes: must be at least 1024"),
+        (1 <= s.max_depth <= 512, "server.max_depth: must be between 1 and 512"),
+        (s.shutdown_timeout >= 0, "server.shutdown_timeout: must not be negative"),
+        (q.max_pending >= 1, "queue.max_pending: must be at least 1"),
+        (q.ack_interval_ms >= 0, "queue.ack_interval_ms: must not be negative"),
+        (q.idempotency_ttl_hours >= 24, "queue.idempotency_ttl_hours: must be at least 24"),
+        (w.max_attempts >= 1, "worker.max_attempts: must be at least 1"),
+        (w.backoff_base > 0, "worker.backoff_base: must be positive"),
+        (w.backoff_cap >= w.backoff_base, "worker.backoff_cap: must be >= worker.backoff_base"),
+        (w.handler_timeout > 0, "worker.handler_timeout: must be positive"),
+        (len(w.handlers) >= 1, "worker.handlers: name at least one handler"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def load_settings(
+    config_file: Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings; `overrides` maps "section.key" to already-typed flag values."""
+    env = os.environ if environ is None else environ
+    if config_file is None and env.get("COLLECTOR_CONFIG"):
+        config_file = Path(env["COLLECTOR_CONFIG"])
+    raw: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+
+    if config_file is not None:
+        try:
+            with config_file.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {config_file}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file}: invalid TOML: {exc}") from None
+        for section, values in data.items():
+            if section not in _SECTIONS:
+                raise ConfigError(f"config file {config_file}: unknown section [{section}]")
+            if not isinstance(values, dict):
+                raise ConfigError(f"config file {config_file}: {section} must be a [section]")
+            hints = get_type_hints(_SECTIONS[section])
+            for key, value in values.items():
+                if key not in hints:
+                    raise ConfigError(f"config file {config_file}: unknown key {section}.{key}")
+                raw[section][key] = _convert(f"{section}.{key}", hints[key], value, from_text=False)
+
+    for var, value in env.items():
+        if not var.startswith(ENV_PREFIX) or var in ENV_NOT_SETTINGS:
+            continue
+        rest = var[len(ENV_PREFIX) :].lower()
+        section, _, key = rest.partition("_")
+        hints = get_type_hints(_SECTIONS[section]) if section in _SECTIONS else {}
+        if key not in hints:
+            raise ConfigError(f"environment variable {var}: unknown setting")
+        raw[section][key] = _convert(var, hints[key], value, from_text=True)
+
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        raw[section][key] = value
+
+    settings = Settings(**{name: cls(**raw[name]) for name, cls in _SECTIONS.items()})
+    _check_ranges(settings)
+    return settings
+
+
+def describe(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The settings as plain data for logs, with secrets masked."""
+    out: dict[str, dict[str, Any]] = {}
+    for f in dataclasses.fields(settings):
+        section = getattr(settings, f.name)
+        values = {k.name: getattr(section, k.name) for k in dataclasses.fields(section)}
+        if "token" in values:
+            values["token"] = "***" if values["token"] else None
+        out[f.name] = {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
+    return out

@@ -1,0 +1,31 @@
+"""Exceptions that cross module boundaries."""
+
+from __future__ import annotations
+
+
+class PermanentError(Exception):
+    """Raised by a handler: this job can never succeed, dead-letter it at once."""
+
+
+class ConfigError(Exception):
+    """A setting, flag or file is wrong; the message is one line for the user."""
+
+
+class StartupError(Exception):
+    """The daemon cannot start (data dir, lock, port); the message is one line."""
+
+
+class QueueClosedError(Exception):
+    """The queue no longer accepts work because the daemon is shutting down."""
+
+
+class QueueFullError(Exception):
+    """Accepting the request would exceed `queue.max_pending`."""
+
+
+class StorageFullError(Exception):
+    """The disk (or SQLite's page limit) is full; nothing of the request was stored."""
+
+
+class StorageError(Exception):
+    """Another storage failure; nothing of the request was stored."""

@@ -1,0 +1,15 @@
+"""Typed keys for everything stored on the aiohttp application."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from collector.config import Settings
+from collector.queue import DurableQueue
+from collector.state import ServiceState
+from collector.worker import Worker
+
+SETTINGS = web.AppKey("settings", Settings)
+STATE = web.AppKey("state", ServiceState)
+QUEUE = web.AppKey("queue", DurableQueue)
+WORKER = web.AppKey("worker", Worker)

@@ -1,0 +1,703 @@
+"""The durable FIFO: the only module that touches persist-queue and the queue's SQLite file.
+
+Design (see README "How it works"):
+
+* Storage is persist-queue's ``SQLiteBase`` with our own SQL: one row per job, keyed by
+  an AUTOINCREMENT ``_id`` that is the job's ``seq``. Rows are deleted when acknowledged,
+  so taking the next job is one index seek whether 0 or 10**6 jobs were processed before.
+* Every SQLite call runs in one executor thread owned by this module.
+* Concurrent ``put`` calls are group-committed: while one transaction is being written,
+  new requests gather, and the next transaction carries them all. Each request sits in
+  its own SAVEPOINT (all or none) and is answered only after the COMMIT returned; with
+  ``durability = "full"`` that COMMIT is fsynced (``synchronous=FULL``).
+* Acknowledgements are batched: they ride along in the next commit, or are flushed
+  after ``ack_interval_ms``. A lost acknowledgement only replays a job (at least once).
+* Jobs just committed are handed to the worker from memory, so it does not read back
+  what was just written; only a backlog beyond the in-memory window is read from disk,
+  in pages, in ``seq`` order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Final, Literal
+
+import orjson
+import structlog
+from persistqueue.sqlbase import SQLiteBase
+
+from collector.errors import QueueClosedError, QueueFullError, StorageError, StorageFullError
+from collector.jobs import Job
+
+log = structlog.get_logger(__name__)
+
+QUEUE_FILE: Final = "queue.db"
+_MEMORY_WINDOW: Final = 4096  # jobs handed to the worker from memory at most
+_PAGE: Final = 512  # jobs read from disk per executor call
+_SQLITE_FULL: Final = 13
+_RETRY_AFTER_FAILURE_S: Final = 1.0  # acknowledgements wait this long after a failed commit
+
+
+class _JsonSerializer:
+    """persist-queue serializer backed by orjson: client data is never unpickled."""
+
+    @staticmethod
+    def dumps(value: Any) -> bytes:
+        return orjson.dumps(value)
+
+    @staticmethod
+    def loads(raw: bytes) -> Any:
+        return orjson.loads(raw)
+
+    @staticmethod
+    def dump(value: Any, fp: BinaryIO) -> None:
+        fp.write(orjson.dumps(value) + b"\n")
+
+    @staticmethod
+    def load(fp: BinaryIO) -> Any:
+        return orjson.loads(fp.readline())
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """What a committed request gets back; replayed for a repeated Idempotency-Key."""
+
+    accepted: int
+    first_seq: int
+    last_seq: int
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeadJob:
+    """A job in the dead-letter store."""
+
+    seq: int
+    payload: Any
+    received_at: float
+    source: str | None
+    sequence: int | None
+    attempts: int
+    error: str
+    failed_at: float
+
+
+@dataclass(slots=True)
+class _Put:
+    """One request's events on their way to disk."""
+
+    blobs: list[bytes]
+    payloads: Sequence[Any]
+    received_at: float
+    source: str | None
+    sequence: int | None
+    key: str | None
+    future: asyncio.Future[Accepted] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """Counters for /v1/queue."""
+
+    pending: int
+    in_flight: int
+    dead: int
+    processed_total: int
+    last_seq: int
+    oldest_pending_age_s: float | None
+
+
+class _JobTable(SQLiteBase):
+    """persist-queue's SQLite base with the job table, dead letters and idempotency keys."""
+
+    _TABLE_NAME = "jobs"
+    _KEY_COLUMN = "_id"
+    _SQL_CREATE = (
+        "CREATE TABLE IF NOT EXISTS {table_name} ("
+        "{key_column} INTEGER PRIMARY KEY AUTOINCREMENT, data BLOB NOT NULL, "
+        "timestamp FLOAT NOT NULL, source TEXT, sequence INTEGER, "
+        "attempts INTEGER NOT NULL DEFAULT 0)"
+    )
+    _SQL_INSERT = (
+        "INSERT INTO {table_name} ({key_column}, data, timestamp, source, sequence) "
+        "VALUES (?, ?, ?, ?, ?)"
+    )
+    _SQL_SELECT = (
+        "SELECT {key_column}, data, timestamp, source, sequence, attempts "
+        "FROM {table_name} WHERE {key_column} > ? ORDER BY {key_column} LIMIT ?"
+    )
+    _SQL_DELETE = "DELETE FROM {table_name} WHERE {key_column} <= ?"
+
+    @property
+    def _sql_delete(self) -> str:
+        return self._SQL_DELETE.format(table_name=self._table_name, key_column=self._key_column)
+
+    @property
+    def _sql_fetch(self) -> str:
+        return self._SQL_SELECT.format(table_name=self._table_name, key_column=self._key_column)
+
+    def __init__(self, path: Path, *, durability: Literal["full", "normal"]) -> None:
+        self._durability = durability
+        super().__init__(
+            str(path), name="v1", serializer=_JsonSerializer, db_file_name=QUEUE_FILE,
+            timeout=30.0,
+        )
+
+    def _init(self) -> None:
+        super()._init()
+        conn: sqlite3.Connection = self._conn
+        conn.isolation_level = None  # we issue BEGIN/COMMIT ourselves
+        conn.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS dead_letters (
+                seq INTEGER PRIMARY KEY, data BLOB NOT NULL, timestamp FLOAT NOT NULL,
+                source TEXT, sequence INTEGER, attempts INTEGER NOT NULL,
+                error TEXT NOT NULL, failed_at FLOAT NOT NULL);
+            CREATE TABLE IF NOT EXISTS idempotency_keys (
+                key TEXT PRIMARY KEY, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+                accepted INTEGER NOT NULL, created_at FLOAT NOT NULL);
+            CREATE INDEX IF NOT EXISTS idempotency_keys_created
+                ON idempotency_keys (created_at);
+            CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+            INSERT OR IGNORE INTO meta (key, value) VALUES ('processed_total', 0);
+            """
+        )
+        conn.execute("PRAGMA synchronous=" + self._durability.upper())
+        (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+        (sync,) = conn.execute("PRAGMA synchronous").fetchone()
+        expected = 2 if self._durability == "full" else 1
+        if mode.lower() != "wal" or sync != expected:
+            raise StorageError(
+                f"{self.path}/{QUEUE_FILE}: journal_mode={mode} synchronous={sync}, "
+                f"cannot guarantee durability={self._durability}"
+            )
+
+    # -- everything below runs in the queue's executor thread ---------------------------
+
+    def state(self) -> tuple[int, int, int, int, int]:
+        """(last seq ever assigned, first pending seq or 0, rows, dead letters, processed)."""
+        conn: sqlite3.Connection = self._conn
+        row = conn.execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = ?", (self._table_name,)
+        ).fetchone()
+        last = row[0] if row else 0
+        (min_id, max_id) = conn.execute(
+            f"SELECT coalesce(min(_id), 0), coalesce(max(_id), 0) FROM {self._table_name}"
+        ).fetchone()
+        (pending,) = conn.execute(f"SELECT count(*) FROM {self._table_name}").fetchone()
+        (dead,) = conn.execute("SELECT count(*) FROM dead_letters").fetchone()
+        (processed,) = conn.execute(
+            "SELECT value FROM meta WHERE key = 'processed_total'"
+        ).fetchone()
+        return max(last, max_id), min_id, pending, dead, processed
+
+    def lookup_key(self, key: str, ttl_s: float) -> Accepted | None:
+        """The first answer given for an Idempotency-Key still retained, if any."""
+        conn: sqlite3.Connection = self._conn
+        return self._known_key(conn, key, time.time() - ttl_s)
+
+    @staticmethod
+    def _known_key(conn: sqlite3.Connection, key: str, since: float) -> Accepted | None:
+        row = conn.execute(
+            "SELECT first_seq, last_seq, accepted FROM idempotency_keys "
+            "WHERE key = ? AND created_at > ?",
+            (key, since),
+        ).fetchone()
+        if row is None:
+            return None
+        return Accepted(accepted=row[2], first_seq=row[0], last_seq=row[1], replayed=True)
+
+    def commit(
+        self, puts: list[_Put], next_seq: int, ack_upto: int, acks: int, ttl_s: float
+    ) -> list[Accepted | Exception]:
+        """One transaction: the acknowledgements so far, then each request all-or-none."""
+        conn: sqlite3.Connection = self._conn
+        results: list[Accepted | Exception] = []
+        durable = bool(puts)
+        if not durable and self._durability == "full":
+            # An acknowledgement need not be fsynced: losing one only replays a job, and
+            # the next fsynced commit makes every earlier WAL frame durable anyway.
+            conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if acks:
+                    conn.execute(self._sql_delete, (ack_upto,))
+                    conn.execute(
+                        "UPDATE meta SET value = value + ? WHERE key = 'processed_total'",
+                        (acks,),
+                    )
+                now = time.time()
+                for put in puts:
+                    results.append(self._insert(conn, put, next_seq, now, ttl_s))
+                    if isinstance(results[-1], Accepted) and not results[-1].replayed:
+                        next_seq += len(put.blobs)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        finally:
+            if not durable and self._durability == "full":
+                conn.execute("PRAGMA synchronous=FULL")
+        return results
+
+    def _insert(
+        self, conn: sqlite3.Connection, put: _Put, first: int, now: float, ttl_s: float
+    ) -> Accepted | Exception:
+        if put.key is not None:
+            known = self._known_key(conn, put.key, now - ttl_s)
+            if known is not None:
+                return known
+        count = len(put.blobs)
+        seqs = range(first, first + count)
+        rows: list[tuple[int, bytes, float, str | None, int | None]]
+        if put.sequence is None:
+            rows = [
+                (s, b, put.received_at, put.source, None)
+                for s, b in zip(seqs, put.blobs, strict=True)
+            ]
+        else:
+            base = put.sequence - first
+            rows = [
+                (s, b, put.received_at, put.source, base + s)
+                for s, b in zip(seqs, put.blobs, strict=True)
+            ]
+        conn.execute("SAVEPOINT put")
+        try:
+            conn.executemany(self._sql_insert, rows)
+            if put.key is not None:
+                conn.execute(
+                    "INSERT OR REPLACE INTO idempotency_keys VALUES (?, ?, ?, ?, ?)",
+                    (put.key, first, first + count - 1, count, now),
+                )
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK TO put")
+            conn.execute("RELEASE put")
+            if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL:
+                return StorageFullError(str(exc))
+            return StorageError(str(exc))
+        conn.execute("RELEASE put")
+        return Accepted(accepted=count, first_seq=first, last_seq=first + count - 1)
+
+    def fetch(self, after: int, limit: int) -> list[Job]:
+        """The next jobs with seq > `after`, in order."""
+        conn: sqlite3.Connection = self._conn
+        rows = conn.execute(self._sql_fetch, (after, limit)).fetchall()
+        return [
+            Job(seq=r[0], payload=orjson.loads(r[1]), received_at=r[2], attempt=r[5] + 1,
+                source=r[3], sequence=r[4])
+            for r in rows
+        ]
+
+    def oldest_after(self, after: int) -> float | None:
+        conn: sqlite3.Connection = self._conn
+        row = conn.execute(
+            f"SELECT timestamp FROM {self._table_name} WHERE _id > ? ORDER BY _id LIMIT 1",
+            (after,),
+        ).fetchone()
+        return None if row is None else float(row[0])
+
+    def set_attempts(self, seq: int, attempts: int) -> None:
+        conn: sqlite3.Connection = self._conn
+        conn.execute(f"UPDATE {self._table_name} SET attempts = ? WHERE _id = ?", (attempts, seq))
+
+    def bury(self, seq: int, attempts: int, error: str, ack_upto: int, acks: int) -> None:
+        """Move job `seq` to the dead letters (and flush earlier acknowledgements)."""
+        conn: sqlite3.Connection = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if acks:
+                conn.execute(self._sql_delete, (ack_upto,))
+                conn.execute(
+                    "UPDATE meta SET value = value + ? WHERE key = 'processed_total'", (acks,)
+                )
+            conn.execute(
+                "INSERT OR REPLACE INTO dead_letters "
+                f"SELECT _id, data, timestamp, source, sequence, ?, ?, ? FROM {self._table_name} "
+                "WHERE _id = ?",
+                (attempts, error, time.time(), seq),
+            )
+            conn.execute(f"DELETE FROM {self._table_name} WHERE _id = ?", (seq,))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def dead(self, limit: int, offset: int) -> list[DeadJob]:
+        conn: sqlite3.Connection = self._conn
+        rows = conn.execute(
+            "SELECT seq, data, timestamp, source, sequence, attempts, error, failed_at "
+            "FROM dead_letters ORDER BY seq LIMIT ? OFFSET ?",
+            (limit, offset),
+        ).fetchall()
+        return [
+            DeadJob(seq=r[0], payload=orjson.loads(r[1]), received_at=r[2], source=r[3],
+                    sequence=r[4], attempts=r[5], error=r[6], failed_at=r[7])
+            for r in rows
+        ]
+
+    def purge_keys(self, older_than: float) -> int:
+        conn: sqlite3.Connection = self._conn
+        cur = conn.execute("DELETE FROM idempotency_keys WHERE created_at <= ?", (older_than,))
+        return cur.rowcount
+
+    def checkpoint(self) -> None:
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def _translate(exc: BaseException) -> Exception:
+    if isinstance(exc, sqlite3.Error):
+        if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL:
+            return StorageFullError(str(exc))
+        return StorageError(str(exc))
+    if isinstance(exc, Exception):
+        return exc
+    return StorageError(repr(exc))
+
+
+class DurableQueue:
+    """Durable FIFO of jobs with group commit, batched acknowledgement and a memory window."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        durability: Literal["full", "normal"] = "full",
+        max_pending: int = 1_000_000,
+        ack_interval_ms: int = 50,
+        idempotency_ttl_hours: float = 48.0,
+    ) -> None:
+        self._dir = data_dir
+        self._durability: Literal["full", "normal"] = durability
+        self._max_pending = max_pending
+        self._ack_interval = ack_interval_ms / 1000
+        self._ttl_s = idempotency_ttl_hours * 3600
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collector-queue")
+        self._table: _JobTable | None = None
+        self._open = False
+        self._closing = False
+        # Group commit.
+        self._puts: list[_Put] = []
+        self._queued_events = 0  # events in self._puts, not yet committed
+        self._commit_wanted = asyncio.Event()
+        self._committer: asyncio.Task[None] | None = None
+        # Sequence bookkeeping (all on the loop).
+        self._next_seq = 1  # next seq to assign
+        self._rows = 0  # rows in the job table (pending + acked-but-not-flushed)
+        self._dead = 0
+        self._processed_flushed = 0
+        self._done_upto = 0  # every job <= this is acknowledged or dead
+        self._acks = 0  # acknowledgements not yet committed
+        self._acks_committing = 0  # acknowledgements inside a running transaction
+        self._flush_timer: asyncio.TimerHandle | None = None
+        # Hand-off to the worker.
+        self._window: deque[Job] = deque()
+        self._cursor = 0  # highest seq handed to the worker (or in the window)
+        self._wakeup = asyncio.Event()
+        self._in_flight: Job | None = None
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open (or create) the queue file; jobs left from a crash come first, in order."""
+        loop = asyncio.get_running_loop()
+        self._table = await loop.run_in_executor(
+            self._executor, lambda: _JobTable(self._dir, durability=self._durability)
+        )
+        last, first, rows, dead, processed = await loop.run_in_executor(
+            self._executor, self._table.state
+        )
+        self._next_seq = last + 1
+        self._done_upto = self._cursor = (first - 1) if rows else last
+        self._rows, self._dead, self._processed_flushed = rows, dead, processed
+        self._open = True
+        self._committer = asyncio.create_task(self._commit_loop(), name="queue-committer")
+        log.info("queue_opened", path=str(self.path), pending=rows, dead=dead,
+                 last_seq=last, durability=self._durability)
+
+    async def close(self) -> None:
+        """Commit what is waiting (requests and acknowledgements), then close the file."""
+        if not self._open:
+            return
+        self._closing = True
+        self._commit_wanted.set()
+        if self._committer is not None:
+            # The committer writes what is waiting, then returns (see _commit_loop).
+            await self._committer
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+        table = self._table
+        assert table is not None
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(sqlite3.Error):
+            await loop.run_in_executor(self._executor, table.checkpoint)
+        await loop.run_in_executor(self._executor, table.close)
+        self._executor.shutdown(wait=True)
+        self._open = False
+        log.info("queue_closed", pending=self._rows, processed_total=self.processed_total)
+
+    @property
+    def path(self) -> Path:
+        """The queue's SQLite file."""
+        return self._dir / QUEUE_FILE
+
+    @property
+    def is_open(self) -> bool:
+        """True between open() and close(), while puts are accepted."""
+        return self._open and not self._closing
+
+    @property
+    def processed_total(self) -> int:
+        """Jobs acknowledged ever (dead letters not counted)."""
+        return self._processed_flushed + self._acks + self._acks_committing
+
+    def _take_acks(self) -> tuple[int, int]:
+        """Hand the uncommitted acknowledgements to a transaction about to run."""
+        acks, self._acks = self._acks, 0
+        self._acks_committing += acks
+        return self._done_upto, acks
+
+    def _acks_settled(self, acks: int, *, committed: bool) -> None:
+        self._acks_committing -= acks
+        if committed:
+            self._rows -= acks
+            self._processed_flushed += acks
+        elif not self._closing:
+            self._acks += acks  # still covered by _done_upto; the next commit retries
+
+    # -- producers -------------------------------------------------------------------------
+
+    async def put(
+        self,
+        payloads: Sequence[Any],
+        *,
+        blobs: list[bytes] | None = None,
+        source: str | None = None,
+        sequence: int | None = None,
+        key: str | None = None,
+        received_at: float | None = None,
+    ) -> Accepted:
+        """Store one request's events (all or none); return once they are on disk."""
+        if not self.is_open:
+            raise QueueClosedError("queue is closed")
+        if not payloads:
+            raise ValueError("no events")
+        n = len(payloads)
+        loop = asyncio.get_running_loop()
+        if self.pending + self._queued_events + n > self._max_pending:
+            if key is not None and self._table is not None:
+                known = await loop.run_in_executor(
+                    self._executor, self._table.lookup_key, key, self._ttl_s
+                )
+                if known is not None:
+                    return known
+            raise QueueFullError(f"{self.pending} jobs pending (max {self._max_pending})")
+        put = _Put(
+            blobs=blobs if blobs is not None else [orjson.dumps(p) for p in payloads],
+            payloads=payloads,
+            received_at=time.time() if received_at is None else received_at,
+            source=source,
+            sequence=sequence,
+            key=key,
+            future=loop.create_future(),
+        )
+        self._puts.append(put)
+        self._queued_events += n
+        self._commit_wanted.set()
+        return await put.future
+
+    async def _commit_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        table = self._table
+        assert table is not None
+        while True:
+            if self._closing and not self._puts and not self._acks:
+                return
+            await self._commit_wanted.wait()
+            self._commit_wanted.clear()
+            puts, self._puts = self._puts, []
+            self._queued_events = 0
+            if not puts and not self._acks:
+                continue
+            ack_upto, acks = self._take_acks()
+            if self._flush_timer is not None:
+                self._flush_timer.cancel()
+                self._flush_timer = None
+            try:
+                results = await loop.run_in_executor(
+                    self._executor, table.commit, puts, self._next_seq, ack_upto, acks,
+                    self._ttl_s,
+                )
+            except Exception as exc:  # noqa: BLE001 - every failure goes back to the callers
+                err = _translate(exc)
+                log.error("queue_commit_failed", error=str(exc), requests=len(puts))
+                for put in puts:
+                    if not put.future.done():
+                        put.future.set_exception(err)
+                self._acks_settled(acks, committed=False)
+                if self._acks:
+                    self._schedule_flush(_RETRY_AFTER_FAILURE_S)
+                continue
+            self._acks_settled(acks, committed=True)
+            for put, result in zip(puts, results, strict=True):
+                if isinstance(result, Accepted) and not result.replayed:
+                    self._committed(put, result)
+                if put.future.done():  # the caller went away; its events are stored anyway
+                    continue
+                if isinstance(result, Exception):
+                    put.future.set_exception(result)
+                else:
+                    put.future.set_result(result)
+
+    def _committed(self, put: _Put, result: Accepted) -> None:
+        """Account for newly stored jobs and hand them to the worker from memory if we can."""
+        self._next_seq = result.last_seq + 1
+        self._rows += result.accepted
+        # The window holds a contiguous run of seqs right after what the worker has.
+        if result.first_seq == self._cursor + 1 and len(self._window) < _MEMORY_WINDOW:
+            seq = result.first_seq
+            for payload in put.payloads:
+                self._window.append(
+                    Job(seq=seq, payload=payload, received_at=put.received_at,
+                        source=put.source,
+                        sequence=None if put.sequence is None
+                        else put.sequence + seq - result.first_seq)
+                )
+                seq += 1
+            self._cursor = result.last_seq
+        self._wakeup.set()
+
+    # -- the consumer ------------------------------------------------------------------------
+
+    async def next_job(self) -> Job:
+        """Wait for and return the job at the head of the line (strict seq order)."""
+        loop = asyncio.get_running_loop()
+        table = self._table
+        assert table is not None
+        while True:
+            if self._window:
+                job = self._window.popleft()
+                self._in_flight = job
+                return job
+            if self._cursor < self._next_seq - 1:
+                jobs = await loop.run_in_executor(
+                    self._executor, table.fetch, self._cursor, _PAGE
+                )
+                if self._window:  # a commit was handed over meanwhile; it comes after
+                    jobs = [j for j in jobs if j.seq < self._window[0].seq]
+                    self._window.extendleft(reversed(jobs))
+                else:
+                    self._window.extend(jobs)
+                    if jobs:
+                        self._cursor = max(self._cursor, jobs[-1].seq)
+                if not jobs and not self._window:
+                    # Nothing on disk past the cursor: everything there was dead-lettered.
+                    self._cursor = self._next_seq - 1
+                continue
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    def ack(self, job: Job) -> None:
+        """The job is done; its deletion is committed with the next commit."""
+        self._finish(job)
+        self._acks += 1
+        if self._ack_interval == 0 or self._acks >= 10_000:
+            self._commit_wanted.set()
+        else:
+            self._schedule_flush()
+
+    def _finish(self, job: Job) -> None:
+        self._done_upto = job.seq
+        if self._in_flight is not None and self._in_flight.seq == job.seq:
+            self._in_flight = None
+
+    def _schedule_flush(self, delay: float | None = None) -> None:
+        if self._flush_timer is None:
+            loop = asyncio.get_running_loop()
+            self._flush_timer = loop.call_later(
+                self._ack_interval if delay is None else delay, self._flush_due
+            )
+
+    def _flush_due(self) -> None:
+        self._flush_timer = None
+        self._commit_wanted.set()
+
+    async def record_attempt(self, job: Job) -> None:
+        """Persist that `job` failed `job.attempt` times, so max_attempts holds across restarts."""
+        assert self._table is not None
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._table.set_attempts, job.seq, job.attempt)
+
+    async def dead_letter(self, job: Job, error: str) -> None:
+        """Move `job` to the durable dead-letter store; the line moves on."""
+        assert self._table is not None
+        loop = asyncio.get_running_loop()
+        ack_upto, acks = self._take_acks()
+        try:
+            await loop.run_in_executor(
+                self._executor, self._table.bury, job.seq, job.attempt, error, ack_upto, acks
+            )
+        except BaseException:
+            self._acks_settled(acks, committed=False)
+            raise
+        self._acks_settled(acks, committed=True)
+        self._rows -= 1
+        self._dead += 1
+        self._finish(job)
+
+    async def dead_letters(self, *, limit: int = 100, offset: int = 0) -> list[DeadJob]:
+        """Dead-lettered jobs in seq order."""
+        assert self._table is not None
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._table.dead, limit, offset)
+
+    async def purge_idempotency_keys(self) -> int:
+        """Forget Idempotency-Keys older than the retention; returns how many."""
+        assert self._table is not None
+        loop = asyncio.get_running_loop()
+        cutoff = time.time() - self._ttl_s
+        return await loop.run_in_executor(self._executor, self._table.purge_keys, cutoff)
+
+    # -- numbers ---------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Jobs stored and not yet finished (the one in flight included)."""
+        return self._rows - self._acks - self._acks_committing
+
+    @property
+    def last_seq(self) -> int:
+        """The highest seq ever committed (0 when none)."""
+        return self._next_seq - 1
+
+    async def stats(self) -> QueueStats:
+        """Numbers for /v1/queue."""
+        oldest: float | None = None
+        if self._in_flight is not None:
+            oldest = self._in_flight.received_at
+        elif self._window:
+            oldest = self._window[0].received_at
+        elif self.pending and self._table is not None:
+            loop = asyncio.get_running_loop()
+            oldest = await loop.run_in_executor(
+                self._executor, self._table.oldest_after, self._done_upto
+            )
+        in_flight = 1 if self._in_flight is not None else 0
+        return QueueStats(
+            pending=self.pending - in_flight,
+            in_flight=in_flight,
+            dead=self._dead,
+            processed_total=self.processed_total,
+            last_seq=self.last_seq,
+            oldest_pending_age_s=None if oldest is None else max(0.0, time.time() - oldest),
+        )

@@ -1,0 +1,54 @@
+"""Run the daemon: AppRunner + TCPSite, signals, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import structlog
+from aiohttp import web
+
+from collector.app import create_app
+from collector.config import Settings, describe
+from collector.errors import StartupError
+from collector.keys import QUEUE, STATE
+
+log = structlog.get_logger(__name__)
+
+
+async def serve(settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT, then stop taking requests, finish the job and close."""
+    app = create_app(settings)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=settings.server.shutdown_timeout,
+        keepalive_timeout=75.0,
+    )
+    log.info("starting", settings=describe(settings))
+    await runner.setup()  # opens the queue, replays nothing yet, starts the worker
+    try:
+        site = web.TCPSite(runner, settings.server.host, settings.server.port,
+                           backlog=1024, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {settings.server.host}:{settings.server.port}: "
+                f"{exc.strerror or exc}"
+            ) from None
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("listening", host=settings.server.host, port=settings.server.port,
+                 pending=app[QUEUE].pending, data_dir=str(settings.server.data_dir))
+        await stop.wait()
+        log.info("stopping")
+        app[STATE].stopping = True
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    finally:
+        await runner.cleanup()
+    log.info("stopped")

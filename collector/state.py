@@ -1,0 +1,25 @@
+"""Mutable per-application service state (one object, stored once on the app)."""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class ServiceState:
+    """Readiness, shutdown flag and request counters of one running application."""
+
+    token: str | None = field(default=None, repr=False)
+    ready_reason: str = "starting"
+    stopping: bool = False
+    rejected: Counter[str] = field(default_factory=Counter)
+    accepted_events: int = 0
+    _ids: itertools.count[int] = field(default_factory=itertools.count)
+    _boot: str = field(default_factory=lambda: secrets.token_hex(3))
+
+    def next_request_id(self) -> str:
+        """A short id, unique within this process run."""
+        return f"{self._boot}-{next(self._ids):x}"

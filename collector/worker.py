@@ -1,0 +1,143 @@
+"""The single worker: take the head job, run the handler chain, settle, repeat."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from collector.errors import PermanentError
+from collector.jobs import Handler, Job
+from collector.queue import DurableQueue
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class WorkerCounters:
+    """What the worker did since start (exported as metrics, logged at shutdown)."""
+
+    processed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    last_progress: float = dataclasses.field(default_factory=time.monotonic)
+
+
+def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) -> float:
+    """Exponential backoff with "equal jitter": between half and all of min(cap, base*2**n)."""
+    ceiling = min(cap, base * 2 ** (attempt - 1))
+    return float(ceiling / 2 + rng.uniform(0, ceiling / 2))
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class Worker:
+    """Runs handlers on one job at a time, in strict seq order."""
+
+    def __init__(
+        self,
+        queue: DurableQueue,
+        handlers: Sequence[tuple[str, Handler]],
+        *,
+        max_attempts: int = 5,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        handler_timeout: float = 60.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._queue = queue
+        self._handlers = list(handlers)
+        self._max_attempts = max_attempts
+        self._base = backoff_base
+        self._cap = backoff_cap
+        self._timeout = handler_timeout
+        self._rng = rng or random.Random()
+        self._task: asyncio.Task[None] | None = None
+        self._busy = False  # inside a handler (not waiting, not backing off)
+        self._stopping = False
+        self.counters = WorkerCounters()
+
+    @property
+    def running(self) -> bool:
+        """True while the worker task is alive."""
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        """Start the worker task."""
+        self._task = asyncio.create_task(self._run(), name="collector-worker")
+
+    async def stop(self, grace: float) -> None:
+        """Let the current job finish within `grace` seconds, then stop."""
+        task = self._task
+        if task is None or task.done():
+            return
+        self._stopping = True
+        if not self._busy:
+            task.cancel()
+        _done, running = await asyncio.wait({task}, timeout=grace)
+        if running:
+            log.warning("worker_stop_timeout", grace_s=grace)
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        c = self.counters
+        log.info("worker_stopped", processed=c.processed, retried=c.retried,
+                 dead_lettered=c.dead_lettered)
+
+    async def _run(self) -> None:
+        log.info("worker_started", handlers=[name for name, _ in self._handlers])
+        while not self._stopping:
+            job = await self._queue.next_job()
+            with structlog.contextvars.bound_contextvars(seq=job.seq):
+                await self._process(job)
+            self.counters.last_progress = time.monotonic()
+
+    async def _process(self, job: Job) -> None:
+        done: set[int] = set()  # handlers that succeeded for this job: each applied once
+        while True:
+            try:
+                self._busy = True
+                try:
+                    for index, (_name, handler) in enumerate(self._handlers):
+                        if index not in done:
+                            await asyncio.wait_for(handler(job), self._timeout)
+                            done.add(index)
+                finally:
+                    self._busy = False
+            except PermanentError as exc:
+                await self._bury(job, _describe(exc), permanent=True)
+                return
+            except TimeoutError:
+                error = f"handler timed out after {self._timeout:g} s"
+            except Exception as exc:  # noqa: BLE001 - no handler error may stop the worker
+                error = _describe(exc)
+            else:
+                self._queue.ack(job)
+                self.counters.processed += 1
+                return
+            if job.attempt >= self._max_attempts:
+                await self._bury(job, error, permanent=False)
+                return
+            delay = backoff_delay(job.attempt, base=self._base, cap=self._cap, rng=self._rng)
+            log.warning("job_failed", attempt=job.attempt, max_attempts=self._max_attempts,
+                        error=error, retry_in_s=round(delay, 3))
+            self.counters.retried += 1
+            await self._queue.record_attempt(job)
+            if self._stopping:
+                return  # the job keeps its place at the head for the next start
+            await asyncio.sleep(delay)
+            job = dataclasses.replace(job, attempt=job.attempt + 1)
+
+    async def _bury(self, job: Job, error: str, *, permanent: bool) -> None:
+        log.error("job_dead_lettered", attempt=job.attempt, error=error, permanent=permanent)
+        await self._queue.dead_letter(job, error)
+        self.counters.dead_lettered += 1
