@@ -7,9 +7,9 @@ Design (see README "How it works"):
   so taking the next job is one index seek whether 0 or 10**6 jobs were processed before.
 * Every SQLite call runs in one executor thread owned by this module.
 * Concurrent ``put`` calls are group-committed: while one transaction is being written,
-  new requests gather, and the next transaction carries them all. Each request sits in
-  its own SAVEPOINT (all or none) and is answered only after the COMMIT returned; with
-  ``durability = "full"`` that COMMIT is fsynced (``synchronous=FULL``).
+  new requests gather, and the next transaction carries them all (all or none, so each
+  request is all or none too). A request is answered only after the COMMIT returned;
+  with ``durability = "full"`` that COMMIT is fsynced (``synchronous=FULL``).
 * Acknowledgements are batched: they ride along in the next commit, or are flushed
   after ``ack_interval_ms``. A lost acknowledgement only replays a job (at least once).
 * Jobs just committed are handed to the worker from memory, so it does not read back
@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import sqlite3
 import time
 from collections import deque
@@ -43,6 +45,9 @@ QUEUE_FILE: Final = "queue.db"
 _MEMORY_WINDOW: Final = 4096  # jobs handed to the worker from memory at most
 _PAGE: Final = 512  # jobs read from disk per executor call
 _SQLITE_FULL: Final = 13
+_COLUMNS: Final = 5  # parameters per inserted row
+_MAX_CHUNK: Final = 256  # rows per INSERT statement
+_ACKS_FORCE_FLUSH: Final = 10_000  # acknowledgements that trigger a commit of their own
 _RETRY_AFTER_FAILURE_S: Final = 1.0  # acknowledgements wait this long after a failed commit
 
 
@@ -217,10 +222,27 @@ class _JobTable(SQLiteBase):
 
     def commit(
         self, puts: list[_Put], next_seq: int, ack_upto: int, acks: int, ttl_s: float
-    ) -> list[Accepted | Exception]:
-        """One transaction: the acknowledgements so far, then each request all-or-none."""
+    ) -> list[Accepted]:
+        """One transaction: the acknowledgements so far, then every request's events.
+
+        The transaction is all or none, so each request is too. Rows go in with few
+        multi-row INSERTs: each statement releases and retakes the GIL, which the busy
+        event loop holds most of the time.
+        """
         conn: sqlite3.Connection = self._conn
-        results: list[Accepted | Exception] = []
+        results: list[Accepted] = []
+        params: list[Any] = []
+        if puts and not acks and all(p.key is None for p in puts):
+            # The common case: fresh events only. One INSERT in autocommit mode is one
+            # transaction and one statement (one GIL release instead of three).
+            for put in puts:
+                results.append(self._rows_of(put, next_seq, params))
+                next_seq += len(put.blobs)
+            if len(params) <= _MAX_CHUNK * _COLUMNS:
+                conn.execute(_multi_row(self._sql_insert, len(params) // _COLUMNS), params)
+                return results
+            results.clear()  # too many rows for one statement: the general path below
+            next_seq -= len(params) // _COLUMNS
         durable = bool(puts)
         if not durable and self._durability == "full":
             # An acknowledgement need not be fsynced: losing one only replays a job, and
@@ -236,10 +258,27 @@ class _JobTable(SQLiteBase):
                         (acks,),
                     )
                 now = time.time()
+                params = []
+                keys: dict[str, Accepted] = {}
                 for put in puts:
-                    results.append(self._insert(conn, put, next_seq, now, ttl_s))
-                    if isinstance(results[-1], Accepted) and not results[-1].replayed:
-                        next_seq += len(put.blobs)
+                    known = None
+                    if put.key is not None:
+                        known = keys.get(put.key) or self._known_key(conn, put.key, now - ttl_s)
+                    if known is not None:
+                        results.append(known)
+                        continue
+                    count = len(put.blobs)
+                    result = self._rows_of(put, next_seq, params)
+                    if put.key is not None:
+                        keys[put.key] = dataclasses.replace(result, replayed=True)
+                    results.append(result)
+                    next_seq += count
+                self._insert_rows(conn, params)
+                if keys:
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO idempotency_keys VALUES (?, ?, ?, ?, ?)",
+                        [(k, a.first_seq, a.last_seq, a.accepted, now) for k, a in keys.items()],
+                    )
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -250,43 +289,27 @@ class _JobTable(SQLiteBase):
                 conn.execute("PRAGMA synchronous=FULL")
         return results
 
-    def _insert(
-        self, conn: sqlite3.Connection, put: _Put, first: int, now: float, ttl_s: float
-    ) -> Accepted | Exception:
-        if put.key is not None:
-            known = self._known_key(conn, put.key, now - ttl_s)
-            if known is not None:
-                return known
+    @staticmethod
+    def _rows_of(put: _Put, first: int, params: list[Any]) -> Accepted:
+        """Append the INSERT parameters of `put`'s rows, numbered from `first`."""
+        for i, blob in enumerate(put.blobs):
+            params += (first + i, blob, put.received_at, put.source,
+                       None if put.sequence is None else put.sequence + i)
         count = len(put.blobs)
-        seqs = range(first, first + count)
-        rows: list[tuple[int, bytes, float, str | None, int | None]]
-        if put.sequence is None:
-            rows = [
-                (s, b, put.received_at, put.source, None)
-                for s, b in zip(seqs, put.blobs, strict=True)
-            ]
-        else:
-            base = put.sequence - first
-            rows = [
-                (s, b, put.received_at, put.source, base + s)
-                for s, b in zip(seqs, put.blobs, strict=True)
-            ]
-        conn.execute("SAVEPOINT put")
-        try:
-            conn.executemany(self._sql_insert, rows)
-            if put.key is not None:
-                conn.execute(
-                    "INSERT OR REPLACE INTO idempotency_keys VALUES (?, ?, ?, ?, ?)",
-                    (put.key, first, first + count - 1, count, now),
-                )
-        except sqlite3.Error as exc:
-            conn.execute("ROLLBACK TO put")
-            conn.execute("RELEASE put")
-            if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL:
-                return StorageFullError(str(exc))
-            return StorageError(str(exc))
-        conn.execute("RELEASE put")
         return Accepted(accepted=count, first_seq=first, last_seq=first + count - 1)
+
+    def _insert_rows(self, conn: sqlite3.Connection, params: list[Any]) -> None:
+        """INSERT rows of 5 parameters, in chunks of power-of-two size (few distinct SQL
+        texts, so every statement stays in the connection's cache)."""
+        rows = len(params) // _COLUMNS
+        done = 0
+        while done < rows:
+            chunk = min(_MAX_CHUNK, 1 << ((rows - done).bit_length() - 1))
+            conn.execute(
+                _multi_row(self._sql_insert, chunk),
+                params[done * _COLUMNS : (done + chunk) * _COLUMNS],
+            )
+            done += chunk
 
     def fetch(self, after: int, limit: int) -> list[Job]:
         """The next jobs with seq > `after`, in order."""
@@ -355,6 +378,12 @@ class _JobTable(SQLiteBase):
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
+@functools.lru_cache(maxsize=32)
+def _multi_row(insert: str, rows: int) -> str:
+    """`insert` (ending in one VALUES tuple) extended to `rows` tuples."""
+    return insert + ", (?, ?, ?, ?, ?)" * (rows - 1)
+
+
 def _translate(exc: BaseException) -> Exception:
     if isinstance(exc, sqlite3.Error):
         if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL:
@@ -400,6 +429,7 @@ class DurableQueue:
         self._acks = 0  # acknowledgements not yet committed
         self._acks_committing = 0  # acknowledgements inside a running transaction
         self._flush_timer: asyncio.TimerHandle | None = None
+        self._flush_requested = False
         # Hand-off to the worker.
         self._window: deque[Job] = deque()
         self._cursor = 0  # highest seq handed to the worker (or in the window)
@@ -527,12 +557,18 @@ class DurableQueue:
             self._commit_wanted.clear()
             puts, self._puts = self._puts, []
             self._queued_events = 0
-            if not puts and not self._acks:
+            flush = self._acks and (
+                self._flush_requested or self._closing or self._ack_interval == 0
+                or self._acks >= _ACKS_FORCE_FLUSH
+            )
+            if not puts and not flush:
                 continue
-            ack_upto, acks = self._take_acks()
-            if self._flush_timer is not None:
-                self._flush_timer.cancel()
-                self._flush_timer = None
+            ack_upto, acks = self._take_acks() if flush else (self._done_upto, 0)
+            if flush:
+                self._flush_requested = False
+                if self._flush_timer is not None:
+                    self._flush_timer.cancel()
+                    self._flush_timer = None
             try:
                 results = await loop.run_in_executor(
                     self._executor, table.commit, puts, self._next_seq, ack_upto, acks,
@@ -550,13 +586,9 @@ class DurableQueue:
                 continue
             self._acks_settled(acks, committed=True)
             for put, result in zip(puts, results, strict=True):
-                if isinstance(result, Accepted) and not result.replayed:
+                if not result.replayed:
                     self._committed(put, result)
-                if put.future.done():  # the caller went away; its events are stored anyway
-                    continue
-                if isinstance(result, Exception):
-                    put.future.set_exception(result)
-                else:
+                if not put.future.done():  # else the caller went away; the events are stored
                     put.future.set_result(result)
 
     def _committed(self, put: _Put, result: Accepted) -> None:
@@ -611,7 +643,7 @@ class DurableQueue:
         """The job is done; its deletion is committed with the next commit."""
         self._finish(job)
         self._acks += 1
-        if self._ack_interval == 0 or self._acks >= 10_000:
+        if self._ack_interval == 0 or self._acks >= _ACKS_FORCE_FLUSH:
             self._commit_wanted.set()
         else:
             self._schedule_flush()
@@ -630,6 +662,7 @@ class DurableQueue:
 
     def _flush_due(self) -> None:
         self._flush_timer = None
+        self._flush_requested = True
         self._commit_wanted.set()
 
     async def record_attempt(self, job: Job) -> None:

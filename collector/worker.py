@@ -97,8 +97,9 @@ class Worker:
         log.info("worker_started", handlers=[name for name, _ in self._handlers])
         while not self._stopping:
             job = await self._queue.next_job()
-            with structlog.contextvars.bound_contextvars(seq=job.seq):
-                await self._process(job)
+            # This task's own context: binding replaces the previous job's seq.
+            structlog.contextvars.bind_contextvars(seq=job.seq)
+            await self._process(job)
             self.counters.last_progress = time.monotonic()
 
     async def _process(self, job: Job) -> None:
@@ -107,10 +108,11 @@ class Worker:
             try:
                 self._busy = True
                 try:
-                    for index, (_name, handler) in enumerate(self._handlers):
-                        if index not in done:
-                            await asyncio.wait_for(handler(job), self._timeout)
-                            done.add(index)
+                    async with asyncio.timeout(self._timeout):
+                        for index, (_name, handler) in enumerate(self._handlers):
+                            if index not in done:
+                                await handler(job)
+                                done.add(index)
                 finally:
                     self._busy = False
             except PermanentError as exc:
