@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -15,6 +16,10 @@ from collector.errors import ConfigError, StartupError
 
 EXIT_CONFIG = 2
 EXIT_STARTUP = 1
+
+#: Modules that add sub-commands: each has `register(subparsers)`, which adds its
+#: parsers and sets `func(args) -> int` on them.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _port(text: str) -> int:
@@ -47,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="built-in handler name or package.module:callable (repeatable; "
                             "replaces the configured list)")
     serve.set_defaults(func=_cmd_serve)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(sub)
     return parser
 
 

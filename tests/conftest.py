@@ -1,0 +1,149 @@
+"""Shared fixtures: settings on a tmp_path data dir, in-process apps, real server processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from collector.app import create_app
+from collector.config import Settings, load_settings
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CAPTURE_JSONL = FIXTURES / "rl-stats-api" / "player-capture.jsonl"
+CAPTURE_STREAM = FIXTURES / "rl-stats-api" / "player-capture.stream"
+
+SettingsFactory = Callable[..., Settings]
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """A fresh data dir for this test only."""
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def make_settings(data_dir: Path) -> SettingsFactory:
+    """Settings on this test's data dir; keyword arguments are "section__key" overrides."""
+
+    def factory(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "server.data_dir": data_dir,
+            "worker.handlers": ("noop",),
+        }
+        for name, value in overrides.items():
+            section, _, key = name.partition("__")
+            values[f"{section}.{key}"] = value
+        return load_settings(environ={}, overrides=values)
+
+    return factory
+
+
+@pytest.fixture
+def make_client(aiohttp_client: Any, make_settings: SettingsFactory) -> ClientFactory:
+    """Start the real application (real SQLite in tmp_path) behind a test client."""
+
+    async def factory(settings: Settings | None = None, **overrides: Any) -> TestClient[Any, Any]:
+        app = create_app(settings or make_settings(**overrides))
+        client: TestClient[Any, Any] = await aiohttp_client(app)
+        return client
+
+    return factory
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ServerProcess:
+    """A real `collector serve` in a subprocess, for durability tests (SIGKILL)."""
+
+    def __init__(self, data_dir: Path, *, args: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.args = args or ["--handler", "noop"]
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir.parent / f"server-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        """Base URL of the server."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *, timeout: float = 20.0) -> None:
+        """Start the process and wait until /readyz answers 200."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
+        env.update(self.env)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(Path(__file__).parent.parent), env.get("PYTHONPATH", "")]
+        )
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "collector", "serve", "--port", str(self.port),
+             "--data-dir", str(self.data_dir), *self.args],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        import urllib.error
+        import urllib.request
+
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}: {self.output()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server not ready in {timeout} s: {self.output()}")
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no flush; what is not on disk is gone."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def terminate(self, *, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def output(self) -> str:
+        """Everything the server printed so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@pytest.fixture
+def server_process(data_dir: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Factory of real server processes on this test's data dir; all are killed at the end."""
+    started: list[ServerProcess] = []
+
+    def factory(**kwargs: Any) -> ServerProcess:
+        proc = ServerProcess(data_dir, **kwargs)
+        started.append(proc)
+        return proc
+
+    yield factory
+    for proc in started:
+        proc.kill()
