@@ -47,6 +47,7 @@ _PAGE: Final = 512  # jobs read from disk per executor call
 _SQLITE_FULL: Final = 13
 _COLUMNS: Final = 5  # parameters per inserted row
 _MAX_CHUNK: Final = 256  # rows per INSERT statement
+_WAL_LIMIT_BYTES: Final = 16 * 1024 * 1024
 _ACKS_FORCE_FLUSH: Final = 10_000  # acknowledgements that trigger a commit of their own
 _RETRY_AFTER_FAILURE_S: Final = 1.0  # acknowledgements wait this long after a failed commit
 
@@ -176,6 +177,8 @@ class _JobTable(SQLiteBase):
             """
         )
         conn.execute("PRAGMA synchronous=" + self._durability.upper())
+        # After each checkpoint the WAL is cut back to this size instead of keeping its peak.
+        conn.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT_BYTES}")
         (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
         (sync,) = conn.execute("PRAGMA synchronous").fetchone()
         expected = 2 if self._durability == "full" else 1
@@ -373,6 +376,11 @@ class _JobTable(SQLiteBase):
         conn: sqlite3.Connection = self._conn
         cur = conn.execute("DELETE FROM idempotency_keys WHERE created_at <= ?", (older_than,))
         return cur.rowcount
+
+    def close(self) -> None:
+        """Close the connection (in its own thread) so that __del__ has nothing left to do."""
+        super().close()
+        self._getter = self._putter = None
 
     def checkpoint(self) -> None:
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
