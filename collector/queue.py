@@ -619,6 +619,14 @@ class DurableQueue:
 
     # -- the consumer ------------------------------------------------------------------------
 
+    def take_nowait(self) -> Job | None:
+        """The head job if it is already in memory (the fast path), else None."""
+        if self._window:
+            job = self._window.popleft()
+            self._in_flight = job
+            return job
+        return None
+
     async def next_job(self) -> Job:
         """Wait for and return the job at the head of the line (strict seq order)."""
         loop = asyncio.get_running_loop()

@@ -35,6 +35,10 @@ def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) 
     return float(ceiling / 2 + rng.uniform(0, ceiling / 2))
 
 
+class _HandlerTimeoutError(Exception):
+    """A handler call outlived worker.handler_timeout."""
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -62,7 +66,9 @@ class Worker:
         self._timeout = handler_timeout
         self._rng = rng or random.Random()
         self._task: asyncio.Task[None] | None = None
-        self._busy = False  # inside a handler (not waiting, not backing off)
+        self._watchdog: asyncio.Task[None] | None = None
+        self._busy_since: float | None = None  # monotonic start of the running handler call
+        self._timed_out = False  # the watchdog cancelled a handler call that ran too long
         self._stopping = False
         self.counters = WorkerCounters()
 
@@ -71,9 +77,31 @@ class Worker:
         """True while the worker task is alive."""
         return self._task is not None and not self._task.done()
 
+    @property
+    def busy_for(self) -> float | None:
+        """Seconds the current handler call has been running, None when idle."""
+        since = self._busy_since
+        return None if since is None else time.monotonic() - since
+
     def start(self) -> None:
-        """Start the worker task."""
+        """Start the worker task (and the watchdog that enforces handler_timeout)."""
         self._task = asyncio.create_task(self._run(), name="collector-worker")
+        self._watchdog = asyncio.create_task(self._watch(), name="collector-worker-watchdog")
+
+    async def _watch(self) -> None:
+        """Cancel a handler call that outlives handler_timeout.
+
+        One long-lived timer instead of a timeout scope per job: the per-job cost is two
+        clock reads, which matters at tens of thousands of jobs per second.
+        """
+        tick = min(1.0, self._timeout / 4)
+        while True:
+            await asyncio.sleep(tick)
+            busy = self.busy_for
+            task = self._task
+            if busy is not None and busy > self._timeout and not self._timed_out and task:
+                self._timed_out = True
+                task.cancel(msg="handler_timeout")
 
     async def stop(self, grace: float) -> None:
         """Let the current job finish within `grace` seconds, then stop."""
@@ -81,7 +109,7 @@ class Worker:
         if task is None or task.done():
             return
         self._stopping = True
-        if not self._busy:
+        if self._busy_since is None:
             task.cancel()
         _done, running = await asyncio.wait({task}, timeout=grace)
         if running:
@@ -89,14 +117,19 @@ class Worker:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
         c = self.counters
         log.info("worker_stopped", processed=c.processed, retried=c.retried,
                  dead_lettered=c.dead_lettered)
 
     async def _run(self) -> None:
         log.info("worker_started", handlers=[name for name, _ in self._handlers])
+        queue = self._queue
         while not self._stopping:
-            job = await self._queue.next_job()
+            job = queue.take_nowait() or await queue.next_job()
             # This task's own context: binding replaces the previous job's seq.
             structlog.contextvars.bind_contextvars(seq=job.seq)
             await self._process(job)
@@ -106,19 +139,11 @@ class Worker:
         done: set[int] = set()  # handlers that succeeded for this job: each applied once
         while True:
             try:
-                self._busy = True
-                try:
-                    async with asyncio.timeout(self._timeout):
-                        for index, (_name, handler) in enumerate(self._handlers):
-                            if index not in done:
-                                await handler(job)
-                                done.add(index)
-                finally:
-                    self._busy = False
+                await self._call_handlers(job, done)
             except PermanentError as exc:
                 await self._bury(job, _describe(exc), permanent=True)
                 return
-            except TimeoutError:
+            except _HandlerTimeoutError:
                 error = f"handler timed out after {self._timeout:g} s"
             except Exception as exc:  # noqa: BLE001 - no handler error may stop the worker
                 error = _describe(exc)
@@ -138,6 +163,25 @@ class Worker:
                 return  # the job keeps its place at the head for the next start
             await asyncio.sleep(delay)
             job = dataclasses.replace(job, attempt=job.attempt + 1)
+
+    async def _call_handlers(self, job: Job, done: set[int]) -> None:
+        self._busy_since = time.monotonic()
+        try:
+            for index, (_name, handler) in enumerate(self._handlers):
+                if index not in done:
+                    await handler(job)
+                    done.add(index)
+        except asyncio.CancelledError:
+            if not self._timed_out:
+                raise  # a real cancellation (shutdown)
+            raise _HandlerTimeoutError from None
+        finally:
+            self._busy_since = None
+            if self._timed_out:  # the cancellation is consumed (or came too late)
+                self._timed_out = False
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
 
     async def _bury(self, job: Job, error: str, *, permanent: bool) -> None:
         log.error("job_dead_lettered", attempt=job.attempt, error=error, permanent=permanent)
