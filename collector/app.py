@@ -41,6 +41,7 @@ def create_app(settings: Settings) -> web.Application:
             queue = DurableQueue(
                 data_dir, durability=q.durability, max_pending=q.max_pending,
                 ack_interval_ms=q.ack_interval_ms, idempotency_ttl_hours=q.idempotency_ttl_hours,
+                max_bytes=q.max_bytes,
             )
             await queue.open()
             app[QUEUE] = queue

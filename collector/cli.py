@@ -12,7 +12,7 @@ from typing import Any
 
 from collector import __version__
 from collector.config import Settings, load_settings
-from collector.errors import ConfigError, StartupError
+from collector.errors import ConfigError, QueueCorruptError, StartupError
 
 EXIT_CONFIG = 2
 EXIT_STARTUP = 1
@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"collector: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except StartupError as exc:
+    except (StartupError, QueueCorruptError) as exc:
         print(f"collector: error: {exc}", file=sys.stderr)
         return EXIT_STARTUP
     except KeyboardInterrupt:

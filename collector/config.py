@@ -57,6 +57,9 @@ class QueueSettings:
     ack_interval_ms: int = 50
     #: How long an Idempotency-Key is remembered.
     idempotency_ttl_hours: float = 48.0
+    #: Largest size of the queue file in bytes (0 = as large as the disk allows); past
+    #: it, POSTs get 507 insufficient_storage until the worker has made room.
+    max_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +187,7 @@ def _check_ranges(settings: Settings) -> None:
         (s.shutdown_timeout >= 0, "server.shutdown_timeout: must not be negative"),
         (q.max_pending >= 1, "queue.max_pending: must be at least 1"),
         (q.ack_interval_ms >= 0, "queue.ack_interval_ms: must not be negative"),
+        (q.max_bytes == 0 or q.max_bytes >= 1 << 20, "queue.max_bytes: 0 or at least 1 MiB"),
         (q.idempotency_ttl_hours >= 24, "queue.idempotency_ttl_hours: must be at least 24"),
         (w.max_attempts >= 1, "worker.max_attempts: must be at least 1"),
         (w.backoff_base > 0, "worker.backoff_base: must be positive"),

@@ -29,3 +29,17 @@ class StorageFullError(Exception):
 
 class StorageError(Exception):
     """Another storage failure; nothing of the request was stored."""
+
+
+class QueueCorruptError(Exception):
+    """The queue file failed its integrity check; it is kept, never deleted or skipped."""
+
+    def __init__(self, path: object, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        first = problems[0] if problems else "unknown damage"
+        super().__init__(
+            f"queue file {path} is damaged ({first}); nothing was changed. "
+            f"Run `collector recover --data-dir {getattr(path, 'parent', path)}` to move it "
+            "aside and salvage every readable job"
+        )

@@ -26,7 +26,7 @@ import functools
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +36,13 @@ import orjson
 import structlog
 from persistqueue.sqlbase import SQLiteBase
 
-from collector.errors import QueueClosedError, QueueFullError, StorageError, StorageFullError
+from collector.errors import (
+    QueueClosedError,
+    QueueCorruptError,
+    QueueFullError,
+    StorageError,
+    StorageFullError,
+)
 from collector.jobs import Job
 
 log = structlog.get_logger(__name__)
@@ -45,6 +51,7 @@ QUEUE_FILE: Final = "queue.db"
 _MEMORY_WINDOW: Final = 4096  # jobs handed to the worker from memory at most
 _PAGE: Final = 512  # jobs read from disk per executor call
 _SQLITE_FULL: Final = 13
+_JOBS_TABLE: Final = "jobs_v1"  # persist-queue names it {_TABLE_NAME}_{name}
 _COLUMNS: Final = 5  # parameters per inserted row
 _MAX_CHUNK: Final = 256  # rows per INSERT statement
 _WAL_LIMIT_BYTES: Final = 16 * 1024 * 1024
@@ -110,6 +117,23 @@ class _Put:
 
 
 @dataclass(frozen=True, slots=True)
+class _Acks:
+    """Acknowledgements to commit: the id range (after, upto] plus single ids.
+
+    A range, not "everything <= upto": a dead letter put back in its old place has an
+    id below `upto` and must survive the next flush.
+    """
+
+    after: int = 0
+    upto: int = 0
+    count: int = 0
+    ids: tuple[int, ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+
+@dataclass(frozen=True, slots=True)
 class QueueStats:
     """Counters for /v1/queue."""
 
@@ -140,7 +164,7 @@ class _JobTable(SQLiteBase):
         "SELECT {key_column}, data, timestamp, source, sequence, attempts "
         "FROM {table_name} WHERE {key_column} > ? ORDER BY {key_column} LIMIT ?"
     )
-    _SQL_DELETE = "DELETE FROM {table_name} WHERE {key_column} <= ?"
+    _SQL_DELETE = "DELETE FROM {table_name} WHERE {key_column} > ? AND {key_column} <= ?"
 
     @property
     def _sql_delete(self) -> str:
@@ -150,8 +174,11 @@ class _JobTable(SQLiteBase):
     def _sql_fetch(self) -> str:
         return self._SQL_SELECT.format(table_name=self._table_name, key_column=self._key_column)
 
-    def __init__(self, path: Path, *, durability: Literal["full", "normal"]) -> None:
+    def __init__(
+        self, path: Path, *, durability: Literal["full", "normal"], max_bytes: int = 0
+    ) -> None:
         self._durability = durability
+        self._max_bytes = max_bytes
         super().__init__(
             str(path), name="v1", serializer=_JsonSerializer, db_file_name=QUEUE_FILE,
             timeout=30.0,
@@ -159,6 +186,20 @@ class _JobTable(SQLiteBase):
 
     def _init(self) -> None:
         super()._init()
+        try:
+            self._prepare()
+        except BaseException:
+            # Close here, in the connection's own thread; persist-queue's __del__ would
+            # try from whichever thread collects the object.
+            self.close_connection()
+            raise
+
+    def close_connection(self) -> None:
+        """Close the connection without touching the file's contents."""
+        super().close()
+        self._getter = self._putter = None
+
+    def _prepare(self) -> None:
         conn: sqlite3.Connection = self._conn
         conn.isolation_level = None  # we issue BEGIN/COMMIT ourselves
         conn.executescript(
@@ -174,8 +215,20 @@ class _JobTable(SQLiteBase):
                 ON idempotency_keys (created_at);
             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
             INSERT OR IGNORE INTO meta (key, value) VALUES ('processed_total', 0);
+            INSERT OR IGNORE INTO meta (key, value) VALUES ('clean_shutdown', 1);
             """
         )
+        (clean,) = conn.execute("SELECT value FROM meta WHERE key = 'clean_shutdown'").fetchone()
+        if not clean:
+            # The last run did not close the file (crash, kill -9, power loss): check it
+            # before trusting it. A clean run skips this, so start-up stays fast.
+            problems = integrity_problems(conn)
+            if problems:
+                raise QueueCorruptError(self.file, problems)
+        conn.execute("UPDATE meta SET value = 0 WHERE key = 'clean_shutdown'")
+        if self._max_bytes:
+            (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+            conn.execute(f"PRAGMA max_page_count={max(1, self._max_bytes // page_size)}")
         conn.execute("PRAGMA synchronous=" + self._durability.upper())
         # After each checkpoint the WAL is cut back to this size instead of keeping its peak.
         conn.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT_BYTES}")
@@ -184,17 +237,23 @@ class _JobTable(SQLiteBase):
         expected = 2 if self._durability == "full" else 1
         if mode.lower() != "wal" or sync != expected:
             raise StorageError(
-                f"{self.path}/{QUEUE_FILE}: journal_mode={mode} synchronous={sync}, "
+                f"{self.file}: journal_mode={mode} synchronous={sync}, "
                 f"cannot guarantee durability={self._durability}"
             )
+
+    @property
+    def file(self) -> Path:
+        """The SQLite file."""
+        return Path(self.path) / QUEUE_FILE
 
     # -- everything below runs in the queue's executor thread ---------------------------
 
     def state(self) -> tuple[int, int, int, int, int]:
         """(last seq ever assigned, first pending seq or 0, rows, dead letters, processed)."""
         conn: sqlite3.Connection = self._conn
+        # persist-queue's _table_name is quoted (`jobs_v1`); sqlite_sequence holds the bare name.
         row = conn.execute(
-            "SELECT seq FROM sqlite_sequence WHERE name = ?", (self._table_name,)
+            "SELECT seq FROM sqlite_sequence WHERE name = ?", (_JOBS_TABLE,)
         ).fetchone()
         last = row[0] if row else 0
         (min_id, max_id) = conn.execute(
@@ -223,9 +282,19 @@ class _JobTable(SQLiteBase):
             return None
         return Accepted(accepted=row[2], first_seq=row[0], last_seq=row[1], replayed=True)
 
-    def commit(
-        self, puts: list[_Put], next_seq: int, ack_upto: int, acks: int, ttl_s: float
-    ) -> list[Accepted]:
+    def _apply_acks(self, conn: sqlite3.Connection, acks: _Acks) -> None:
+        if acks.upto > acks.after:
+            conn.execute(self._sql_delete, (acks.after, acks.upto))
+        if acks.ids:
+            conn.executemany(
+                f"DELETE FROM {self._table_name} WHERE _id = ?", [(i,) for i in acks.ids]
+            )
+        conn.execute(
+            "UPDATE meta SET value = value + ? WHERE key = 'processed_total'", (acks.count,)
+        )
+
+    def commit(self, puts: list[_Put], next_seq: int, acks: _Acks, ttl_s: float
+               ) -> list[Accepted]:
         """One transaction: the acknowledgements so far, then every request's events.
 
         The transaction is all or none, so each request is too. Rows go in with few
@@ -252,14 +321,9 @@ class _JobTable(SQLiteBase):
             # the next fsynced commit makes every earlier WAL frame durable anyway.
             conn.execute("PRAGMA synchronous=NORMAL")
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(conn):
                 if acks:
-                    conn.execute(self._sql_delete, (ack_upto,))
-                    conn.execute(
-                        "UPDATE meta SET value = value + ? WHERE key = 'processed_total'",
-                        (acks,),
-                    )
+                    self._apply_acks(conn, acks)
                 now = time.time()
                 params = []
                 keys: dict[str, Accepted] = {}
@@ -282,11 +346,6 @@ class _JobTable(SQLiteBase):
                         "INSERT OR REPLACE INTO idempotency_keys VALUES (?, ?, ?, ?, ?)",
                         [(k, a.first_seq, a.last_seq, a.accepted, now) for k, a in keys.items()],
                     )
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
         finally:
             if not durable and self._durability == "full":
                 conn.execute("PRAGMA synchronous=FULL")
@@ -336,16 +395,12 @@ class _JobTable(SQLiteBase):
         conn: sqlite3.Connection = self._conn
         conn.execute(f"UPDATE {self._table_name} SET attempts = ? WHERE _id = ?", (attempts, seq))
 
-    def bury(self, seq: int, attempts: int, error: str, ack_upto: int, acks: int) -> None:
+    def bury(self, seq: int, attempts: int, error: str, acks: _Acks) -> None:
         """Move job `seq` to the dead letters (and flush earlier acknowledgements)."""
         conn: sqlite3.Connection = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(conn):
             if acks:
-                conn.execute(self._sql_delete, (ack_upto,))
-                conn.execute(
-                    "UPDATE meta SET value = value + ? WHERE key = 'processed_total'", (acks,)
-                )
+                self._apply_acks(conn, acks)
             conn.execute(
                 "INSERT OR REPLACE INTO dead_letters "
                 f"SELECT _id, data, timestamp, source, sequence, ?, ?, ? FROM {self._table_name} "
@@ -353,11 +408,6 @@ class _JobTable(SQLiteBase):
                 (attempts, error, time.time(), seq),
             )
             conn.execute(f"DELETE FROM {self._table_name} WHERE _id = ?", (seq,))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
 
     def dead(self, limit: int, offset: int) -> list[DeadJob]:
         conn: sqlite3.Connection = self._conn
@@ -377,13 +427,249 @@ class _JobTable(SQLiteBase):
         cur = conn.execute("DELETE FROM idempotency_keys WHERE created_at <= ?", (older_than,))
         return cur.rowcount
 
+    def dead_one(self, seq: int) -> DeadJob | None:
+        conn: sqlite3.Connection = self._conn
+        row = conn.execute(
+            "SELECT seq, data, timestamp, source, sequence, attempts, error, failed_at "
+            "FROM dead_letters WHERE seq = ?",
+            (seq,),
+        ).fetchone()
+        if row is None:
+            return None
+        return DeadJob(seq=row[0], payload=orjson.loads(row[1]), received_at=row[2],
+                       source=row[3], sequence=row[4], attempts=row[5], error=row[6],
+                       failed_at=row[7])
+
+    def revive(
+        self, seqs: Sequence[int], acks: _Acks, next_seq: int, *, at_tail: bool
+    ) -> list[Job]:
+        """Move dead letters back into the job table: under their old seq, or new ones."""
+        conn: sqlite3.Connection = self._conn
+        revived: list[Job] = []
+        with _transaction(conn):
+            if acks:
+                self._apply_acks(conn, acks)
+            for seq in sorted(set(seqs)):
+                row = conn.execute(
+                    "SELECT data, timestamp, source, sequence FROM dead_letters WHERE seq = ?",
+                    (seq,),
+                ).fetchone()
+                if row is None:
+                    continue
+                new_seq = next_seq if at_tail else seq
+                next_seq += 1 if at_tail else 0
+                conn.execute(self._sql_insert, (new_seq, row[0], row[1], row[2], row[3]))
+                conn.execute("DELETE FROM dead_letters WHERE seq = ?", (seq,))
+                revived.append(Job(seq=new_seq, payload=orjson.loads(row[0]), received_at=row[1],
+                                   source=row[2], sequence=row[3]))
+        return revived
+
+    def drop_dead(self, seqs: Sequence[int]) -> int:
+        conn: sqlite3.Connection = self._conn
+        dropped = 0
+        with _transaction(conn):
+            for seq in set(seqs):
+                dropped += conn.execute("DELETE FROM dead_letters WHERE seq = ?", (seq,)).rowcount
+        return dropped
+
     def close(self) -> None:
-        """Close the connection (in its own thread) so that __del__ has nothing left to do."""
-        super().close()
-        self._getter = self._putter = None
+        """Mark a clean shutdown, then close the connection (in its own thread)."""
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.execute("UPDATE meta SET value = 1 WHERE key = 'clean_shutdown'")
+        self.close_connection()
 
     def checkpoint(self) -> None:
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def integrity_problems(conn: sqlite3.Connection, *, full: bool = False) -> list[str]:
+    """What SQLite's own check finds wrong with the open database; [] when it is sound."""
+    pragma = "integrity_check" if full else "quick_check"
+    try:
+        rows = conn.execute(f"PRAGMA {pragma}(20)").fetchall()
+    except sqlite3.DatabaseError as exc:
+        return [str(exc)]
+    found = [str(r[0]) for r in rows]
+    return [] if found == ["ok"] else found
+
+
+@dataclass(frozen=True, slots=True)
+class FileReport:
+    """What `collector check`/`status` read from a queue file without a daemon."""
+
+    path: Path
+    exists: bool
+    problems: list[str]
+    pending: int = 0
+    dead: int = 0
+    last_seq: int = 0
+    processed_total: int = 0
+    oldest_pending_at: float | None = None
+    clean_shutdown: bool = True
+
+
+def inspect_file(data_dir: Path, *, full: bool = False) -> FileReport:
+    """Read-only look at the queue file of a stopped daemon (no loop is running)."""
+    path = data_dir / QUEUE_FILE
+    if not path.exists():
+        return FileReport(path=path, exists=False, problems=[])
+    try:
+        # Not read-only: a WAL file left by a crash must be recovered to be read.
+        conn = sqlite3.connect(path, timeout=1.0, isolation_level=None)
+    except sqlite3.Error as exc:
+        return FileReport(path=path, exists=True, problems=[str(exc)])
+    try:
+        problems = integrity_problems(conn, full=full)
+        if problems:
+            return FileReport(path=path, exists=True, problems=problems)
+        try:
+            table = _JOBS_TABLE
+            seq_row = conn.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)
+            ).fetchone()
+            pending, oldest, max_id = conn.execute(
+                f"SELECT count(*), min(timestamp), coalesce(max(_id), 0) FROM {table}"
+            ).fetchone()
+            (dead,) = conn.execute("SELECT count(*) FROM dead_letters").fetchone()
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.Error as exc:
+            return FileReport(path=path, exists=True, problems=[str(exc)])
+        return FileReport(
+            path=path, exists=True, problems=[], pending=pending, dead=dead,
+            last_seq=max(seq_row[0] if seq_row else 0, max_id),
+            processed_total=int(meta.get("processed_total", 0)), oldest_pending_at=oldest,
+            clean_shutdown=bool(meta.get("clean_shutdown", 1)),
+        )
+    finally:
+        conn.close()
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverReport:
+    """What `collector recover` did."""
+
+    damaged_moved_to: Path
+    jobs_salvaged: int
+    dead_salvaged: int
+    unreadable_ranges: list[tuple[int, int]]
+    next_seq: int
+
+
+_SEQ_MARGIN_WHEN_UNKNOWN: Final = 1_000_000_000
+
+
+def recover_file(data_dir: Path) -> RecoverReport:
+    """Move a damaged queue file aside and salvage every readable job, in order.
+
+    The damaged file (and its -wal/-shm) is renamed, never deleted. Jobs keep their
+    seq. If the highest seq ever used cannot be read, new seqs start far above the
+    salvaged ones, so that no handler mistakes a new job for one it already applied.
+    """
+    path = data_dir / QUEUE_FILE
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    aside = path.with_name(f"{QUEUE_FILE}.damaged-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(f"{path}{suffix}")
+        if src.exists():
+            src.rename(Path(f"{aside}{suffix}"))
+    old = sqlite3.connect(aside, isolation_level=None)
+    try:
+        jobs, unreadable = _salvage_rows(
+            old, "jobs_v1", "_id", "_id, data, timestamp, source, sequence, attempts"
+        )
+        dead, _ = _salvage_rows(
+            old, "dead_letters", "seq",
+            "seq, data, timestamp, source, sequence, attempts, error, failed_at",
+        )
+        try:
+            row = old.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs_v1'").fetchone()
+            known_last: int | None = row[0] if row else 0
+        except sqlite3.Error:
+            known_last = None
+        try:
+            meta = dict(old.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.Error:
+            meta = {}
+    finally:
+        old.close()
+    highest = max([r[0] for r in jobs] + [r[0] for r in dead] + [0])
+    last = highest + _SEQ_MARGIN_WHEN_UNKNOWN if known_last is None else max(known_last, highest)
+    table = _JobTable(data_dir, durability="full")
+    conn: sqlite3.Connection = table._conn
+    with _transaction(conn):
+        conn.executemany(
+            "INSERT INTO jobs_v1 (_id, data, timestamp, source, sequence, attempts) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            jobs,
+        )
+        conn.executemany("INSERT INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?, ?)", dead)
+        # sqlite_sequence has no unique name: update the row the inserts made, or add one.
+        if not conn.execute(
+            "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'jobs_v1'", (last,)
+        ).rowcount:
+            conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs_v1', ?)", (last,))
+        conn.execute(
+            "UPDATE meta SET value = ? WHERE key = 'processed_total'",
+            (int(meta.get("processed_total", 0)),),
+        )
+    table.close()
+    return RecoverReport(damaged_moved_to=aside, jobs_salvaged=len(jobs),
+                         dead_salvaged=len(dead), unreadable_ranges=unreadable,
+                         next_seq=last + 1)
+
+
+def _salvage_rows(
+    conn: sqlite3.Connection, table: str, key: str, columns: str
+) -> tuple[list[tuple[Any, ...]], list[tuple[int, int]]]:
+    """Every readable row of `table` in key order; unreadable key ranges are skipped."""
+    try:
+        return conn.execute(f"SELECT {columns} FROM {table} ORDER BY {key}").fetchall(), []
+    except sqlite3.Error:
+        pass
+    try:
+        (low, high) = conn.execute(f"SELECT min({key}), max({key}) FROM {table}").fetchone()
+    except sqlite3.Error:
+        low, high = None, None
+    if low is None or high is None:
+        # The index itself is unreadable: walk the rowids blindly up to a plausible bound.
+        low, high = 1, 10_000_000
+    rows: list[tuple[Any, ...]] = []
+    unreadable: list[tuple[int, int]] = []
+    stack = [(int(low), int(high))]
+    while stack:
+        a, b = stack.pop()
+        try:
+            rows += conn.execute(
+                f"SELECT {columns} FROM {table} WHERE {key} BETWEEN ? AND ? ORDER BY {key}",
+                (a, b),
+            ).fetchall()
+        except sqlite3.Error:
+            if a == b:
+                unreadable.append((a, b))
+            else:
+                mid = (a + b) // 2
+                stack += [(mid + 1, b), (a, mid)]
+    rows.sort(key=lambda r: int(r[0]))
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted(unreadable):
+        if merged and merged[-1][1] + 1 == a:
+            merged[-1] = (merged[-1][0], b)
+        else:
+            merged.append((a, b))
+    return rows, merged
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 @functools.lru_cache(maxsize=32)
@@ -413,8 +699,10 @@ class DurableQueue:
         max_pending: int = 1_000_000,
         ack_interval_ms: int = 50,
         idempotency_ttl_hours: float = 48.0,
+        max_bytes: int = 0,
     ) -> None:
         self._dir = data_dir
+        self._max_bytes = max_bytes
         self._durability: Literal["full", "normal"] = durability
         self._max_pending = max_pending
         self._ack_interval = ack_interval_ms / 1000
@@ -433,13 +721,16 @@ class DurableQueue:
         self._rows = 0  # rows in the job table (pending + acked-but-not-flushed)
         self._dead = 0
         self._processed_flushed = 0
-        self._done_upto = 0  # every job <= this is acknowledged or dead
+        self._done_upto = 0  # every job <= this is acknowledged or dead (but see _extra)
+        self._flushed_upto = 0  # acknowledgements <= this are committed or being committed
         self._acks = 0  # acknowledgements not yet committed
+        self._extra: list[int] = []  # acknowledged ids below _flushed_upto (put back jobs)
         self._acks_committing = 0  # acknowledgements inside a running transaction
         self._flush_timer: asyncio.TimerHandle | None = None
         self._flush_requested = False
         # Hand-off to the worker.
         self._window: deque[Job] = deque()
+        self._revived: deque[Job] = deque()  # dead letters put back in their old place
         self._cursor = 0  # highest seq handed to the worker (or in the window)
         self._wakeup = asyncio.Event()
         self._in_flight: Job | None = None
@@ -449,14 +740,24 @@ class DurableQueue:
     async def open(self) -> None:
         """Open (or create) the queue file; jobs left from a crash come first, in order."""
         loop = asyncio.get_running_loop()
-        self._table = await loop.run_in_executor(
-            self._executor, lambda: _JobTable(self._dir, durability=self._durability)
-        )
+        try:
+            self._table = await loop.run_in_executor(
+                self._executor,
+                lambda: _JobTable(self._dir, durability=self._durability,
+                                  max_bytes=self._max_bytes),
+            )
+        except sqlite3.DatabaseError as exc:
+            # "file is not a database" and friends: the file is kept as it is.
+            self._executor.shutdown(wait=False)
+            raise QueueCorruptError(self.path, [str(exc)]) from None
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            raise
         last, first, rows, dead, processed = await loop.run_in_executor(
             self._executor, self._table.state
         )
         self._next_seq = last + 1
-        self._done_upto = self._cursor = (first - 1) if rows else last
+        self._done_upto = self._cursor = self._flushed_upto = (first - 1) if rows else last
         self._rows, self._dead, self._processed_flushed = rows, dead, processed
         self._open = True
         self._committer = asyncio.create_task(self._commit_loop(), name="queue-committer")
@@ -499,19 +800,25 @@ class DurableQueue:
         """Jobs acknowledged ever (dead letters not counted)."""
         return self._processed_flushed + self._acks + self._acks_committing
 
-    def _take_acks(self) -> tuple[int, int]:
+    def _take_acks(self) -> _Acks:
         """Hand the uncommitted acknowledgements to a transaction about to run."""
-        acks, self._acks = self._acks, 0
-        self._acks_committing += acks
-        return self._done_upto, acks
+        acks = _Acks(after=self._flushed_upto, upto=self._done_upto, count=self._acks,
+                     ids=tuple(self._extra))
+        self._acks = 0
+        self._extra = []
+        self._flushed_upto = self._done_upto
+        self._acks_committing += acks.count
+        return acks
 
-    def _acks_settled(self, acks: int, *, committed: bool) -> None:
-        self._acks_committing -= acks
+    def _acks_settled(self, acks: _Acks, *, committed: bool) -> None:
+        self._acks_committing -= acks.count
         if committed:
-            self._rows -= acks
-            self._processed_flushed += acks
-        elif not self._closing:
-            self._acks += acks  # still covered by _done_upto; the next commit retries
+            self._rows -= acks.count
+            self._processed_flushed += acks.count
+        elif not self._closing:  # the next commit retries them
+            self._acks += acks.count
+            self._extra.extend(acks.ids)
+            self._flushed_upto = min(self._flushed_upto, acks.after)
 
     # -- producers -------------------------------------------------------------------------
 
@@ -571,7 +878,7 @@ class DurableQueue:
             )
             if not puts and not flush:
                 continue
-            ack_upto, acks = self._take_acks() if flush else (self._done_upto, 0)
+            acks = self._take_acks() if flush else _Acks()
             if flush:
                 self._flush_requested = False
                 if self._flush_timer is not None:
@@ -579,8 +886,7 @@ class DurableQueue:
                     self._flush_timer = None
             try:
                 results = await loop.run_in_executor(
-                    self._executor, table.commit, puts, self._next_seq, ack_upto, acks,
-                    self._ttl_s,
+                    self._executor, table.commit, puts, self._next_seq, acks, self._ttl_s,
                 )
             except Exception as exc:  # noqa: BLE001 - every failure goes back to the callers
                 err = _translate(exc)
@@ -621,8 +927,8 @@ class DurableQueue:
 
     def take_nowait(self) -> Job | None:
         """The head job if it is already in memory (the fast path), else None."""
-        if self._window:
-            job = self._window.popleft()
+        if self._window or self._revived:
+            job = (self._revived or self._window).popleft()
             self._in_flight = job
             return job
         return None
@@ -633,9 +939,8 @@ class DurableQueue:
         table = self._table
         assert table is not None
         while True:
-            if self._window:
-                job = self._window.popleft()
-                self._in_flight = job
+            job = self.take_nowait()
+            if job is not None:
                 return job
             if self._cursor < self._next_seq - 1:
                 jobs = await loop.run_in_executor(
@@ -657,6 +962,8 @@ class DurableQueue:
 
     def ack(self, job: Job) -> None:
         """The job is done; its deletion is committed with the next commit."""
+        if job.seq <= self._flushed_upto:  # a revived dead letter, below the ack range
+            self._extra.append(job.seq)
         self._finish(job)
         self._acks += 1
         if self._ack_interval == 0 or self._acks >= _ACKS_FORCE_FLUSH:
@@ -665,7 +972,7 @@ class DurableQueue:
             self._schedule_flush()
 
     def _finish(self, job: Job) -> None:
-        self._done_upto = job.seq
+        self._done_upto = max(self._done_upto, job.seq)
         if self._in_flight is not None and self._in_flight.seq == job.seq:
             self._in_flight = None
 
@@ -691,10 +998,10 @@ class DurableQueue:
         """Move `job` to the durable dead-letter store; the line moves on."""
         assert self._table is not None
         loop = asyncio.get_running_loop()
-        ack_upto, acks = self._take_acks()
+        acks = self._take_acks()
         try:
             await loop.run_in_executor(
-                self._executor, self._table.bury, job.seq, job.attempt, error, ack_upto, acks
+                self._executor, self._table.bury, job.seq, job.attempt, error, acks
             )
         except BaseException:
             self._acks_settled(acks, committed=False)
@@ -709,6 +1016,78 @@ class DurableQueue:
         assert self._table is not None
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._table.dead, limit, offset)
+
+    async def dead_letter_get(self, seq: int) -> DeadJob | None:
+        """One dead letter by seq, or None."""
+        assert self._table is not None
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._table.dead_one, seq)
+
+    async def retry_dead(self, seqs: Sequence[int], *, at_tail: bool = False) -> list[Job]:
+        """Put dead letters back in line: in their old place (next up) or at the tail.
+
+        In their old place they keep their seq and run before every pending job; at the
+        tail they get new seqs after the newest job. Returns the revived jobs.
+        """
+        assert self._table is not None
+        if not self.is_open:
+            raise QueueClosedError("queue is closed")
+        loop = asyncio.get_running_loop()
+        acks = self._take_acks()  # the ack range must end above the old seqs
+        try:
+            revived = await loop.run_in_executor(
+                self._executor, functools.partial(
+                    self._table.revive, seqs, acks, self._next_seq, at_tail=at_tail
+                ),
+            )
+        except BaseException:
+            self._acks_settled(acks, committed=False)
+            raise
+        self._acks_settled(acks, committed=True)
+        self._rows += len(revived)
+        self._dead -= len(revived)
+        if at_tail:
+            if revived:
+                self._next_seq = revived[-1].seq + 1
+        else:
+            self._revived.extend(revived)
+        self._wakeup.set()
+        return revived
+
+    async def drop_dead(self, seqs: Sequence[int]) -> int:
+        """Delete dead letters for good; returns how many were there."""
+        assert self._table is not None
+        loop = asyncio.get_running_loop()
+        dropped = await loop.run_in_executor(self._executor, self._table.drop_dead, seqs)
+        self._dead -= dropped
+        return dropped
+
+    async def peek(self, limit: int = 10) -> list[Job]:
+        """The next jobs in line (the one in flight first), without taking them."""
+        jobs = list(self._revived)[:limit]
+        if self._in_flight is not None and self._in_flight.seq > self._done_upto:
+            jobs.insert(0, self._in_flight)
+        assert self._table is not None
+        loop = asyncio.get_running_loop()
+        after = max(self._done_upto, self._in_flight.seq if self._in_flight else 0)
+        rest = await loop.run_in_executor(self._executor, self._table.fetch, after,
+                                          max(0, limit - len(jobs)))
+        return (jobs + rest)[:limit]
+
+    async def pending_jobs(self, page: int = 1000) -> AsyncIterator[Job]:
+        """Every pending job in order (for export), read from disk page by page."""
+        assert self._table is not None
+        loop = asyncio.get_running_loop()
+        for job in list(self._revived):
+            yield job
+        after = self._done_upto
+        while True:
+            jobs = await loop.run_in_executor(self._executor, self._table.fetch, after, page)
+            if not jobs:
+                return
+            for job in jobs:
+                yield job
+            after = jobs[-1].seq
 
     async def purge_idempotency_keys(self) -> int:
         """Forget Idempotency-Keys older than the retention; returns how many."""
