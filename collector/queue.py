@@ -26,7 +26,7 @@ import functools
 import sqlite3
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -734,6 +734,9 @@ class DurableQueue:
         self._cursor = 0  # highest seq handed to the worker (or in the window)
         self._wakeup = asyncio.Event()
         self._in_flight: Job | None = None
+        #: Called after each successful group commit with (requests, rows, seconds); the
+        #: metrics module sets it. Runs on the loop; must be cheap.
+        self.on_commit: Callable[[int, int, float], None] | None = None
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -878,6 +881,7 @@ class DurableQueue:
             )
             if not puts and not flush:
                 continue
+            started = time.perf_counter()
             acks = self._take_acks() if flush else _Acks()
             if flush:
                 self._flush_requested = False
@@ -899,6 +903,9 @@ class DurableQueue:
                     self._schedule_flush(_RETRY_AFTER_FAILURE_S)
                 continue
             self._acks_settled(acks, committed=True)
+            if self.on_commit is not None and puts:
+                rows = sum(r.accepted for r in results if not r.replayed)
+                self.on_commit(len(puts), rows, time.perf_counter() - started)
             for put, result in zip(puts, results, strict=True):
                 if not result.replayed:
                     self._committed(put, result)

@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -71,6 +71,9 @@ class Worker:
         self._timed_out = False  # the watchdog cancelled a handler call that ran too long
         self._stopping = False
         self.counters = WorkerCounters()
+        #: Called after each handler call with (handler name, seconds, ok); the metrics
+        #: module sets it. None costs nothing per job.
+        self.on_handler: Callable[[str, float, bool], None] | None = None
 
     @property
     def running(self) -> bool:
@@ -166,11 +169,22 @@ class Worker:
 
     async def _call_handlers(self, job: Job, done: set[int]) -> None:
         self._busy_since = time.monotonic()
+        observe = self.on_handler
         try:
-            for index, (_name, handler) in enumerate(self._handlers):
-                if index not in done:
+            for index, (name, handler) in enumerate(self._handlers):
+                if index in done:
+                    continue
+                if observe is None:
                     await handler(job)
-                    done.add(index)
+                else:
+                    started = time.perf_counter()
+                    try:
+                        await handler(job)
+                    except BaseException:
+                        observe(name, time.perf_counter() - started, False)
+                        raise
+                    observe(name, time.perf_counter() - started, True)
+                done.add(index)
         except asyncio.CancelledError:
             if not self._timed_out:
                 raise  # a real cancellation (shutdown)
