@@ -406,6 +406,7 @@ async def test_events_nested_deeper_than_max_depth(make_client: ClientFactory,
 
 
 async def test_not_found_and_method_not_allowed_are_json(client: Client) -> None:
+    # The contract fixes the shape for every error; these codes are the code's own choice.
     await check_error(await client.get("/nope"), 404, {"not_found"})
     resp = await client.get("/v1/events")
     await check_error(resp, 405, {"method_not_allowed"})
