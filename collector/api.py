@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hmac
+import json
+import re
 import time
 import zlib
 from collections.abc import Awaitable, Callable
@@ -25,7 +27,13 @@ _NDJSON_TYPES: Final = frozenset(
     {"application/x-ndjson", "application/ndjson", "application/jsonl",
      "application/x-jsonlines", "application/jsonlines"}
 )
-_ENCODINGS: Final = frozenset({"", "identity", "gzip", "x-gzip", "deflate"})
+_IDENTITY: Final = frozenset({"", "identity"})
+_ENCODINGS: Final = _IDENTITY | {"gzip", "x-gzip", "deflate"}
+# A run of 19+ digits may be an integer beyond 64 bits, which orjson would turn into a
+# float: such bodies are parsed again with the stdlib to refuse them exactly.
+_LONG_NUMBER: Final = re.compile(rb"\d{19,}")
+_INT_MIN: Final = -(2**63)
+_INT_MAX: Final = 2**64 - 1
 _MAX_SEQUENCE: Final = 2**63 - 1
 _MAX_HEADER_TEXT: Final = 256
 _RETRY_FULL: Final = "1"
@@ -129,6 +137,55 @@ def _depth_ok(value: Any, limit: int) -> bool:
     return True
 
 
+def _inflate(raw: bytes, encoding: str, limit: int) -> bytes:
+    """Decompress a gzip/deflate body, refusing output beyond `limit` bytes (gzip bombs).
+
+    aiohttp's own decompression is switched off (auto_decompress=False) so that an
+    encoding we do not take is a 415 in our JSON shape, not the parser's plain text.
+    """
+    if encoding == "deflate":
+        # HTTP says zlib-wrapped, some clients send raw deflate: tell them apart.
+        zlib_header = len(raw) >= 2 and raw[0] & 0x0F == 8 and (raw[0] << 8 | raw[1]) % 31 == 0
+        wbits = zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
+    else:
+        wbits = zlib.MAX_WBITS | 16  # gzip
+    out = bytearray()
+    data = raw
+    try:
+        while True:
+            inflater = zlib.decompressobj(wbits)
+            out += inflater.decompress(data, limit + 1 - len(out))
+            if len(out) > limit or inflater.unconsumed_tail:
+                raise ApiError(413, "too_large", f"body inflates past {limit} bytes")
+            if not inflater.eof:
+                raise ApiError(400, "invalid_json", f"the {encoding} body is truncated")
+            data = inflater.unused_data
+            if not data or wbits != zlib.MAX_WBITS | 16:
+                break  # gzip may hold several members; anything else ends here
+    except zlib.error as exc:
+        raise ApiError(400, "invalid_json", f"the {encoding} body is corrupt: {exc}") from None
+    if data:
+        raise ApiError(400, "invalid_json", f"trailing bytes after the {encoding} stream")
+    return bytes(out)
+
+
+def _loads(data: bytes) -> Any:
+    """Parse JSON; integers outside the 64-bit range are refused, not rounded."""
+    value = orjson.loads(data)
+    if _LONG_NUMBER.search(data) is not None:
+        def exact_int(text: str) -> int:
+            number = int(text)
+            if not _INT_MIN <= number <= _INT_MAX:
+                raise ValueError(f"integer {text[:30]}... is outside the 64-bit range")
+            return number
+
+        try:
+            value = json.loads(data, parse_int=exact_int)
+        except ValueError as exc:
+            raise orjson.JSONDecodeError(str(exc), data.decode("utf-8", "replace"), 0) from None
+    return value
+
+
 def _parse_events(body: bytes, ndjson: bool, max_depth: int) -> tuple[list[Any], list[bytes]]:
     """Events (JSON objects, in order) and the bytes to store for each."""
     if ndjson:
@@ -138,7 +195,7 @@ def _parse_events(body: bytes, ndjson: bool, max_depth: int) -> tuple[list[Any],
             if not line.strip():
                 continue
             try:
-                event = orjson.loads(line)
+                event = _loads(line)
             except orjson.JSONDecodeError as exc:
                 raise ApiError(400, "invalid_json", f"line {number}: {exc}") from None
             _check_event(event, max_depth, where=f"line {number}")
@@ -148,7 +205,7 @@ def _parse_events(body: bytes, ndjson: bool, max_depth: int) -> tuple[list[Any],
             raise ApiError(400, "invalid_event", "the body holds no event")
         return events, blobs
     try:
-        value = orjson.loads(body)
+        value = _loads(body)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "invalid_json", str(exc)) from None
     if isinstance(value, list):
@@ -222,18 +279,18 @@ async def post_events(request: web.Request) -> web.Response:
         raise ApiError(415, "unsupported_media_type",
                        f"Content-Encoding {encoding} is not supported (use gzip or deflate)",
                        close=True)
+    limit = settings.max_body_bytes
     length = request.content_length
-    if length is not None and length > settings.max_body_bytes:
-        raise ApiError(413, "too_large", f"body over {settings.max_body_bytes} bytes", close=True)
+    if length is not None and length > limit:
+        raise ApiError(413, "too_large", f"body over {limit} bytes", close=True)
     try:
-        body = await request.read()
+        raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, "too_large",
-                       f"body over {settings.max_body_bytes} bytes (after decompression)",
-                       close=True) from None
-    except (HttpProcessingError, zlib.error, ValueError, EOFError) as exc:
+        raise ApiError(413, "too_large", f"body over {limit} bytes", close=True) from None
+    except (HttpProcessingError, web.RequestPayloadError, ValueError, EOFError) as exc:
         raise ApiError(400, "invalid_json", f"the body could not be read: {exc}",
                        close=True) from None
+    body = _inflate(raw, encoding, limit) if encoding not in _IDENTITY else raw
     source = _text_header(request, "X-Source")
     key = _text_header(request, "Idempotency-Key")
     events, blobs = _parse_events(body, ndjson, settings.max_depth)

@@ -51,6 +51,7 @@ QUEUE_FILE: Final = "queue.db"
 _MEMORY_WINDOW: Final = 4096  # jobs handed to the worker from memory at most
 _PAGE: Final = 512  # jobs read from disk per executor call
 _SQLITE_FULL: Final = 13
+_SQLITE_DAMAGED: Final = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
 _JOBS_TABLE: Final = "jobs_v1"  # persist-queue names it {_TABLE_NAME}_{name}
 _COLUMNS: Final = 5  # parameters per inserted row
 _MAX_CHUNK: Final = 256  # rows per INSERT statement
@@ -195,9 +196,12 @@ class _JobTable(SQLiteBase):
             raise
 
     def close_connection(self) -> None:
-        """Close the connection without touching the file's contents."""
-        super().close()
-        self._getter = self._putter = None
+        """Close the connection without touching the file's contents (idempotent)."""
+        for name in ("_getter", "_putter"):
+            conn = getattr(self, name, None)
+            if conn is not None:
+                conn.close()
+            setattr(self, name, None)
 
     def _prepare(self) -> None:
         conn: sqlite3.Connection = self._conn
@@ -474,8 +478,10 @@ class _JobTable(SQLiteBase):
 
     def close(self) -> None:
         """Mark a clean shutdown, then close the connection (in its own thread)."""
-        with contextlib.suppress(sqlite3.Error):
-            self._conn.execute("UPDATE meta SET value = 1 WHERE key = 'clean_shutdown'")
+        conn: sqlite3.Connection | None = getattr(self, "_putter", None)
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("UPDATE meta SET value = 1 WHERE key = 'clean_shutdown'")
         self.close_connection()
 
     def checkpoint(self) -> None:
@@ -749,16 +755,20 @@ class DurableQueue:
                 lambda: _JobTable(self._dir, durability=self._durability,
                                   max_bytes=self._max_bytes),
             )
-        except sqlite3.DatabaseError as exc:
-            # "file is not a database" and friends: the file is kept as it is.
+            last, first, rows, dead, processed = await loop.run_in_executor(
+                self._executor, self._table.state
+            )
+        except BaseException as exc:
+            if self._table is not None:
+                await loop.run_in_executor(self._executor, self._table.close_connection)
+                self._table = None
             self._executor.shutdown(wait=False)
-            raise QueueCorruptError(self.path, [str(exc)]) from None
-        except BaseException:
-            self._executor.shutdown(wait=False)
+            if isinstance(exc, sqlite3.Error):
+                if getattr(exc, "sqlite_errorcode", None) in _SQLITE_DAMAGED:
+                    # "file is not a database", "malformed": the file is kept as it is.
+                    raise QueueCorruptError(self.path, [str(exc)]) from None
+                raise StorageError(f"cannot open {self.path}: {exc}") from None
             raise
-        last, first, rows, dead, processed = await loop.run_in_executor(
-            self._executor, self._table.state
-        )
         self._next_seq = last + 1
         self._done_upto = self._cursor = self._flushed_upto = (first - 1) if rows else last
         self._rows, self._dead, self._processed_flushed = rows, dead, processed
