@@ -1,0 +1,350 @@
+"""Handlers that send events elsewhere: a daily JSON-lines archive, and HTTP forwarding.
+
+Both apply each job once across crashes:
+
+* the archive writes each event as one line with its ``seq`` and, on open, reads the
+  last ``seq`` of its newest file; a job at or below it is skipped. Files never go
+  back in time (a job is written to its UTC day or the newest file's, whichever is
+  later), so the newest file's last line is the archive's high-water mark;
+* forwarding sends ``Idempotency-Key: <key_prefix><seq>``, so a receiver that honours it
+  (another collector does) stores a re-sent event once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import gzip
+import os
+import re
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Final
+
+import aiohttp
+import orjson
+import structlog
+
+from collector.errors import PermanentError
+from collector.jobs import Job
+
+log = structlog.get_logger(__name__)
+
+ARCHIVE_DIR: Final = "archive"
+_DAY_FILE: Final = re.compile(r"^(\d{4}-\d{2}-\d{2})\.jsonl(\.gz)?$")
+_TAIL_CHUNK: Final = 64 * 1024
+_RETRYABLE_4XX: Final = frozenset({408, 429})
+
+
+class ForwardError(Exception):
+    """Forwarding failed in a way worth retrying (connection, timeout, 408/429/5xx)."""
+
+
+def day_of(timestamp: float) -> str:
+    """The UTC day of a UNIX time, as the archive names its files."""
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).date().isoformat()
+
+
+class Archive:
+    """Every event as a JSON line in ``<dir>/<UTC day>.jsonl``; old days gzip-compressed."""
+
+    def __init__(self, directory: Path, *, compress_after_days: int = 1,
+                 durable: bool = True) -> None:
+        self._dir = directory
+        self._compress_after = compress_after_days
+        self._durable = durable
+        # Writes run in one thread; compression in another so a big file never stalls
+        # the worker. They never touch the same file: the newest day is never compressed.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collector-archive")
+        self._packer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collector-archive-gz")
+        self._fd: int | None = None
+        self._day: str | None = None  # the newest file's day
+        self._last_seq = 0
+        self._compressing: asyncio.Task[list[Path]] | None = None
+        self._compress_wanted = False
+
+    @property
+    def directory(self) -> Path:
+        """Where the day files are."""
+        return self._dir
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last line written (0 for an empty archive)."""
+        return self._last_seq
+
+    async def open(self) -> None:
+        """Repair a torn last line, find the last seq written, compress old days."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer, self._open)
+        log.info("archive_opened", path=str(self._dir), last_seq=self._last_seq, day=self._day)
+        self._compress_old()
+
+    async def close(self) -> None:
+        """Wait for a running compression, close the file, stop the threads."""
+        if self._compressing is not None:
+            with contextlib.suppress(Exception):
+                await self._compressing
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer, self._close_file)
+        self._writer.shutdown(wait=True)
+        self._packer.shutdown(wait=True)
+
+    async def write(self, job: Job) -> None:
+        """The handler: append the job's line once (fsynced when durable)."""
+        loop = asyncio.get_running_loop()
+        rolled = await loop.run_in_executor(self._writer, self._write, job)
+        if rolled:
+            self._compress_old()
+
+    async def compressed(self) -> list[Path]:
+        """Wait for the running compression, if any; the files it wrote."""
+        if self._compressing is None:
+            return []
+        return await self._compressing
+
+    def _compress_old(self) -> None:
+        self._compress_wanted = True
+        if self._compressing is None or self._compressing.done():
+            self._compressing = asyncio.create_task(self._compress_passes(),
+                                                    name="collector-archive-compress")
+
+    async def _compress_passes(self) -> list[Path]:
+        """Compression passes until no new day file asked for one; the files written."""
+        loop = asyncio.get_running_loop()
+        done: list[Path] = []
+        while self._compress_wanted:
+            self._compress_wanted = False
+            try:
+                done += await loop.run_in_executor(self._packer, self._compress, self._day)
+            except Exception:
+                log.exception("archive_compress_failed", path=str(self._dir))
+        return done
+
+    # -- the writer thread --------------------------------------------------------------------
+
+    def _open(self) -> None:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        for leftover in self._dir.glob("*.tmp"):
+            leftover.unlink()
+        days: set[str] = set()
+        for path in self._dir.iterdir():
+            found = _DAY_FILE.match(path.name)
+            if found:
+                days.add(found.group(1))
+                if not found.group(2):
+                    _finish_interrupted_compression(path)
+        if not days:
+            return
+        newest = max(days)
+        plain = self._dir / f"{newest}.jsonl"
+        packed = self._dir / f"{newest}.jsonl.gz"
+        last = None
+        if plain.exists():
+            _repair_tail(plain)
+            last = _last_line(plain)
+        if last is None and packed.exists():
+            with gzip.open(packed, "rb") as fh:
+                for line in fh:
+                    if line.endswith(b"\n"):
+                        last = line
+        self._day = newest
+        if last is not None:
+            self._last_seq = int(orjson.loads(last)["seq"])
+
+    def _write(self, job: Job) -> bool:
+        """Append the job's line; True when a new day file was started."""
+        if job.seq <= self._last_seq:
+            return False  # written before a crash: never twice
+        day = day_of(job.received_at)
+        if self._day is not None and day < self._day:
+            day = self._day  # never go back to an older file (see the module's docstring)
+        rolled = False
+        if self._fd is None or day != self._day:
+            self._close_file()
+            path = self._dir / f"{day}.jsonl"
+            created = not path.exists()
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            if created and self._durable:
+                _fsync_dir(self._dir)
+            rolled = self._day is not None and day != self._day
+            self._day = day
+        line = orjson.dumps({
+            "seq": job.seq, "received_at": job.received_at, "source": job.source,
+            "sequence": job.sequence, "payload": job.payload,
+        }) + b"\n"
+        view = memoryview(line)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        if self._durable:
+            os.fdatasync(self._fd)
+        self._last_seq = job.seq
+        return rolled
+
+    def _close_file(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    # -- the compression thread ----------------------------------------------------------------
+
+    def _compress(self, newest: str | None) -> list[Path]:
+        """gzip every day file older than compress_after_days and than `newest`.
+
+        The writer only writes `newest` or later days, so no file being written is touched.
+        """
+        today = dt.datetime.now(dt.UTC).date()
+        cutoff = (today - dt.timedelta(days=self._compress_after)).isoformat()
+        done: list[Path] = []
+        for path in sorted(self._dir.glob("*.jsonl")):
+            found = _DAY_FILE.match(path.name)
+            if not found or found.group(1) >= cutoff or (
+                newest is not None and found.group(1) >= newest
+            ):
+                continue
+            target = _gzip_file(path, durable=self._durable)
+            done.append(target)
+            log.info("archive_compressed", path=str(target))
+        return done
+
+
+def _gzip_file(path: Path, *, durable: bool) -> Path:
+    """X.jsonl -> X.jsonl.gz (appended as a new gzip member if the .gz exists), atomically."""
+    target = path.with_name(path.name + ".gz")
+    tmp = path.with_name(path.name + ".gz.tmp")
+    with tmp.open("wb") as out:
+        if target.exists():
+            with target.open("rb") as old:
+                shutil.copyfileobj(old, out)
+        with path.open("rb") as src, gzip.GzipFile(fileobj=out, mode="wb",
+                                                   filename=path.name) as packed:
+            shutil.copyfileobj(src, packed)
+        out.flush()
+        if durable:
+            os.fsync(out.fileno())
+    os.replace(tmp, target)
+    if durable:
+        _fsync_dir(path.parent)
+    path.unlink()
+    return target
+
+
+def _finish_interrupted_compression(plain: Path) -> None:
+    """A crash between the .gz's rename and the .jsonl's unlink leaves both: finish it."""
+    packed = plain.with_name(plain.name + ".gz")
+    if not packed.exists():
+        return
+    data = plain.read_bytes()
+    with gzip.open(packed, "rb") as fh:
+        unpacked = fh.read()
+    if unpacked.endswith(data):
+        plain.unlink()
+    else:
+        log.warning("archive_both_forms", path=str(plain),
+                    detail="the .jsonl is not inside the .jsonl.gz; both kept")
+
+
+def _repair_tail(path: Path) -> None:
+    """Cut a last line that a crash left without its newline (its job is replayed)."""
+    size = path.stat().st_size
+    if size == 0:
+        return
+    with path.open("r+b") as fh:
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return
+        end = size
+        while end > 0:
+            start = max(0, end - _TAIL_CHUNK)
+            fh.seek(start)
+            chunk = fh.read(end - start)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                fh.truncate(start + cut + 1)
+                break
+            end = start
+        else:
+            fh.truncate(0)
+        fh.flush()
+        os.fsync(fh.fileno())
+    log.warning("archive_torn_line_cut", path=str(path))
+
+
+def _last_line(path: Path) -> bytes | None:
+    """The last complete line of a file that ends with a newline, read from the end."""
+    size = path.stat().st_size
+    if size == 0:
+        return None
+    with path.open("rb") as fh:
+        end = size - 1  # the final newline
+        buf = b""
+        while end > 0:
+            start = max(0, end - _TAIL_CHUNK)
+            fh.seek(start)
+            buf = fh.read(end - start) + buf
+            cut = buf.rfind(b"\n")
+            if cut >= 0:
+                return buf[cut + 1:]
+            end = start
+        fh.seek(0)
+        return fh.read(size - 1)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Forwarder:
+    """POST each event, in order, to a URL; non-2xx raises (4xx but 408/429: permanent)."""
+
+    def __init__(self, url: str, *, timeout: float = 10.0, token: str | None = None,
+                 key_prefix: str = "collector-") -> None:
+        self._url = url
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._token = token
+        self._prefix = key_prefix
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        """Create the HTTP client session."""
+        self._session = aiohttp.ClientSession(timeout=self._timeout)
+
+    async def close(self) -> None:
+        """Close the session and its connections."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def send(self, job: Job) -> None:
+        """The handler: POST the event; return on 2xx, raise otherwise."""
+        if self._session is None:
+            raise ForwardError("the forwarder is not open")
+        headers = {"Content-Type": "application/json",
+                   "Idempotency-Key": f"{self._prefix}{job.seq}"}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        if job.source is not None:
+            headers["X-Source"] = job.source
+        if job.sequence is not None:
+            headers["X-Sequence"] = str(job.sequence)
+        try:
+            async with self._session.post(self._url, data=orjson.dumps(job.payload),
+                                          headers=headers, allow_redirects=False) as resp:
+                status = resp.status
+                reason = resp.reason or ""
+                await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ForwardError(f"POST {self._url}: {type(exc).__name__}: {exc}") from exc
+        if 200 <= status < 300:
+            return
+        message = f"POST {self._url}: HTTP {status} {reason}".rstrip()
+        if 400 <= status < 500 and status not in _RETRYABLE_4XX:
+            raise PermanentError(message)
+        raise ForwardError(message)
