@@ -9,14 +9,15 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from collector import api
+from collector import api, stats_api
 from collector.config import Settings
 from collector.datadir import locked_data_dir
-from collector.handlers import HandlerFactory, resolve
+from collector.handlers import HandlerContext, HandlerFactory, resolve
 from collector.jobs import Handler
-from collector.keys import QUEUE, SETTINGS, STATE, WORKER
+from collector.keys import QUEUE, SETTINGS, STATE, STATS, WORKER
 from collector.queue import DurableQueue
 from collector.state import ServiceState
+from collector.stats import StatsStore
 from collector.worker import Worker
 
 log = structlog.get_logger(__name__)
@@ -34,6 +35,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[STATE] = ServiceState(token=settings.token_value())
     app.add_routes(api.routes)
+    app.add_routes(stats_api.routes)
 
     async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
         q = settings.queue
@@ -50,10 +52,21 @@ def create_app(settings: Settings) -> web.Application:
             finally:
                 await queue.close()
 
+    async def stats_ctx(app: web.Application) -> AsyncIterator[None]:
+        # Opened inside the data dir's lock (queue_ctx), before the worker, closed after it.
+        store = StatsStore(settings.server.data_dir, durability=settings.queue.durability)
+        await store.open()
+        app[STATS] = store
+        try:
+            yield
+        finally:
+            await store.close()
+
     async def worker_ctx(app: web.Application) -> AsyncIterator[None]:
+        context = HandlerContext(settings=settings, stats=app[STATS])
         async with contextlib.AsyncExitStack() as stack:
             handlers = [
-                (spec, await stack.enter_async_context(factory(settings)))
+                (spec, await stack.enter_async_context(factory(context)))
                 for spec, factory in factories
             ]
             w = settings.worker
@@ -80,7 +93,7 @@ def create_app(settings: Settings) -> web.Application:
     async def on_shutdown(app: web.Application) -> None:
         app[STATE].stopping = True
 
-    app.cleanup_ctx.extend([queue_ctx, worker_ctx, maintenance_ctx])
+    app.cleanup_ctx.extend([queue_ctx, stats_ctx, worker_ctx, maintenance_ctx])
     app.on_shutdown.append(on_shutdown)
     return app
 

@@ -66,7 +66,7 @@ class QueueSettings:
 class WorkerSettings:
     """[worker]: the single consumer."""
 
-    handlers: tuple[str, ...] = ("log",)
+    handlers: tuple[str, ...] = ("stats",)
     max_attempts: int = 5
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
@@ -83,6 +83,28 @@ class LogSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ArchiveSettings:
+    """[archive]: the `archive` handler's daily JSON-lines files in <data_dir>/archive."""
+
+    #: Day files older than this many days (UTC) are gzip-compressed; the newest never.
+    compress_after_days: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardSettings:
+    """[forward]: the `forward` handler, which POSTs each event to another server."""
+
+    #: Where to POST (http:// or https://); required when the handler is configured.
+    url: str | None = None
+    #: Seconds for one POST, connection included; a timeout is retried.
+    timeout: float = 10.0
+    #: Bearer token sent to `url`, if it wants one.
+    token: str | None = field(default=None, repr=False)
+    #: Idempotency-Key is this prefix followed by the event's seq.
+    key_prefix: str = "collector-"
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Every setting of the daemon."""
 
@@ -90,6 +112,8 @@ class Settings:
     queue: QueueSettings = field(default_factory=QueueSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    archive: ArchiveSettings = field(default_factory=ArchiveSettings)
+    forward: ForwardSettings = field(default_factory=ForwardSettings)
 
     def token_value(self) -> str | None:
         """The bearer token from `token`, `token_file` or systemd's credential, if any."""
@@ -116,6 +140,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "queue": QueueSettings,
     "worker": WorkerSettings,
     "log": LogSettings,
+    "archive": ArchiveSettings,
+    "forward": ForwardSettings,
 }
 
 
@@ -180,6 +206,7 @@ def _convert(name: str, hint: Any, value: Any, *, from_text: bool) -> Any:
 
 def _check_ranges(settings: Settings) -> None:
     s, q, w = settings.server, settings.queue, settings.worker
+    a, f = settings.archive, settings.forward
     checks: list[tuple[bool, str]] = [
         (0 <= s.port <= 65535, f"server.port: {s.port} is not a port number"),
         (s.max_body_bytes >= 1024, "server.max_body_bytes: must be at least 1024"),
@@ -194,6 +221,12 @@ def _check_ranges(settings: Settings) -> None:
         (w.backoff_cap >= w.backoff_base, "worker.backoff_cap: must be >= worker.backoff_base"),
         (w.handler_timeout > 0, "worker.handler_timeout: must be positive"),
         (len(w.handlers) >= 1, "worker.handlers: name at least one handler"),
+        (a.compress_after_days >= 0, "archive.compress_after_days: must not be negative"),
+        (f.timeout > 0, "forward.timeout: must be positive"),
+        (f.url is None or f.url.startswith(("http://", "https://")),
+         "forward.url: must start with http:// or https://"),
+        (f.url is not None or "forward" not in w.handlers,
+         "forward.url: required by the forward handler"),
     ]
     for ok, message in checks:
         if not ok:

@@ -6,6 +6,7 @@ import importlib
 import inspect
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import structlog
@@ -13,11 +14,22 @@ import structlog
 from collector.config import Settings
 from collector.errors import ConfigError
 from collector.jobs import Handler, Job
+from collector.sinks import ARCHIVE_DIR, Archive, Forwarder
+from collector.stats import StatsStore
 
 log = structlog.get_logger("collector.handler")
 
+
+@dataclass(frozen=True, slots=True)
+class HandlerContext:
+    """What a handler factory gets: the settings and the application's shared resources."""
+
+    settings: Settings
+    stats: StatsStore
+
+
 #: A built-in handler is made by a factory that owns its resources for the daemon's life.
-HandlerFactory: TypeAlias = Callable[[Settings], AbstractAsyncContextManager[Handler]]
+HandlerFactory: TypeAlias = Callable[[HandlerContext], AbstractAsyncContextManager[Handler]]
 
 
 async def noop(job: Job) -> None:
@@ -32,15 +44,60 @@ async def log_job(job: Job) -> None:
 
 def _simple(handler: Handler) -> HandlerFactory:
     @asynccontextmanager
-    async def factory(settings: Settings) -> AsyncIterator[Handler]:
+    async def factory(context: HandlerContext) -> AsyncIterator[Handler]:
         yield handler
 
     return factory
 
 
+@asynccontextmanager
+async def stats_handler(context: HandlerContext) -> AsyncIterator[Handler]:
+    """`stats`: match statistics into stats.db (the store is the application's)."""
+    store = context.stats
+
+    async def stats(job: Job) -> None:
+        await store.apply(job)
+
+    yield stats
+
+
+@asynccontextmanager
+async def archive_handler(context: HandlerContext) -> AsyncIterator[Handler]:
+    """`archive`: every event as a JSON line in <data_dir>/archive/<UTC day>.jsonl."""
+    s = context.settings
+    archive = Archive(s.server.data_dir / ARCHIVE_DIR,
+                      compress_after_days=s.archive.compress_after_days,
+                      durable=s.queue.durability == "full")
+    await archive.open()
+    try:
+        yield archive.write
+    finally:
+        await archive.close()
+
+
+@asynccontextmanager
+async def forward_handler(context: HandlerContext) -> AsyncIterator[Handler]:
+    """`forward`: POST each event, in order, to [forward] url."""
+    f = context.settings.forward
+    if f.url is None:
+        raise ConfigError("forward.url: required by the forward handler")
+    forwarder = Forwarder(f.url, timeout=f.timeout, token=f.token, key_prefix=f.key_prefix)
+    await forwarder.open()
+    try:
+        yield forwarder.send
+    finally:
+        await forwarder.close()
+
+
 def builtin_handlers() -> dict[str, HandlerFactory]:
     """Built-in handler names and their factories."""
-    return {"noop": _simple(noop), "log": _simple(log_job)}
+    return {
+        "noop": _simple(noop),
+        "log": _simple(log_job),
+        "stats": stats_handler,
+        "archive": archive_handler,
+        "forward": forward_handler,
+    }
 
 
 def resolve(spec: str, builtins: dict[str, HandlerFactory] | None = None) -> HandlerFactory:
