@@ -19,7 +19,7 @@ EXIT_STARTUP = 1
 
 #: Modules that add sub-commands: each has `register(subparsers)`, which adds its
 #: parsers and sets `func(args) -> int` on them.
-COMMAND_MODULES: tuple[str, ...] = ("collector.stats_cli",)
+COMMAND_MODULES: tuple[str, ...] = ("collector.stats_cli", "collector.bridge_cli")
 
 
 def _port(text: str) -> int:

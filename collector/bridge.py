@@ -1,0 +1,643 @@
+"""The game-to-collector bridge: read the Stats API socket, spool, post in order.
+
+Runs on the gaming PC (usually Windows): pure asyncio on the default event loop, aiohttp's
+client, persist-queue for the spool; no uvloop.
+
+    game socket ─▶ JsonStreamSplitter ─▶ Batcher ─▶ Spool (disk) ─▶ Poster ─▶ collector
+
+* One connection to the game at a time; while the game is closed the bridge tries again
+  every ``reconnect_interval`` seconds. Each connection is a new source
+  (``X-Source: bridge-<host>-<run>-<n>``) numbering its messages from 1 (``X-Sequence``).
+* The Batcher closes a batch at ``batch_max_events`` events, ``batch_max_bytes`` bytes or
+  ``batch_max_delay`` seconds after its first event, whichever comes first.
+* Every closed batch is committed to the spool before it is sent, so a batch is never
+  only in memory once closed. The sender posts the spool's oldest batch, one request in
+  flight, and removes it only once the collector answered 2xx.
+* Each batch has an ``Idempotency-Key`` derived from its source, first sequence and size:
+  a retry after a lost answer is answered from the server's memory, not stored twice.
+* Failures: connection errors, 408, 429 and 5xx are retried with exponential backoff
+  (or after ``Retry-After``), forever. 401/403/404/405 say the bridge is misconfigured,
+  not that the batch is bad: also retried (at the backoff cap), loudly, so that a wrong
+  token never empties the spool. Any other 4xx refuses the batch: a 400 or 413 on a
+  batch of several events splits it in halves (each with its own key) to find the
+  culprit; what is still refused alone goes to the spool's dead letters and the line
+  moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import re
+import secrets
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, TextIO
+
+import aiohttp
+import orjson
+import structlog
+
+from collector.jsonstream import DEFAULT_MAX_OBJECT_BYTES, JsonStreamSplitter
+from collector.spool import Batch, DeadLetter, Spool
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_GAME_PORT: Final = 49123
+_READ_SIZE: Final = 65536
+_MAX_RETRY_AFTER_S: Final = 600.0
+#: Statuses that say the bridge is misconfigured (token, URL), not that the batch is bad.
+_CONFIG_STATUSES: Final = frozenset({401, 403, 404, 405, 407})
+#: Statuses that are retried as they are (the server is busy or failing).
+_RETRY_STATUSES: Final = frozenset({408, 425, 429})
+#: A refused batch with one of these statuses is split to find the event at fault.
+_SPLIT_STATUSES: Final = frozenset({400, 413})
+
+
+def events_url(base: str) -> str:
+    """`http://host:port` (or with a path prefix) -> the collector's /v1/events URL."""
+    url = base.strip().rstrip("/")
+    if not re.match(r"^https?://[^/]+", url):
+        raise ValueError(f"not an http(s) URL: {base!r}")
+    return url if url.endswith("/v1/events") else url + "/v1/events"
+
+
+def parse_host_port(text: str, *, default_port: int = DEFAULT_GAME_PORT) -> tuple[str, int]:
+    """`HOST:PORT`, `HOST`, `[v6]:PORT` -> (host, port)."""
+    text = text.strip()
+    match = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?", text)
+    if match is None:
+        raise ValueError(f"not HOST:PORT: {text!r}")
+    host = match.group(1) or match.group(3)
+    port_text = match.group(2) or match.group(4)
+    port = int(port_text) if port_text else default_port
+    if not 0 < port <= 65535:
+        raise ValueError(f"not a port number: {port}")
+    return host, port
+
+
+def _one_line(raw: bytes) -> bytes:
+    """The object on one line (NDJSON); the bytes as received whenever they already are."""
+    if b"\n" in raw or b"\r" in raw:
+        return orjson.dumps(orjson.loads(raw))
+    return raw
+
+
+def _host_label() -> str:
+    label = re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname()).strip("-")[:32]
+    return label.lower() or "host"
+
+
+# -- batching -------------------------------------------------------------------------------
+
+
+class Batcher:
+    """Gathers one source's events into batches bounded in count, bytes and age."""
+
+    def __init__(
+        self,
+        emit: Callable[[Batch], None],
+        *,
+        max_events: int = 200,
+        max_bytes: int = 512 * 1024,
+        max_delay: float = 0.25,
+    ) -> None:
+        self._emit = emit
+        self._max_events = max_events
+        self._max_bytes = max_bytes
+        self._max_delay = max_delay
+        self._source: str | None = None
+        self._next_sequence = 1
+        self._events: list[bytes] = []
+        self._bytes = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def next_sequence(self) -> int:
+        """The number the next event will get."""
+        return self._next_sequence
+
+    def start(self, source: str, *, first_sequence: int = 1) -> None:
+        """Close the open batch; number what follows as `source`, from `first_sequence`."""
+        self.flush()
+        self._source = source
+        self._next_sequence = first_sequence
+
+    def add(self, raw: bytes) -> None:
+        """Add one JSON object (bytes); may close and emit the open batch."""
+        if self._source is None:
+            raise RuntimeError("Batcher.start() first")
+        event = _one_line(raw)
+        if self._events and self._bytes + len(event) + 1 > self._max_bytes:
+            self.flush()
+        self._events.append(event)
+        self._bytes += len(event) + 1
+        if len(self._events) >= self._max_events or self._bytes >= self._max_bytes:
+            self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._max_delay, self.flush)
+
+    def flush(self) -> None:
+        """Close and emit the open batch, if it holds anything."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._events or self._source is None:
+            return
+        batch = Batch(self._source, self._next_sequence, tuple(self._events))
+        self._next_sequence += len(self._events)
+        self._events = []
+        self._bytes = 0
+        self._emit(batch)
+
+
+# -- posting --------------------------------------------------------------------------------
+
+
+def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) -> float:
+    """Exponential backoff with equal jitter: between half and all of min(cap, base*2**n)."""
+    ceiling = min(cap, base * 2 ** min(attempt - 1, 30))
+    return float(ceiling / 2 + rng.uniform(0, ceiling / 2))
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+    return min(max(seconds, 0.0), _MAX_RETRY_AFTER_S)
+
+
+@dataclass(slots=True)
+class PostCounters:
+    """What the poster did since start."""
+
+    sent_events: int = 0
+    sent_batches: int = 0
+    failed_attempts: int = 0
+    set_aside_events: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int  # 0: no answer (connection error, timeout)
+    error: str
+    detail: str
+    retry_after: float | None = None
+
+
+class Poster:
+    """Posts batches to the collector, one request at a time, until each is settled."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        *,
+        token: str | None = None,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        request_timeout: float = 30.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._session = session
+        self._url = url
+        self._token = token
+        self._base = backoff_base
+        self._cap = backoff_cap
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout)
+        self._rng = rng or random.Random()
+        self.counters = PostCounters()
+        #: One word for the status line: "unknown", "ok", "retrying", "refusing".
+        self.state = "unknown"
+        #: Why, when the state is not "ok".
+        self.reason = ""
+
+    async def deliver(self, batch: Batch, body: bytes | None = None) -> list[DeadLetter]:
+        """Post `batch` until the collector takes it; return the parts it refused for good."""
+        payload = batch.encode() if body is None else body
+        attempt = 0
+        while True:
+            attempt += 1
+            answer = await self._post(batch, payload)
+            if 200 <= answer.status < 300:
+                self.state, self.reason = "ok", ""
+                self.counters.sent_events += len(batch.events)
+                self.counters.sent_batches += 1
+                return []
+            status = answer.status
+            refused = (400 <= status < 500 and status not in _CONFIG_STATUSES
+                       and status not in _RETRY_STATUSES)
+            if refused:
+                return await self._refused(batch, answer)
+            self.counters.failed_attempts += 1
+            if status in _CONFIG_STATUSES:
+                delay = self._cap
+                self.state = "refusing"
+                hint = "check --token" if status in {401, 403} else "check --to"
+                log.error("collector_refuses", status=status, error=answer.error,
+                          detail=answer.detail, hint=hint, retry_in_s=delay,
+                          source=batch.source, sequence=batch.sequence)
+            else:
+                delay = (answer.retry_after if answer.retry_after is not None
+                         else backoff_delay(attempt, base=self._base, cap=self._cap,
+                                            rng=self._rng))
+                self.state = "retrying"
+                log.warning("post_failed", status=status or None, error=answer.error,
+                            detail=answer.detail, attempt=attempt,
+                            retry_in_s=round(delay, 3), source=batch.source,
+                            sequence=batch.sequence, events=len(batch.events))
+            self.reason = f"HTTP {status} {answer.error}" if status else answer.error
+            await asyncio.sleep(delay)
+
+    async def _refused(self, batch: Batch, answer: _Answer) -> list[DeadLetter]:
+        if len(batch.events) > 1 and answer.status in _SPLIT_STATUSES:
+            log.warning("batch_refused_splitting", status=answer.status, error=answer.error,
+                        detail=answer.detail, source=batch.source, sequence=batch.sequence,
+                        events=len(batch.events))
+            first, second = batch.halves()
+            return [*await self.deliver(first), *await self.deliver(second)]
+        log.error("batch_set_aside", status=answer.status, error=answer.error,
+                  detail=answer.detail, source=batch.source, sequence=batch.sequence,
+                  events=len(batch.events), key=batch.key)
+        self.counters.set_aside_events += len(batch.events)
+        detail = f"{answer.error}: {answer.detail}" if answer.error else answer.detail
+        return [DeadLetter(batch=batch, status=answer.status, detail=detail,
+                           failed_at=time.time())]
+
+    async def _post(self, batch: Batch, body: bytes) -> _Answer:
+        headers = {
+            "Content-Type": "application/x-ndjson",
+            "Content-Encoding": "gzip",
+            "X-Source": batch.source,
+            "X-Sequence": str(batch.sequence),
+            "Idempotency-Key": batch.key,
+        }
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        try:
+            async with self._session.post(self._url, data=body, headers=headers,
+                                          timeout=self._timeout) as resp:
+                text = await resp.text(errors="replace")
+                status = resp.status
+                retry_after = _retry_after(resp.headers.get("Retry-After"))
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return _Answer(0, type(exc).__name__, str(exc) or type(exc).__name__)
+        error, detail = "", text[:500]
+        if status >= 300:
+            with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError):
+                data = orjson.loads(text)
+                error, detail = str(data.get("error", "")), str(data.get("detail", ""))
+        return _Answer(status, error or f"http_{status}", detail, retry_after)
+
+
+# -- status ---------------------------------------------------------------------------------
+
+
+class StatusLine:
+    """One line rewritten in place with \\r on a terminal."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._width = 0
+
+    def show(self, text: str) -> None:
+        """Replace the line with `text`."""
+        pad = " " * max(0, self._width - len(text))
+        self._stream.write("\r" + text + pad)
+        self._stream.flush()
+        self._width = len(text)
+
+    def clear(self) -> None:
+        """Blank the line (before a log line is written)."""
+        if self._width:
+            self._stream.write("\r" + " " * self._width + "\r")
+            self._stream.flush()
+            self._width = 0
+
+    def done(self) -> None:
+        """Leave the last text on screen and move to the next line."""
+        if self._width:
+            self._stream.write("\n")
+            self._stream.flush()
+            self._width = 0
+
+
+def status_line_filter(status: StatusLine) -> Callable[[object], bool]:
+    """A logging filter that blanks the status line before each record is written."""
+
+    def _filter(record: object) -> bool:
+        status.clear()
+        return True
+
+    return _filter
+
+
+# -- the bridge -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BridgeConfig:
+    """Everything `collector bridge` takes."""
+
+    url: str
+    spool_dir: Path
+    game_host: str = "127.0.0.1"
+    game_port: int = DEFAULT_GAME_PORT
+    token: str | None = field(default=None, repr=False)
+    reconnect_interval: float = 3.0
+    connect_timeout: float = 5.0
+    batch_max_events: int = 200
+    batch_max_bytes: int = 512 * 1024
+    batch_max_delay: float = 0.25
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    request_timeout: float = 30.0
+    max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES
+    #: Seconds between status log lines when the status is not shown on a terminal.
+    status_interval: float = 10.0
+    #: On stop, how long to wait for the spool to empty (only while the collector answers).
+    drain_timeout: float = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeSummary:
+    """Counters of one bridge run."""
+
+    connections: int
+    received: int
+    sent: int
+    spooled: int
+    set_aside: int
+    dropped_bytes: int
+    failed_attempts: int
+
+
+class Bridge:
+    """Reader, spooler, sender and status report of one run, on one spool."""
+
+    def __init__(
+        self,
+        config: BridgeConfig,
+        spool: Spool,
+        session: aiohttp.ClientSession,
+        *,
+        status_line: StatusLine | None = None,
+    ) -> None:
+        self._config = config
+        self._spool = spool
+        self._status_line = status_line
+        self._closed: asyncio.Queue[Batch | asyncio.Future[None] | None] = asyncio.Queue()
+        self._batcher = Batcher(
+            self._closed.put_nowait, max_events=config.batch_max_events,
+            max_bytes=config.batch_max_bytes, max_delay=config.batch_max_delay,
+        )
+        self._poster = Poster(
+            session, events_url(config.url), token=config.token,
+            backoff_base=config.backoff_base, backoff_cap=config.backoff_cap,
+            request_timeout=config.request_timeout,
+        )
+        self._run_id = secrets.token_hex(4)
+        self._host = _host_label()
+        self.connections = 0
+        self.connected = False
+        self.source: str | None = None
+        self.received = 0
+        self.dropped_bytes = 0
+        self._spool_failing = False
+
+    def _new_source(self) -> str:
+        self.connections += 1
+        return f"bridge-{self._host}-{self._run_id}-{self.connections}"
+
+    def summary(self) -> BridgeSummary:
+        """The counters so far."""
+        return BridgeSummary(
+            connections=self.connections, received=self.received,
+            sent=self._poster.counters.sent_events, spooled=self._spool.pending_events,
+            set_aside=self._poster.counters.set_aside_events, dropped_bytes=self.dropped_bytes,
+            failed_attempts=self._poster.counters.failed_attempts,
+        )
+
+    def status_text(self) -> str:
+        """The one-line status: game, received, sent, spooled, collector."""
+        game = "connected" if self.connected else "waiting"
+        collector = self._poster.state
+        if self._poster.reason and collector != "ok":
+            collector += f" ({self._poster.reason})"
+        if self._spool_failing:
+            collector += ", SPOOL WRITE FAILING"
+        text = (f"game {game} | received {self.received} | "
+                f"sent {self._poster.counters.sent_events} | "
+                f"spooled {self._spool.pending_events} | collector {collector}")
+        if self._spool.dead:
+            text += f" | set aside {self._spool.dead} batches"
+        return text
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set (or the task is cancelled), then shut down in order."""
+        reader = asyncio.create_task(self._read_game(), name="bridge-reader")
+        spooler = asyncio.create_task(self._spool_batches(), name="bridge-spooler")
+        sender = asyncio.create_task(self._send(), name="bridge-sender")
+        reporter = asyncio.create_task(self._report(), name="bridge-status")
+        stopper = asyncio.create_task(stop.wait(), name="bridge-stop")
+        workers = [reader, spooler, sender, reporter]
+        try:
+            done, _ = await asyncio.wait([*workers, stopper],
+                                         return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopper:
+                    task.result()  # a worker never returns: this raises what it raised
+                    raise RuntimeError(f"{task.get_name()} stopped")
+        finally:
+            stopper.cancel()
+            await self._shutdown(reader, spooler, sender, reporter)
+
+    async def _shutdown(self, reader: asyncio.Task[None], spooler: asyncio.Task[None],
+                        sender: asyncio.Task[None], reporter: asyncio.Task[None]) -> None:
+        """Stop reading, commit what was read, give the sender a moment, stop the rest."""
+        await _finish(reader)
+        self._batcher.flush()
+        if not spooler.done():
+            self._closed.put_nowait(None)
+            await asyncio.wait([spooler])
+        await _finish(spooler)
+        if self._spool.pending_batches and not sender.done() and self._poster.state == "ok":
+            drained = asyncio.create_task(self._spool.wait_empty())
+            await asyncio.wait([drained, sender], timeout=self._config.drain_timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+            drained.cancel()
+        await _finish(sender)
+        await _finish(reporter)
+        summary = self.summary()
+        if self._status_line is not None:
+            self._status_line.show(self.status_text())
+            self._status_line.done()
+        log.info("bridge_stopped", connections=summary.connections, received=summary.received,
+                 sent=summary.sent, spooled=summary.spooled, set_aside=summary.set_aside)
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    async def _read_game(self) -> None:
+        cfg = self._config
+        game = f"{cfg.game_host}:{cfg.game_port}"
+        waiting_logged = False
+        while True:
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(cfg.game_host, cfg.game_port),
+                    cfg.connect_timeout,
+                )
+            except (OSError, TimeoutError) as exc:
+                if not waiting_logged:
+                    log.info("game_unreachable", game=game, error=str(exc) or type(exc).__name__,
+                             retry_every_s=cfg.reconnect_interval)
+                    waiting_logged = True
+                await asyncio.sleep(cfg.reconnect_interval)
+                continue
+            waiting_logged = False
+            await self._relay(game, reader, writer)
+            await asyncio.sleep(cfg.reconnect_interval)
+
+    async def _relay(self, game: str, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+        """Read one game connection to its end; everything read is spooled before we return."""
+        source = self._new_source()
+        splitter = JsonStreamSplitter(max_object_bytes=self._config.max_object_bytes)
+        self._batcher.start(source)
+        self.connected, self.source = True, source
+        received_before = self.received
+        log.info("game_connected", game=game, source=source)
+        resyncs = 0
+        try:
+            while True:
+                try:
+                    chunk = await reader.read(_READ_SIZE)
+                except OSError as exc:
+                    log.warning("game_read_failed", source=source, error=str(exc))
+                    chunk = b""
+                objects = splitter.feed(chunk) if chunk else splitter.close()
+                for raw in objects:
+                    self._batcher.add(raw)
+                self.received += len(objects)
+                if splitter.resyncs != resyncs:
+                    resyncs = splitter.resyncs
+                    log.warning("game_stream_garbage", source=source, resyncs=resyncs,
+                                dropped_bytes=splitter.dropped_bytes)
+                if not chunk:
+                    break
+        finally:
+            self.connected = False
+            self.dropped_bytes += splitter.dropped_bytes
+            self._batcher.flush()
+            writer.close()
+        # Wait until the spooler has committed this connection's last batch.
+        spooled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._closed.put_nowait(spooled)
+        await spooled
+        log.info("game_disconnected", source=source, received=self.received - received_before,
+                 dropped_bytes=splitter.dropped_bytes, spooled=self._spool.pending_events)
+
+    async def _spool_batches(self) -> None:
+        while True:
+            item = await self._closed.get()
+            if item is None:
+                return
+            if isinstance(item, asyncio.Future):
+                if not item.done():
+                    item.set_result(None)
+                continue
+            attempt = 0
+            while True:
+                try:
+                    await self._spool.put(item)
+                except Exception as exc:  # noqa: BLE001 - the disk may come back; keep the batch
+                    attempt += 1
+                    self._spool_failing = True
+                    if attempt == 1 or attempt % 60 == 0:
+                        log.error("spool_write_failed", error=str(exc), attempt=attempt,
+                                  waiting_batches=self._closed.qsize() + 1)
+                    await asyncio.sleep(1.0)
+                    continue
+                self._spool_failing = False
+                break
+
+    async def _send(self) -> None:
+        while True:
+            item = await self._spool.next_batch()
+            dead = await self._poster.deliver(item.batch, item.body)
+            await self._spool.settle(item, dead)
+
+    async def _report(self) -> None:
+        if self._status_line is not None:
+            while True:
+                self._status_line.show(self.status_text())
+                await asyncio.sleep(0.25)
+        while True:
+            await asyncio.sleep(self._config.status_interval)
+            log.info("bridge_status", connected=self.connected, source=self.source,
+                     received=self.received, sent=self._poster.counters.sent_events,
+                     spooled=self._spool.pending_events, collector=self._poster.state,
+                     set_aside_batches=self._spool.dead)
+
+
+async def _finish(task: asyncio.Task[None]) -> None:
+    """Cancel `task` unless done, wait for it, and log what it raised."""
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        try:
+            await task
+        except Exception:
+            log.exception("bridge_task_failed", task=task.get_name())
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm(stop: asyncio.Event) -> Iterator[None]:
+    """SIGTERM sets `stop` where the loop supports signal handlers (not on Windows)."""
+    loop = asyncio.get_running_loop()
+    installed = False
+    if sys.platform != "win32":
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGTERM, stop.set)
+            installed = True
+    try:
+        yield
+    finally:
+        if installed:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def run_bridge(
+    config: BridgeConfig,
+    *,
+    stop: asyncio.Event | None = None,
+    status_line: StatusLine | None = None,
+    handle_signals: bool = False,
+) -> BridgeSummary:
+    """Run the bridge until `stop` is set (or SIGTERM, or the task is cancelled)."""
+    stop = stop or asyncio.Event()
+    spool = Spool(config.spool_dir)
+    await spool.open()
+    try:
+        async with aiohttp.ClientSession() as session:
+            bridge = Bridge(config, spool, session, status_line=status_line)
+            log.info("bridge_started", game=f"{config.game_host}:{config.game_port}",
+                     collector=events_url(config.url), spool=str(spool.path),
+                     spooled=spool.pending_events)
+            if handle_signals:
+                with _stop_on_sigterm(stop):
+                    await bridge.run(stop)
+            else:
+                await bridge.run(stop)
+            return bridge.summary()
+    finally:
+        await spool.close()
