@@ -1,0 +1,147 @@
+"""SIGTERM: the running job finishes (or, past server.shutdown_timeout, comes back on the
+next start), new connections are turned away, the process exits 0, nothing is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import ServerProcess
+from tests.recorder import DELAY_ENV, FILE_ENV, Record, read_records
+from tests.test_crash import drain_and_stop, until
+
+pytestmark = pytest.mark.slow
+
+ServerFactory = Callable[..., ServerProcess]
+EXIT_MARGIN_S = 15.0  # start-up of the interpreter, closing the file: generous on purpose
+
+
+async def post(url: str, body: Any) -> dict[str, Any]:
+    """POST events; return the 202 answer."""
+    async with aiohttp.ClientSession() as session, \
+            session.post(f"{url}/v1/events", json=body) as resp:
+        answer: dict[str, Any] = await resp.json()
+        assert resp.status == 202, answer
+        return answer
+
+
+async def probe(url: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]] | None:
+    """One request on a new connection: (status, JSON) or None when the connection fails."""
+    connector = aiohttp.TCPConnector(force_close=True)
+    timeout = aiohttp.ClientTimeout(total=10)
+    try:
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            method = "POST" if body is not None else "GET"
+            async with session.request(method, f"{url}{path}", json=body) as resp:
+                return resp.status, await resp.json(content_type=None)
+    except (aiohttp.ClientConnectionError, ConnectionError):
+        return None
+
+
+async def sigterm_and_check_refusal(server: ServerProcess) -> None:
+    """SIGTERM; once the server shows it took the signal, a new request must be turned away."""
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGTERM)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while True:  # until /readyz stops answering 200: the signal has been handled
+        answer = await probe(server.url, "/readyz")
+        if answer is None or answer[0] != 200:
+            break
+        assert loop.time() < deadline, "still ready long after SIGTERM"
+        await asyncio.sleep(0.01)
+    late = await probe(server.url, "/v1/events", {"id": "late", "Event": "X"})
+    if late is not None:
+        status, body = late
+        assert (status, body.get("error")) == (503, "shutting_down"), late
+
+
+async def wait_exit(server: ServerProcess, timeout: float) -> int:
+    """The exit code, waiting at most `timeout` seconds (no second signal is sent)."""
+    assert server.proc is not None
+    return await asyncio.to_thread(server.proc.wait, timeout)
+
+
+def by_kind(records: list[Record], pid: int, kind: str) -> list[int]:
+    return [r.seq for r in records if r.pid == pid and r.kind == kind]
+
+
+async def test_sigterm_lets_the_running_job_finish_and_the_rest_waits_for_the_next_start(
+    server_process: ServerFactory, tmp_path: Path
+) -> None:
+    record_file = tmp_path / "record.log"
+    shutdown_timeout = 5.0
+    env = {FILE_ENV: str(record_file), DELAY_ENV: "1.0",
+           "COLLECTOR_SERVER_SHUTDOWN_TIMEOUT": str(shutdown_timeout)}
+    first = server_process(args=["--handler", "tests.recorder:slow"], env=env)
+    first.start()
+    assert first.proc is not None
+    answers = [await post(first.url, {"id": "e1"}),
+               await post(first.url, [{"id": "e2"}, {"id": "e3"}, {"id": "e4"}])]
+    pid = first.proc.pid
+    await until(lambda: by_kind(read_records(record_file), pid, "start") != [],
+                "the first job starts")
+
+    await sigterm_and_check_refusal(first)
+    code = await wait_exit(first, shutdown_timeout + EXIT_MARGIN_S)
+    first_run = read_records(record_file)
+
+    assert code == 0, first.output()[-3000:]
+    started, ended = (by_kind(first_run, pid, k) for k in ("start", "end"))
+    assert started[0] == 1
+    assert started == ended, "a job was cut although it fit in the shutdown timeout"
+
+    second = server_process(args=["--handler", "tests.recorder:slow"],
+                            env={**env, DELAY_ENV: "0.01"})
+    second.start()
+    assert second.proc is not None
+    stats = await drain_and_stop(second)
+    records = read_records(record_file)
+
+    assert [(a["first_seq"], a["last_seq"]) for a in answers] == [(1, 1), (2, 4)]
+    again = by_kind(records, second.proc.pid, "start")
+    assert again == by_kind(records, second.proc.pid, "end")
+    assert started + again == [1, 2, 3, 4], "a job was lost or handled twice"
+    assert [r.event_id for r in records if r.kind == "end"] == ["e1", "e2", "e3", "e4"]
+    assert (stats["processed_total"], stats["last_seq"], stats["dead"]) == (4, 4, 0)
+
+
+async def test_a_job_slower_than_the_shutdown_timeout_comes_back_on_the_next_start(
+    server_process: ServerFactory, tmp_path: Path
+) -> None:
+    record_file = tmp_path / "record.log"
+    env = {FILE_ENV: str(record_file), DELAY_ENV: "30",
+           "COLLECTOR_SERVER_SHUTDOWN_TIMEOUT": "1"}
+    first = server_process(args=["--handler", "tests.recorder:slow"], env=env)
+    first.start()
+    assert first.proc is not None
+    await post(first.url, [{"id": "e1"}, {"id": "e2"}])
+    pid = first.proc.pid
+    await until(lambda: by_kind(read_records(record_file), pid, "start") != [],
+                "the first job starts")
+
+    await sigterm_and_check_refusal(first)
+    code = await wait_exit(first, 1 + EXIT_MARGIN_S)
+    first_run = read_records(record_file)
+
+    assert code == 0, first.output()[-3000:]
+    assert by_kind(first_run, pid, "start") == [1]
+    assert by_kind(first_run, pid, "end") == []
+
+    second = server_process(args=["--handler", "tests.recorder:slow"],
+                            env={**env, DELAY_ENV: "0.01"})
+    second.start()
+    assert second.proc is not None
+    stats = await drain_and_stop(second)
+    records = read_records(record_file)
+
+    assert by_kind(records, second.proc.pid, "start") == [1, 2]
+    assert by_kind(records, second.proc.pid, "end") == [1, 2]
+    assert [r.event_id for r in records if r.kind == "end"] == ["e1", "e2"]
+    assert (stats["processed_total"], stats["last_seq"], stats["dead"]) == (2, 2, 0)
