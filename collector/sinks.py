@@ -195,15 +195,16 @@ class Archive:
         """gzip every day file older than compress_after_days and than `newest`.
 
         The writer only writes `newest` or later days, so no file being written is touched.
+        With no newest file yet, the writer may start any day: nothing is compressed.
         """
+        if newest is None:
+            return []
         today = dt.datetime.now(dt.UTC).date()
         cutoff = (today - dt.timedelta(days=self._compress_after)).isoformat()
         done: list[Path] = []
         for path in sorted(self._dir.glob("*.jsonl")):
             found = _DAY_FILE.match(path.name)
-            if not found or found.group(1) >= cutoff or (
-                newest is not None and found.group(1) >= newest
-            ):
+            if not found or found.group(1) >= min(cutoff, newest):
                 continue
             target = _gzip_file(path, durable=self._durable)
             done.append(target)

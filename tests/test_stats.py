@@ -342,7 +342,7 @@ async def test_the_same_events_in_any_order_with_sequences_end_in_the_same_state
     orders.append(random.Random(1234).sample(orders[0], len(messages)))
     results = []
     for run, order in enumerate(orders):
-        store = StatsStore(tmp_path / f"run{run}")
+        store = StatsStore(tmp_path / f"run{run}", durability="normal")
         await store.open()
         for seq, i in enumerate(order, start=1):
             await store.apply(Job(seq=seq, payload=messages[i], received_at=T0,
