@@ -31,6 +31,7 @@ import contextlib
 import random
 import re
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -216,8 +217,8 @@ class Poster:
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
         self._rng = rng or random.Random()
         self.counters = PostCounters()
-        #: One word for the status line: "unknown", "ok", "retrying", "refusing".
-        self.state = "unknown"
+        #: One word for the status line: "idle", "ok", "retrying", "refusing".
+        self.state = "idle"
         #: Why, when the state is not "ok".
         self.reason = ""
 
@@ -310,7 +311,9 @@ class StatusLine:
         self._width = 0
 
     def show(self, text: str) -> None:
-        """Replace the line with `text`."""
+        """Replace the line with `text` (cut to the terminal's width: a wrapped line
+        could not be rewritten)."""
+        text = text[: max(20, shutil.get_terminal_size().columns - 1)]
         pad = " " * max(0, self._width - len(text))
         self._stream.write("\r" + text + pad)
         self._stream.flush()
