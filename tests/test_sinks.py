@@ -15,7 +15,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from collector.errors import PermanentError
+from collector.config import describe, load_settings
+from collector.errors import ConfigError, PermanentError
 from collector.jobs import Job
 from collector.sinks import Archive, Forwarder, ForwardError, day_of
 from tests.conftest import CAPTURE_JSONL, ClientFactory, free_port
@@ -265,3 +266,32 @@ async def test_forward_through_the_worker_retries_5xx_and_dead_letters_4xx(
     got = [(h["Idempotency-Key"], body["n"]) for h, body in rec.requests]
     assert got == [("collector-1", 1), ("collector-1", 1), ("collector-2", 2),
                    ("collector-3", 3)]
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+def test_the_readme_config_block_loads_with_the_new_sections(tmp_path: Path) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    config = tmp_path / "collector.toml"
+    config.write_text(block, encoding="utf-8")
+    settings = load_settings(config, environ={})
+    assert settings.worker.handlers == ("stats",)
+    assert settings.archive.compress_after_days == 1
+    assert settings.forward.url == "https://example.org/v1/events"
+    assert describe(settings)["forward"]["token"] == "***"  # never logged
+
+
+def test_forward_settings_from_the_environment_and_their_checks() -> None:
+    env = {"COLLECTOR_FORWARD_URL": "http://127.0.0.1:9/x", "COLLECTOR_FORWARD_TIMEOUT": "2.5",
+           "COLLECTOR_ARCHIVE_COMPRESS_AFTER_DAYS": "7", "COLLECTOR_WORKER_HANDLERS": "forward"}
+    settings = load_settings(environ=env)
+    assert (settings.forward.url, settings.forward.timeout) == ("http://127.0.0.1:9/x", 2.5)
+    assert settings.archive.compress_after_days == 7
+    with pytest.raises(ConfigError, match=r"forward\.url: required"):
+        load_settings(environ={"COLLECTOR_WORKER_HANDLERS": "stats,forward"})
+    with pytest.raises(ConfigError, match=r"forward\.url: must start with"):
+        load_settings(environ={"COLLECTOR_FORWARD_URL": "ftp://x"})
+    with pytest.raises(ConfigError, match=r"archive\.compress_after_days"):
+        load_settings(environ={"COLLECTOR_ARCHIVE_COMPRESS_AFTER_DAYS": "-1"})
