@@ -10,8 +10,9 @@ Design (see README "How it works"):
   new requests gather, and the next transaction carries them all (all or none, so each
   request is all or none too). A request is answered only after the COMMIT returned;
   with ``durability = "full"`` that COMMIT is fsynced (``synchronous=FULL``).
-* Acknowledgements are batched: they ride along in the next commit, or are flushed
-  after ``ack_interval_ms``. A lost acknowledgement only replays a job (at least once).
+* Acknowledgements are batched: they are committed together every ``ack_interval_ms``
+  (and before a dead letter moves, and at close), without an fsync of their own. A
+  lost acknowledgement only replays a job (at least once).
 * Jobs just committed are handed to the worker from memory, so it does not read back
   what was just written; only a backlog beyond the in-memory window is read from disk,
   in pages, in ``seq`` order.
@@ -115,6 +116,7 @@ class _Put:
     sequence: int | None
     key: str | None
     future: asyncio.Future[Accepted] = field(repr=False)
+    revive: int | None = None  # the dead letter this put brings back at the tail
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,7 +310,7 @@ class _JobTable(SQLiteBase):
         conn: sqlite3.Connection = self._conn
         results: list[Accepted] = []
         params: list[Any] = []
-        if puts and not acks and all(p.key is None for p in puts):
+        if puts and not acks and all(p.key is None and p.revive is None for p in puts):
             # The common case: fresh events only. One INSERT in autocommit mode is one
             # transaction and one statement (one GIL release instead of three).
             for put in puts:
@@ -345,6 +347,9 @@ class _JobTable(SQLiteBase):
                     results.append(result)
                     next_seq += count
                 self._insert_rows(conn, params)
+                revived = [(p.revive,) for p in puts if p.revive is not None]
+                if revived:
+                    conn.executemany("DELETE FROM dead_letters WHERE seq = ?", revived)
                 if keys:
                     conn.executemany(
                         "INSERT OR REPLACE INTO idempotency_keys VALUES (?, ?, ?, ?, ?)",
@@ -444,10 +449,8 @@ class _JobTable(SQLiteBase):
                        source=row[3], sequence=row[4], attempts=row[5], error=row[6],
                        failed_at=row[7])
 
-    def revive(
-        self, seqs: Sequence[int], acks: _Acks, next_seq: int, *, at_tail: bool
-    ) -> list[Job]:
-        """Move dead letters back into the job table: under their old seq, or new ones."""
+    def revive(self, seqs: Sequence[int], acks: _Acks) -> list[Job]:
+        """Move dead letters back into the job table under their old seqs."""
         conn: sqlite3.Connection = self._conn
         revived: list[Job] = []
         with _transaction(conn):
@@ -460,11 +463,9 @@ class _JobTable(SQLiteBase):
                 ).fetchone()
                 if row is None:
                     continue
-                new_seq = next_seq if at_tail else seq
-                next_seq += 1 if at_tail else 0
-                conn.execute(self._sql_insert, (new_seq, row[0], row[1], row[2], row[3]))
+                conn.execute(self._sql_insert, (seq, row[0], row[1], row[2], row[3]))
                 conn.execute("DELETE FROM dead_letters WHERE seq = ?", (seq,))
-                revived.append(Job(seq=new_seq, payload=orjson.loads(row[0]), received_at=row[1],
+                revived.append(Job(seq=seq, payload=orjson.loads(row[0]), received_at=row[1],
                                    source=row[2], sequence=row[3]))
         return revived
 
@@ -884,7 +885,6 @@ class DurableQueue:
             await self._commit_wanted.wait()
             self._commit_wanted.clear()
             puts, self._puts = self._puts, []
-            self._queued_events = 0
             flush = self._acks and (
                 self._flush_requested or self._closing or self._ack_interval == 0
                 or self._acks >= _ACKS_FORCE_FLUSH
@@ -892,6 +892,8 @@ class DurableQueue:
             if not puts and not flush:
                 continue
             started = time.perf_counter()
+            # Events count against max_pending until they are settled either way.
+            taken = sum(len(p.blobs) for p in puts)
             acks = self._take_acks() if flush else _Acks()
             if flush:
                 self._flush_requested = False
@@ -903,6 +905,7 @@ class DurableQueue:
                     self._executor, table.commit, puts, self._next_seq, acks, self._ttl_s,
                 )
             except Exception as exc:  # noqa: BLE001 - every failure goes back to the callers
+                self._queued_events -= taken
                 err = _translate(exc)
                 log.error("queue_commit_failed", error=str(exc), requests=len(puts))
                 for put in puts:
@@ -912,6 +915,7 @@ class DurableQueue:
                 if self._acks:
                     self._schedule_flush(_RETRY_AFTER_FAILURE_S)
                 continue
+            self._queued_events -= taken
             self._acks_settled(acks, committed=True)
             if self.on_commit is not None and puts:
                 rows = sum(r.accepted for r in results if not r.replayed)
@@ -926,6 +930,8 @@ class DurableQueue:
         """Account for newly stored jobs and hand them to the worker from memory if we can."""
         self._next_seq = result.last_seq + 1
         self._rows += result.accepted
+        if put.revive is not None:
+            self._dead -= 1
         # The window holds a contiguous run of seqs right after what the worker has.
         if result.first_seq == self._cursor + 1 and len(self._window) < _MEMORY_WINDOW:
             seq = result.first_seq
@@ -1044,18 +1050,19 @@ class DurableQueue:
         """Put dead letters back in line: in their old place (next up) or at the tail.
 
         In their old place they keep their seq and run before every pending job; at the
-        tail they get new seqs after the newest job. Returns the revived jobs.
+        tail they get new seqs after the newest job (through the group commit, so that
+        seqs are handed out in one place). Returns the revived jobs.
         """
         assert self._table is not None
         if not self.is_open:
             raise QueueClosedError("queue is closed")
+        if at_tail:
+            return await self._revive_at_tail(seqs)
         loop = asyncio.get_running_loop()
         acks = self._take_acks()  # the ack range must end above the old seqs
         try:
             revived = await loop.run_in_executor(
-                self._executor, functools.partial(
-                    self._table.revive, seqs, acks, self._next_seq, at_tail=at_tail
-                ),
+                self._executor, self._table.revive, seqs, acks
             )
         except BaseException:
             self._acks_settled(acks, committed=False)
@@ -1063,12 +1070,31 @@ class DurableQueue:
         self._acks_settled(acks, committed=True)
         self._rows += len(revived)
         self._dead -= len(revived)
-        if at_tail:
-            if revived:
-                self._next_seq = revived[-1].seq + 1
-        else:
-            self._revived.extend(revived)
+        self._revived.extend(revived)
         self._wakeup.set()
+        return revived
+
+    async def _revive_at_tail(self, seqs: Sequence[int]) -> list[Job]:
+        loop = asyncio.get_running_loop()
+        puts: list[_Put] = []
+        for seq in sorted(set(seqs)):
+            dead = await self.dead_letter_get(seq)
+            if dead is None:
+                continue
+            puts.append(_Put(
+                blobs=[orjson.dumps(dead.payload)], payloads=[dead.payload],
+                received_at=dead.received_at, source=dead.source, sequence=dead.sequence,
+                key=None, future=loop.create_future(), revive=seq,
+            ))
+        self._puts.extend(puts)
+        self._queued_events += len(puts)
+        self._commit_wanted.set()
+        revived = []
+        for put in puts:
+            accepted = await put.future
+            revived.append(Job(seq=accepted.first_seq, payload=put.payloads[0],
+                               received_at=put.received_at, source=put.source,
+                               sequence=put.sequence))
         return revived
 
     async def drop_dead(self, seqs: Sequence[int]) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +32,8 @@ class WorkerCounters:
 
 def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) -> float:
     """Exponential backoff with "equal jitter": between half and all of min(cap, base*2**n)."""
-    ceiling = min(cap, base * 2 ** (attempt - 1))
+    # ldexp with a bounded exponent: base * 2**n overflows a float past n = 1023.
+    ceiling = min(cap, math.ldexp(base, min(attempt - 1, 1000)))
     return float(ceiling / 2 + rng.uniform(0, ceiling / 2))
 
 
@@ -40,7 +42,10 @@ class _HandlerTimeoutError(Exception):
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc)
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not stop the worker
+        text = "(message unavailable)"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -110,6 +115,7 @@ class Worker:
         """Let the current job finish within `grace` seconds, then stop."""
         task = self._task
         if task is None or task.done():
+            await self._stop_watchdog()
             return
         self._stopping = True
         if self._busy_since is None:
@@ -120,13 +126,17 @@ class Worker:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        await self._stop_watchdog()
+        c = self.counters
+        log.info("worker_stopped", processed=c.processed, retried=c.retried,
+                 dead_lettered=c.dead_lettered)
+
+    async def _stop_watchdog(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watchdog
-        c = self.counters
-        log.info("worker_stopped", processed=c.processed, retried=c.retried,
-                 dead_lettered=c.dead_lettered)
+            self._watchdog = None
 
     async def _run(self) -> None:
         log.info("worker_started", handlers=[name for name, _ in self._handlers])
