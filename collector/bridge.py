@@ -16,12 +16,12 @@ client, persist-queue for the spool; no uvloop.
 * Each batch has an ``Idempotency-Key`` derived from its source, first sequence and size:
   a retry after a lost answer is answered from the server's memory, not stored twice.
 * Failures: connection errors, 408, 429 and 5xx are retried with exponential backoff
-  (or after ``Retry-After``), forever. 401/403/404/405 say the bridge is misconfigured,
-  not that the batch is bad: also retried (at the backoff cap), loudly, so that a wrong
-  token never empties the spool. Any other 4xx refuses the batch: a 400 or 413 on a
-  batch of several events splits it in halves (each with its own key) to find the
-  culprit; what is still refused alone goes to the spool's dead letters and the line
-  moves on.
+  (or after ``Retry-After``), forever. 401/403/404/405/415 say the bridge is
+  misconfigured (or the server too old), not that the batch is bad: also retried (at the
+  backoff cap), loudly, so that a wrong token never empties the spool. Any other 4xx
+  refuses the batch: a 400 or 413 on a batch of several events splits it in halves
+  (each with its own key) to find the culprit; what is still refused alone goes to the
+  spool's dead letters and the line moves on.
 """
 
 from __future__ import annotations
@@ -53,8 +53,9 @@ log = structlog.get_logger(__name__)
 DEFAULT_GAME_PORT: Final = 49123
 _READ_SIZE: Final = 65536
 _MAX_RETRY_AFTER_S: Final = 600.0
-#: Statuses that say the bridge is misconfigured (token, URL), not that the batch is bad.
-_CONFIG_STATUSES: Final = frozenset({401, 403, 404, 405, 407})
+#: Statuses that say the bridge is misconfigured (token, URL) or speaks a format the
+#: server does not take (415: gzip or NDJSON): true of every batch, not of this one.
+_CONFIG_STATUSES: Final = frozenset({401, 403, 404, 405, 407, 415})
 #: Statuses that are retried as they are (the server is busy or failing).
 _RETRY_STATUSES: Final = frozenset({408, 425, 429})
 #: A refused batch with one of these statuses is split to find the event at fault.
@@ -243,7 +244,8 @@ class Poster:
             if status in _CONFIG_STATUSES:
                 delay = self._cap
                 self.state = "refusing"
-                hint = "check --token" if status in {401, 403} else "check --to"
+                hint = {401: "check --token", 403: "check --token", 415: "upgrade the collector"
+                        }.get(status, "check --to")
                 log.error("collector_refuses", status=status, error=answer.error,
                           detail=answer.detail, hint=hint, retry_in_s=delay,
                           source=batch.source, sequence=batch.sequence)

@@ -417,6 +417,47 @@ async def test_the_bridge_reconnects_when_the_game_closes_and_reopens(
 # -- pieces -----------------------------------------------------------------------------------
 
 
+async def test_retries_honour_retry_after_and_resend_the_same_request(
+    aiohttp_server: Any,
+) -> None:
+    """A stand-in collector answers 503, 507 (with Retry-After) and 500, then 202."""
+    from aiohttp import web
+
+    from collector.bridge import Poster
+
+    answers = [(503, {"Retry-After": "0.15"}), (507, {"Retry-After": "0.1"}), (500, {}),
+               (202, {})]
+    seen: list[tuple[dict[str, str], bytes]] = []
+
+    async def events(request: web.Request) -> web.Response:
+        seen.append((dict(request.headers), await request.read()))
+        status, headers = answers[len(seen) - 1]
+        return web.json_response({"error": "busy", "detail": "x"}, status=status,
+                                 headers=headers)
+
+    app = web.Application()
+    app.router.add_post("/v1/events", events)
+    server = await aiohttp_server(app)
+    batch = Batch("src", 7, (b'{"a":1}', b'{"a":2}'))
+    async with aiohttp.ClientSession() as session:
+        poster = Poster(session, events_url(str(server.make_url("/"))), token="t",
+                        backoff_base=0.01, backoff_cap=0.05)
+        with capture_logs() as logs:
+            assert await poster.deliver(batch) == []
+    delays = [e["retry_in_s"] for e in logs if e["event"] == "post_failed"]
+    assert delays[:2] == [0.15, 0.1]
+    assert 0 < delays[2] <= 0.05
+    assert len(seen) == 4
+    for headers, body in seen:
+        assert headers["Idempotency-Key"] == batch.key
+        assert (headers["X-Source"], headers["X-Sequence"]) == ("src", "7")
+        assert headers["Authorization"] == "Bearer t"
+        assert headers["Content-Encoding"] == "gzip"
+        assert body == b'{"a":1}\n{"a":2}\n'  # aiohttp inflated the gzip body
+    assert poster.counters.sent_events == 2
+    assert poster.counters.failed_attempts == 3
+
+
 async def test_batcher_bounds_count_bytes_and_age() -> None:
     closed: list[Batch] = []
     batcher = Batcher(closed.append, max_events=3, max_bytes=40, max_delay=0.01)
