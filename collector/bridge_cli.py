@@ -35,8 +35,8 @@ def _count(text: str) -> int:
     return value
 
 
-def _add_collector_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--to", required=True, metavar="URL",
+def _add_collector_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument("--to", required=required, metavar="URL",
                         help="the collector, e.g. http://homeserver:8765")
     token = parser.add_mutually_exclusive_group()
     token.add_argument("--token", help="bearer token of the collector (visible in the "
@@ -59,7 +59,7 @@ def register(subparsers: Any) -> None:
                     "and post it to a collector, in order, exactly once.")
     bridge.add_argument("--game", default="127.0.0.1:49123", metavar="HOST:PORT",
                         help="the game's Stats API socket (default 127.0.0.1:49123)")
-    _add_collector_options(bridge)
+    _add_collector_options(bridge, required=False)  # checked below: --show-dead needs none
     bridge.add_argument("--spool-dir", type=Path, metavar="DIR",
                         help="where messages wait for the collector (default "
                              r"%%LOCALAPPDATA%%\collector-bridge on Windows, "
@@ -82,7 +82,7 @@ def register(subparsers: Any) -> None:
         description="Send a recording (raw socket bytes or JSON lines, detected) to a "
                     "collector at recorded speed, a multiple of it, or as fast as possible.")
     replay.add_argument("file", type=Path, metavar="FILE")
-    _add_collector_options(replay)
+    _add_collector_options(replay, required=True)
     pace = replay.add_mutually_exclusive_group()
     pace.add_argument("--speed", type=_positive, default=1.0, metavar="X",
                       help="a multiple of the recorded speed (default 1)")
@@ -129,6 +129,8 @@ def _token(args: argparse.Namespace) -> str | None:
 def _url(args: argparse.Namespace) -> str:
     from collector.bridge import events_url
 
+    if not args.to:
+        raise ConfigError("--to URL is required (the collector, e.g. http://homeserver:8765)")
     try:
         events_url(args.to)
     except ValueError as exc:

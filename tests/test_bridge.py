@@ -334,6 +334,11 @@ async def test_a_refused_event_is_set_aside_and_the_bridge_moves_on(
     assert letters[0].batch.sequence == 61
     assert letters[0].batch.events == (bad,)
     assert "invalid_event" in letters[0].detail
+    shown = subprocess.run(
+        [sys.executable, "-m", "collector", "bridge", "--spool-dir", str(spool_dir),
+         "--show-dead"], capture_output=True, check=True, timeout=60,
+    ).stdout.splitlines()
+    assert [orjson.loads(line)["events"] for line in shown] == [[orjson.loads(bad)]]
 
 
 @pytest.mark.slow
