@@ -11,7 +11,8 @@ from aiohttp import web
 from collector.app import create_app
 from collector.config import Settings, describe
 from collector.errors import StartupError
-from collector.keys import QUEUE, STATE
+from collector.keys import NOTIFIER, QUEUE, STATE
+from collector.systemd import listen_sockets, queue_status
 
 log = structlog.get_logger(__name__)
 
@@ -26,13 +27,18 @@ async def serve(settings: Settings) -> None:
         shutdown_timeout=settings.server.shutdown_timeout,
         keepalive_timeout=75.0,
     )
+    inherited = listen_sockets()  # socket activation: systemd already listens for us
     log.info("starting", settings=describe(settings))
     await runner.setup()  # opens the queue, replays nothing yet, starts the worker
     try:
-        site = web.TCPSite(runner, settings.server.host, settings.server.port,
-                           backlog=1024, reuse_address=True)
+        sites: list[web.BaseSite] = (
+            [web.SockSite(runner, sock, backlog=1024) for sock in inherited] if inherited
+            else [web.TCPSite(runner, settings.server.host, settings.server.port,
+                              backlog=1024, reuse_address=True)]
+        )
         try:
-            await site.start()
+            for site in sites:
+                await site.start()
         except OSError as exc:
             raise StartupError(
                 f"cannot listen on {settings.server.host}:{settings.server.port}: "
@@ -42,11 +48,18 @@ async def serve(settings: Settings) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        log.info("listening", host=settings.server.host, port=settings.server.port,
-                 pending=app[QUEUE].pending, data_dir=str(settings.server.data_dir))
+        if inherited:
+            log.info("listening", sockets=[site.name for site in sites], inherited=True,
+                     pending=app[QUEUE].pending, data_dir=str(settings.server.data_dir))
+        else:
+            log.info("listening", host=settings.server.host, port=settings.server.port,
+                     pending=app[QUEUE].pending, data_dir=str(settings.server.data_dir))
+        notifier = app[NOTIFIER]
+        notifier.ready(await queue_status(app[QUEUE]))  # the port answers, recovery is done
         await stop.wait()
         log.info("stopping")
         app[STATE].stopping = True
+        notifier.stopping(f"draining; {await queue_status(app[QUEUE])}")
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     finally:

@@ -1,0 +1,377 @@
+"""systemd integration: sd_notify to a real socket, socket activation, the units, nspawn."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from collector import Job
+from collector.queue import DurableQueue
+from collector.systemd import (
+    Notifier,
+    WorkerHealth,
+    listen_sockets,
+    stuck_margin,
+    watchdog_seconds,
+)
+from collector.worker import Worker
+from tests.conftest import free_port
+
+REPO = Path(__file__).parent.parent
+UNITS = REPO / "systemd"
+
+
+async def stubborn(job: Job) -> None:
+    """A handler that never returns: it swallows the worker's timeout cancellation.
+
+    Any other cancellation (shutdown) goes through, so the test can still stop it.
+    """
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError as exc:
+            if exc.args != ("handler_timeout",):
+                raise
+
+
+class NotifySocket:
+    """A datagram socket standing in for systemd's notify socket."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address  # as put in $NOTIFY_SOCKET
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
+        self.messages: list[dict[str, str]] = []
+
+    def receive(self, timeout: float) -> dict[str, str] | None:
+        """The next message as a dict, or None when nothing came within `timeout`."""
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(4096)
+        except TimeoutError:
+            return None
+        fields = dict(line.split("=", 1) for line in data.decode().splitlines())
+        self.messages.append(fields)
+        return fields
+
+    def wait_for(self, predicate: Callable[[dict[str, str]], bool], *, timeout: float = 20.0
+                 ) -> dict[str, str]:
+        """Receive until a message matches; fails after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            message = self.receive(left)
+            if message is not None and predicate(message):
+                return message
+        raise AssertionError(f"no matching message in {timeout} s; got {self.messages}")
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.sock.close()
+
+
+@pytest.fixture
+def notify_socket() -> Iterator[NotifySocket]:
+    """A notify socket in the abstract namespace, unique to this test."""
+    sock = NotifySocket(f"@collector-test-{os.getpid()}-{time.monotonic_ns()}")
+    yield sock
+    sock.close()
+
+
+def serve_env(**extra: str) -> dict[str, str]:
+    """The environment for a `collector serve` child: no collector or systemd variables."""
+    drop = {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
+            "LISTEN_FDNAMES", "STATE_DIRECTORY", "CREDENTIALS_DIRECTORY", "JOURNAL_STREAM"}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("COLLECTOR_") and k not in drop}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a test starts; killed at the end whatever happened."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def port_answers(port: int) -> bool:
+    """True when a TCP connection to 127.0.0.1:port is accepted right now."""
+    with socket.socket() as sock:
+        sock.settimeout(2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def http_json(url: str, *, data: bytes | None = None, timeout: float = 10
+              ) -> tuple[int, dict[str, object]]:
+    """(status, JSON body) of a request."""
+    req = urllib.request.Request(url, data=data, method="POST" if data else "GET",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+# -- the protocol, against a real socket ---------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["abstract", "path"])
+def test_notifier_sends_datagrams(kind: str, tmp_path: Path) -> None:
+    address = f"@collector-unit-{os.getpid()}" if kind == "abstract" else str(tmp_path / "n")
+    receiver = NotifySocket(address)
+    try:
+        notifier = Notifier.from_environ({"NOTIFY_SOCKET": address})
+        assert notifier.enabled
+        assert notifier.ready("line one\nline two")
+        assert notifier.watchdog()
+        assert notifier.stopping("bye")
+        got = [receiver.receive(5) for _ in range(3)]
+        notifier.close()
+    finally:
+        receiver.close()
+    assert got == [{"READY": "1", "STATUS": "line one line two"}, {"WATCHDOG": "1"},
+                   {"STOPPING": "1", "STATUS": "bye"}]
+
+
+def test_notifier_without_socket_does_nothing() -> None:
+    notifier = Notifier.from_environ({})
+    assert not notifier.enabled
+    assert notifier.ready("x") is False
+    assert notifier.watchdog_s is None
+
+
+def test_notifier_survives_a_vanished_manager(tmp_path: Path) -> None:
+    notifier = Notifier.from_environ({"NOTIFY_SOCKET": str(tmp_path / "gone")})
+    try:
+        assert notifier.status("anyone?") is False  # ENOENT: no exception, it carries on
+        assert notifier.status("still?") is False
+    finally:
+        notifier.close()
+
+
+def test_watchdog_interval_is_for_this_process_only() -> None:
+    mine = str(os.getpid())
+    assert watchdog_seconds({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": mine}) == 30.0
+    assert watchdog_seconds({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}) is None
+    assert watchdog_seconds({"WATCHDOG_USEC": "0"}) is None
+    assert watchdog_seconds({"WATCHDOG_USEC": "soon"}) is None
+
+
+def test_listen_sockets_only_for_this_pid() -> None:
+    env = {"LISTEN_PID": "1", "LISTEN_FDS": "1", "LISTEN_FDNAMES": "x"}
+    assert listen_sockets(env) == []
+    assert env == {}  # unset, as sd_listen_fds(1) does
+    assert listen_sockets({}) == []
+
+
+# -- the watchdog's judgement, on a real worker ---------------------------------------------
+
+
+async def test_health_flags_a_handler_that_ignores_its_timeout(tmp_path: Path) -> None:
+    queue = DurableQueue(tmp_path, durability="normal")
+    await queue.open()
+    worker = Worker(queue, [("stubborn", stubborn)], handler_timeout=0.2, backoff_cap=0.5)
+    health = WorkerHealth(handler_timeout=0.2, backoff_cap=0.5, margin=0.3)
+    worker.start()
+    try:
+        assert health.problem(worker, queue.pending) is None
+        await queue.put([{"n": 1}])
+        problem = None
+        for _ in range(200):  # bounded: 10 s
+            problem = health.problem(worker, queue.pending)
+            if problem is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert problem is not None
+        assert "handler call has run for" in problem
+        assert "0.2 s" in problem
+    finally:
+        await worker.stop(0.1)
+        await queue.close()
+
+
+async def test_health_flags_a_dead_worker(tmp_path: Path) -> None:
+    queue = DurableQueue(tmp_path, durability="normal")
+    await queue.open()
+
+    async def ok(job: Job) -> None:
+        return None
+
+    worker = Worker(queue, [("ok", ok)], handler_timeout=1.0)
+    health = WorkerHealth(handler_timeout=1.0, backoff_cap=1.0, margin=1.0)
+    worker.start()
+    await queue.put([{"n": 1}])
+    for _ in range(200):
+        if worker.counters.processed:
+            break
+        await asyncio.sleep(0.01)
+    assert worker.counters.processed == 1
+    assert health.problem(worker, queue.pending) is None
+    await worker.stop(1.0)
+    assert health.problem(worker, queue.pending) == "worker task is not running"
+    await queue.close()
+
+
+def test_stuck_margin_scales_with_the_timeout() -> None:
+    assert stuck_margin(0.5) == 1.0
+    assert stuck_margin(8.0) == 4.0
+    assert stuck_margin(60.0) == 10.0
+
+
+# -- a real daemon, a real notify socket ----------------------------------------------------
+
+
+def start_serve(data_dir: Path, port: int, *, env: dict[str, str], log: Path,
+                args: tuple[str, ...] = ("--handler", "noop")) -> subprocess.Popen[bytes]:
+    """`python -m collector serve` in the background, output to `log`."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "collector", "serve", "--port", str(port),
+             "--data-dir", str(data_dir), *args],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )
+
+
+@pytest.mark.slow
+def test_serve_notifies_ready_status_watchdog_stopping(
+    notify_socket: NotifySocket, tmp_path: Path, processes: list[subprocess.Popen[bytes]],
+) -> None:
+    port = free_port()
+    env = serve_env(NOTIFY_SOCKET=notify_socket.address, WATCHDOG_USEC="400000")
+    proc = start_serve(tmp_path / "data", port, env=env, log=tmp_path / "serve.log")
+    processes.append(proc)
+    ready = notify_socket.wait_for(lambda m: m.get("READY") == "1")
+    # READY=1 is sent only after the site listens: the port must answer at once.
+    assert port_answers(port)
+    assert http_json(f"http://127.0.0.1:{port}/readyz")[0] == 200
+    assert "pending" in ready["STATUS"]
+    before_ready = notify_socket.messages[: notify_socket.messages.index(ready)]
+    assert not any(m.get("READY") for m in before_ready)
+
+    status, body = http_json(f"http://127.0.0.1:{port}/v1/events", data=b'[{"a":1},{"a":2}]')
+    assert status == 202, body
+    pings = 0
+    while pings < 3:
+        message = notify_socket.wait_for(lambda m: "WATCHDOG" in m or "STATUS" in m)
+        pings += message.get("WATCHDOG") == "1"
+    assert any("STATUS" in m and "queue:" in m["STATUS"] for m in notify_socket.messages)
+
+    proc.send_signal(signal.SIGTERM)
+    stopping = notify_socket.wait_for(lambda m: m.get("STOPPING") == "1")
+    assert "draining" in stopping["STATUS"]
+    assert proc.wait(30) == 0
+
+
+@pytest.mark.slow
+def test_watchdog_pings_stop_when_the_worker_is_stuck(
+    notify_socket: NotifySocket, tmp_path: Path, processes: list[subprocess.Popen[bytes]],
+) -> None:
+    port = free_port()
+    env = serve_env(NOTIFY_SOCKET=notify_socket.address, WATCHDOG_USEC="400000",
+                    COLLECTOR_WORKER_HANDLER_TIMEOUT="0.5",
+                    COLLECTOR_SERVER_SHUTDOWN_TIMEOUT="1")
+    proc = start_serve(tmp_path / "data", port, env=env, log=tmp_path / "serve.log",
+                       args=("--handler", "tests.test_systemd:stubborn"))
+    processes.append(proc)
+    notify_socket.wait_for(lambda m: m.get("READY") == "1")
+    notify_socket.wait_for(lambda m: m.get("WATCHDOG") == "1")  # healthy: pings come
+    status, _ = http_json(f"http://127.0.0.1:{port}/v1/events", data=b'{"a": 1}')
+    assert status == 202
+    # handler_timeout 0.5 s + grace 1 s: then the daemon reports itself stuck ...
+    stuck = notify_socket.wait_for(lambda m: m.get("STATUS", "").startswith("STUCK"))
+    assert "handler call has run for" in stuck["STATUS"]
+    # ... and no ping follows: five ping periods (0.2 s each) pass in silence.
+    deadline = time.monotonic() + 1.0
+    while (left := deadline - time.monotonic()) > 0:
+        message = notify_socket.receive(left)
+        assert message is None or "WATCHDOG" not in message, notify_socket.messages
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    log_text = (tmp_path / "serve.log").read_text()
+    assert '"worker_stuck"' in log_text
+
+
+@pytest.mark.slow
+def test_socket_activation_with_systemd_socket_activate(
+    notify_socket: NotifySocket, tmp_path: Path, processes: list[subprocess.Popen[bytes]],
+) -> None:
+    activate = shutil.which("systemd-socket-activate")
+    if activate is None:
+        pytest.skip("systemd-socket-activate not found: apt-get install -y systemd")
+    port, unused_port = free_port(), free_port()
+    log = tmp_path / "serve.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [activate, "-l", f"127.0.0.1:{port}",
+             "-E", f"NOTIFY_SOCKET={notify_socket.address}", "-E", "PYTHONPATH",
+             sys.executable, "-m", "collector", "serve", "--port", str(unused_port),
+             "--data-dir", str(tmp_path / "data"), "--handler", "noop"],
+            stdout=out, stderr=subprocess.STDOUT, env=serve_env(),
+        )
+    processes.append(proc)
+    for _ in range(200):  # bounded: 10 s for systemd-socket-activate to listen
+        if proc.poll() is not None or port_answers(port):
+            break
+        time.sleep(0.05)
+    # The listener answers before the daemon exists; a connection starts it.
+    status, body = http_json(f"http://127.0.0.1:{port}/v1/events", data=b'{"a": 1}', timeout=30)
+    assert status == 202, body
+    ready = notify_socket.wait_for(lambda m: m.get("READY") == "1")
+    assert "pending" in ready["STATUS"]
+    assert http_json(f"http://127.0.0.1:{port}/readyz")[0] == 200
+    assert not port_answers(unused_port)  # the inherited socket replaced --port
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    listening = [line for line in lines if line["event"] == "listening"]
+    assert listening
+    assert listening[0]["inherited"] is True
+    assert listening[0]["sockets"] == [f"http://127.0.0.1:{port}"]
+    proc.send_signal(signal.SIGTERM)  # systemd-socket-activate exec'd into the daemon
+    notify_socket.wait_for(lambda m: m.get("STOPPING") == "1")
+    assert proc.wait(30) == 0
+
+
+# -- the unit files --------------------------------------------------------------------------
+
+
+def test_units_verify_and_rate_1_5_or_lower() -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze not found: apt-get install -y systemd")
+    result = subprocess.run(["bash", str(UNITS / "check-units.sh")], capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rating = result.stdout.strip().splitlines()[-1]
+    assert "Overall exposure level for collector.service" in rating
+    assert float(rating.split(":")[1].split()[0]) <= 1.5
+
+
+def test_service_stop_timeout_covers_a_full_drain() -> None:
+    from collector.config import ServerSettings
+
+    unit = (UNITS / "collector.service").read_text()
+    values = dict(line.split("=", 1) for line in unit.splitlines()
+                  if "=" in line and not line.startswith("#"))
+    stop_s = float(values["TimeoutStopSec"].removesuffix("s"))
+    # Requests drain, then the current job: up to 2 x shutdown_timeout, plus the close.
+    assert stop_s > 2 * ServerSettings().shutdown_timeout + 5
+    assert values["Type"] == "notify"
+    assert "WatchdogSec" in values
