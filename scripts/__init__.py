@@ -1,0 +1,1 @@
+"""Development scripts: the benchmark harness and its helpers (not installed)."""

@@ -1,0 +1,1187 @@
+#!/usr/bin/env python3
+"""Benchmark `collector serve --handler noop` against a bare aiohttp reference server.
+
+    python3 scripts/bench.py                 # every figure (a few minutes)
+    python3 scripts/bench.py --quick         # smaller runs and counts: a smoke run
+    python3 scripts/bench.py --only single   # one figure (repeatable)
+    python3 scripts/bench.py --json out.json # also write the results as JSON
+    python3 scripts/bench.py --no-wrk        # use scripts/loadgen.py even if wrk exists
+
+Every server runs as a subprocess of its own: the reference (scripts/reference_server.py:
+aiohttp on asyncio's loop with the stdlib json, and, as context, on uvloop with orjson)
+and the real daemon, `python -m collector serve` on a fresh data dir with its default
+settings (durability "full"). Each gets the same load: wrk -t1 (one core drives the load,
+the other serves) with a Lua script that rotates through the real UpdateState messages
+of tests/fixtures/rl-stats-api/player-capture.jsonl, one per request or 100 consecutive
+ones per JSON array. Without wrk, scripts/loadgen.py (a Protocol-based closed-loop client
+in a process of its own) sends the same requests.
+
+Figures (noop handler, the worker draining concurrently unless said otherwise):
+
+  single   single-event POSTs at 32 connections: requests/s against the reference's, and
+           the backlog right when the load stops, in seconds of intake
+  arrays   POSTs of 100-event arrays at 32 connections: events/s accepted
+  latency  p99 latency of a single-event POST at 8 connections
+  drain    a backlog built with the worker held (scripts.bench_handlers:gate), the daemon
+           stopped (SIGTERM) and started again with --handler noop: overall jobs/s, and
+           the last tenth's rate against the first tenth's
+  memory   the same with 1,000,000 jobs: start-up to the first 200 on /readyz, and the
+           resident memory (VmRSS) of the daemon holding them
+  cycles   fill/drain cycles on one data dir: the size of queue.db + -wal + -shm after
+           each, third cycle against the first
+
+It prints each figure as it is measured, then a table (figure | collector | reference |
+ratio | target | result). A missed target is reported, not an error: the exit code is 0
+when every figure was measured, 1 when one could not be (the reason is printed), 130 on
+Ctrl-C. Servers, load generators and the temporary directory are removed in every case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import dataclasses
+import http.client
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Literal, TextIO
+
+REPO = Path(__file__).resolve().parent.parent
+CAPTURE = REPO / "tests" / "fixtures" / "rl-stats-api" / "player-capture.jsonl"
+LOADGEN = REPO / "scripts" / "loadgen.py"
+REFERENCE = REPO / "scripts" / "reference_server.py"
+GATE_HANDLER = "scripts.bench_handlers:gate"
+GATE_ENV = "BENCH_GATE_FILE"  # the variable scripts/bench_handlers.py reads
+QUEUE_FILES = ("queue.db", "queue.db-wal", "queue.db-shm")
+FIGURES = ("single", "arrays", "latency", "drain", "memory", "cycles")
+HOST = "127.0.0.1"
+EVENTS_PER_ARRAY = 100
+REQUEST_TIMEOUT_S = 10  # a load-generator request slower than this counts as timed out
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 60.0
+POLL_S = 0.025  # /v1/queue sampling while a backlog drains
+MB = 1024 * 1024
+
+
+class BenchError(Exception):
+    """A figure could not be measured (a server did not start, a count is wrong...)."""
+
+
+# -- the plan -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Durations and counts of one run."""
+
+    quick: bool
+    duration_s: int  # each measured load run
+    warmup_s: int  # load before each measured run (not counted)
+    connections: int = 32
+    latency_connections: int = 8
+    fill_connections: int = 8
+    drain_jobs: int = 200_000
+    memory_jobs: int = 1_000_000
+    cycle_jobs: int = 200_000
+    cycles: int = 3
+    serve_s: float = 3.0  # serving time before the second RSS reading
+
+    @classmethod
+    def make(cls, quick: bool) -> Plan:
+        if quick:
+            return cls(quick=True, duration_s=2, warmup_s=1, drain_jobs=20_000,
+                       memory_jobs=50_000, cycle_jobs=20_000, serve_s=1.0)
+        return cls(quick=False, duration_s=10, warmup_s=1)
+
+
+# -- results --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the issue asks of a figure."""
+
+    kind: Literal["min", "max", "min_ratio"]
+    value: float
+    text: str
+
+    def met(self, collector: float, ratio: float | None) -> bool | None:
+        if self.kind == "min":
+            return collector >= self.value
+        if self.kind == "max":
+            return collector <= self.value
+        return None if ratio is None else ratio >= self.value
+
+
+@dataclass
+class Row:
+    """One line of the final table."""
+
+    figure: str
+    unit: str
+    collector: float | None
+    reference: float | None = None
+    target: Target | None = None
+    reference_label: str = ""
+    error: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.collector is None or not self.reference:
+            return None
+        return self.collector / self.reference
+
+    @property
+    def passed(self) -> bool | None:
+        if self.target is None or self.collector is None:
+            return None
+        return self.target.met(self.collector, self.ratio)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "figure": self.figure, "unit": self.unit, "collector": self.collector,
+            "reference": self.reference, "reference_label": self.reference_label,
+            "ratio": self.ratio, "target": self.target.text if self.target else None,
+            "passed": self.passed, "error": self.error or None,
+        }
+
+
+@dataclass
+class Report:
+    """Everything measured in this run."""
+
+    rows: list[Row] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+# -- processes ------------------------------------------------------------------------------
+
+
+def _libc_prctl() -> Callable[[int, int], int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl: Callable[[int, int], int] = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    return prctl
+
+
+_PRCTL = _libc_prctl() if sys.platform == "linux" else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _child_setup() -> None:
+    """In each child: die (SIGKILL) with the bench, even if the bench is SIGKILLed."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def spawn(argv: Sequence[str], *, env: dict[str, str], cwd: Path, out: Path | int
+          ) -> subprocess.Popen[bytes]:
+    """Start a child in its own session (a Ctrl-C reaches only the bench, which cleans up)."""
+    stdout: TextIO | int = out.open("a") if isinstance(out, Path) else out
+    try:
+        return subprocess.Popen(
+            list(argv), env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=stdout,
+            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_child_setup,
+        )
+    finally:
+        if not isinstance(stdout, int):
+            stdout.close()
+
+
+def base_env() -> dict[str, str]:
+    """The bench's environment without collector settings or credentials of the caller."""
+    dropped = {"CREDENTIALS_DIRECTORY", "STATE_DIRECTORY"}  # a token would make POSTs 401
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("COLLECTOR_") and k not in dropped}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def http_request(port: int, method: str, path: str, body: bytes | None = None,
+                 timeout: float = 5.0) -> tuple[int, bytes]:
+    """One request on a fresh connection: (status, body)."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+class Server:
+    """A server subprocess (collector or reference) with its log file."""
+
+    def __init__(self, name: str, argv: list[str], *, env: dict[str, str], port: int,
+                 log: Path, cwd: Path, expected_warnings: frozenset[str] = frozenset()) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.port = port
+        self.log = log
+        self.cwd = cwd
+        self.expected_warnings = expected_warnings
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.spawned_at = 0.0
+
+    def start(self) -> None:
+        self.spawned_at = time.monotonic()
+        self.proc = spawn(self.argv, env=self.env, cwd=self.cwd, out=self.log)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> float:
+        """Seconds from the spawn to the first 200 on /readyz."""
+        assert self.proc is not None
+        deadline = self.spawned_at + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise BenchError(f"{self.name} exited with {self.proc.returncode} before it was "
+                                 f"ready:\n{self.log_tail()}")
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                status, _ = http_request(self.port, "GET", "/readyz", timeout=1.0)
+                if status == 200:
+                    return time.monotonic() - self.spawned_at
+            if time.monotonic() > deadline:
+                raise BenchError(f"{self.name} not ready after {timeout:.0f} s:\n{self.log_tail()}")
+            time.sleep(0.01)
+
+    def queue(self) -> dict[str, Any]:
+        """GET /v1/queue (the daemon only)."""
+        status, body = http_request(self.port, "GET", "/v1/queue")
+        if status != 200:
+            raise BenchError(f"{self.name}: GET /v1/queue answered {status}: {body[:200]!r}")
+        data: dict[str, Any] = json.loads(body)
+        return data
+
+    def backlog(self) -> int:
+        """Jobs not finished: pending + in flight."""
+        q = self.queue()
+        return int(q["pending"]) + int(q["in_flight"])
+
+    def memory(self) -> dict[str, float]:
+        """VmRSS and VmHWM (peak) of the process, in MB."""
+        found: dict[str, float] = {}
+        with open(f"/proc/{self.pid}/status") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    found[key] = int(value.split()[0]) * 1024 / MB
+        return found
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
+        """SIGTERM and wait (SIGKILL after `timeout`); returns the exit code."""
+        proc = self.proc
+        if proc is None:
+            return 0
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise BenchError(f"{self.name} did not stop within {timeout:.0f} s of SIGTERM "
+                                 f"(killed):\n{self.log_tail()}") from None
+        return proc.returncode
+
+    def kill(self) -> None:
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join("    " + line for line in text.splitlines()[-lines:])
+
+    def log_problems(self) -> list[str]:
+        """Warnings, errors and tracebacks in the log, but those expected of this run."""
+        found: list[str] = []
+        with contextlib.suppress(OSError):
+            for line in self.log.read_text(errors="replace").splitlines():
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    if "Traceback" in line or "Error" in line:
+                        found.append(line.strip())
+                    continue
+                if not isinstance(entry, dict):
+                    continue
+                level = str(entry.get("level", "")).lower()
+                if level in {"warning", "error", "critical", "exception"} and (
+                        entry.get("event") not in self.expected_warnings):
+                    found.append(line.strip()[:400])
+        return found
+
+
+class Harness:
+    """Owns the temporary directory, the servers and the load files; cleans everything up."""
+
+    def __init__(self, plan: Plan, *, use_wrk: bool, work_dir: Path | None, keep: bool) -> None:
+        self.plan = plan
+        self.use_wrk = use_wrk
+        self.keep = keep
+        self.servers: list[Server] = []
+        self.report = Report()
+        events = load_updatestates(CAPTURE)
+        self.event_count = len(events)
+        self.first_event = events[0]
+        self.fast_reference = _have("uvloop") and _have("orjson")
+        self.tmp = Path(tempfile.mkdtemp(prefix="collector-bench-", dir=work_dir))
+        try:
+            self.bodies_single = self.tmp / "single.bodies"
+            self.bodies_array = self.tmp / "array100.bodies"
+            write_bodies(self.bodies_single, [[e] for e in events], array=False)
+            write_bodies(self.bodies_array, array_bodies(events, EVENTS_PER_ARRAY), array=True)
+            self.lua = self.tmp / "rotate.lua"
+            self.lua.write_text(WRK_LUA)
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.kill()
+        self.servers.clear()
+        if self.keep:
+            say(f"kept {self.tmp}")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> Harness:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- servers --------------------------------------------------------------------------
+
+    def reference(self, *, fast: bool) -> Server:
+        port = free_port()
+        name = "reference (uvloop+orjson)" if fast else "reference (asyncio+json)"
+        argv = [sys.executable, str(REFERENCE), "--port", str(port)]
+        if fast:
+            argv.append("--fast")
+        return self._server(name, argv, port, base_env())
+
+    def collector(self, data_dir: Path, *, gate: Path | None = None) -> Server:
+        """`collector serve` on `data_dir`; with `gate`, the worker waits for that file."""
+        port = free_port()
+        argv = [sys.executable, "-m", "collector", "serve", "--port", str(port),
+                "--data-dir", str(data_dir), "--handler", "noop" if gate is None else GATE_HANDLER]
+        env = base_env()
+        expected: frozenset[str] = frozenset()
+        name = "collector (noop)"
+        if gate is not None:
+            name = "collector (gate)"
+            env[GATE_ENV] = str(gate)
+            # Real settings: the held job must not time out, and SIGTERM must not wait
+            # the default 10 s for it (it is cancelled and stays pending).
+            env["COLLECTOR_WORKER_HANDLER_TIMEOUT"] = "86400"
+            env["COLLECTOR_SERVER_SHUTDOWN_TIMEOUT"] = "1"
+            expected = frozenset({"worker_stop_timeout"})
+        return self._server(name, argv, port, env, expected)
+
+    def _server(self, name: str, argv: list[str], port: int, env: dict[str, str],
+                expected: frozenset[str] = frozenset()) -> Server:
+        log = self.tmp / f"server-{len(self.servers) + 1}-{port}.log"
+        server = Server(name, argv, env=env, port=port, log=log, cwd=self.tmp,
+                        expected_warnings=expected)
+        self.servers.append(server)
+        server.start()
+        return server
+
+    def finish(self, server: Server) -> None:
+        """Stop a server, check its exit code and its log."""
+        try:
+            code = server.stop()
+        finally:
+            with contextlib.suppress(ValueError):
+                self.servers.remove(server)
+        for line in server.log_problems():
+            self.report.problems.append(f"{server.name} log: {line}")
+        if code != 0:
+            self.report.problems.append(f"{server.name} exited with {code} after SIGTERM")
+
+    def stop_all(self) -> None:
+        for server in list(self.servers):
+            server.kill()
+        self.servers.clear()
+
+    # -- load -----------------------------------------------------------------------------
+
+    def load(self, server: Server, bodies: Path, *, connections: int, duration_s: int
+             ) -> LoadResult:
+        """Drive `server` for `duration_s` with wrk (or loadgen.py): closed loop, -t1."""
+        url = f"http://{HOST}:{server.port}/v1/events"
+        if self.use_wrk:
+            argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s",
+                    f"--timeout={REQUEST_TIMEOUT_S}s", "--latency", "-s", str(self.lua), url,
+                    "--", str(bodies)]
+        else:
+            argv = [sys.executable, str(LOADGEN), "--port", str(server.port),
+                    "--bodies", str(bodies), "--connections", str(connections),
+                    "--duration", str(duration_s), "--timeout", str(REQUEST_TIMEOUT_S)]
+        return run_loader(argv, timeout=duration_s + 60, cwd=self.tmp)
+
+    def fill(self, server: Server, jobs: int) -> float:
+        """Add exactly `jobs` pending jobs (100-event arrays); returns the events/s."""
+        if jobs % EVENTS_PER_ARRAY:
+            raise ValueError(f"{jobs} is not a multiple of {EVENTS_PER_ARRAY}")
+        before = server.backlog()
+        max_time = max(120.0, jobs / 2_000)
+        argv = [sys.executable, str(LOADGEN), "--port", str(server.port),
+                "--bodies", str(self.bodies_array),
+                "--connections", str(self.plan.fill_connections),
+                "--requests", str(jobs // EVENTS_PER_ARRAY), "--timeout", "60",
+                "--max-time", str(max_time)]
+        started = time.monotonic()
+        result = run_loader(argv, timeout=max_time + 60, cwd=self.tmp)
+        elapsed = time.monotonic() - started
+        added = server.backlog() - before
+        if added != jobs:
+            raise BenchError(f"fill of {server.name}: {added:,} jobs added, {jobs:,} expected "
+                             f"(answers: {result.statuses}, errors: {result.errors})")
+        return jobs / elapsed
+
+
+def _have(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+# -- load files and the load generators ------------------------------------------------------
+
+
+def load_updatestates(path: Path) -> list[bytes]:
+    """The recording's UpdateState messages, byte for byte, in order."""
+    events = []
+    for line in path.read_bytes().splitlines():
+        if line.strip() and json.loads(line).get("Event") == "UpdateState":
+            events.append(line.strip())
+    if not events:
+        raise BenchError(f"{path}: no UpdateState message")
+    return events
+
+
+def array_bodies(events: Sequence[bytes], size: int) -> list[list[bytes]]:
+    """Bodies of `size` consecutive events; body k starts at event k*size (mod len), so
+    rotating through them replays the recording in a loop."""
+    n = len(events)
+    count = n // math.gcd(n, size)  # after that many bodies the stream wraps exactly
+    return [[events[(k * size + j) % n] for j in range(size)] for k in range(count)]
+
+
+def write_bodies(path: Path, bodies: Sequence[Sequence[bytes]], *, array: bool) -> None:
+    """One request body per line (JSON never holds a raw newline)."""
+    with path.open("wb") as fh:
+        for events in bodies:
+            fh.write(b"[" + b",".join(events) + b"]" if array else events[0])
+            fh.write(b"\n")
+
+
+#: wrk's script: one thread rotates through pre-formatted POSTs (bodies file as its
+#: argument); done() prints the summary as one JSON line.
+WRK_LUA = r"""
+local requests, count, index = {}, 0, 0
+
+function init(args)
+  local headers = {["Content-Type"] = "application/json"}
+  for body in io.lines(args[1]) do
+    if #body > 0 then
+      count = count + 1
+      requests[count] = wrk.format("POST", nil, headers, body)
+    end
+  end
+end
+
+function request()
+  index = index % count + 1
+  return requests[index]
+end
+
+function done(summary, latency, requests_)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_RESULT {"requests":%d,"duration_us":%d,"errors":{"connect":%d,"read":%d,' ..
+    '"write":%d,"status":%d,"timeout":%d},"latency_us":{"mean":%.1f,"max":%.1f,' ..
+    '"p50":%.1f,"p90":%.1f,"p99":%.1f,"p999":%.1f}}\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency.mean, latency.max, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency:percentile(99.9)))
+end
+"""
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What a load generator reports (wrk's done() hook, or loadgen.py)."""
+
+    requests: int
+    duration_s: float
+    errors: dict[str, int]
+    latency_us: dict[str, float]
+    statuses: dict[str, int]
+    loader_cpu_s: float = 0.0  # CPU time the load generator used (user + system)
+
+    @property
+    def loader_cpu_share(self) -> float:
+        """The load generator's CPU time over the run's duration (1.0 = one core busy)."""
+        return self.loader_cpu_s / self.duration_s if self.duration_s else 0.0
+
+    @property
+    def ok(self) -> int:
+        """Requests answered without an error status."""
+        return self.requests - self.errors.get("status", 0)
+
+    @property
+    def per_second(self) -> float:
+        return self.ok / self.duration_s if self.duration_s else 0.0
+
+    @property
+    def trouble(self) -> str:
+        bad = {k: v for k, v in self.errors.items() if v}
+        return f"errors {bad}" if bad else ""
+
+
+def run_loader(argv: list[str], *, timeout: float, cwd: Path) -> LoadResult:
+    """Run wrk or loadgen.py to the end and parse its BENCH_RESULT line."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = spawn(argv, env=base_env(), cwd=cwd, out=subprocess.PIPE)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # only the loader was reaped since
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    text = out.decode(errors="replace")
+    for line in text.splitlines():
+        if line.startswith("BENCH_RESULT "):
+            data = json.loads(line.removeprefix("BENCH_RESULT "))
+            return LoadResult(
+                requests=int(data["requests"]), duration_s=data["duration_us"] / 1e6,
+                errors={k: int(v) for k, v in data["errors"].items()},
+                latency_us={k: float(v) for k, v in data["latency_us"].items()},
+                statuses={str(k): int(v) for k, v in data.get("statuses", {}).items()},
+                loader_cpu_s=cpu,
+            )
+    tail = "\n".join(text.splitlines()[-10:])
+    raise BenchError(f"{Path(argv[0]).name} (exit {proc.returncode}) printed no result:\n{tail}")
+
+
+# -- drain arithmetic -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DrainRates:
+    """Rates of a drain, from (seconds, jobs done) samples."""
+
+    overall: float
+    first_tenth: float | None
+    last_tenth: float | None
+    seconds: float
+
+    @property
+    def last_vs_first(self) -> float | None:
+        if not self.first_tenth or self.last_tenth is None:
+            return None
+        return self.last_tenth / self.first_tenth
+
+
+def time_at(samples: Sequence[tuple[float, int]], done: float) -> float:
+    """When `done` jobs were done, interpolated between the samples around it."""
+    for i, (t, d) in enumerate(samples):
+        if d >= done:
+            if i == 0:
+                return t
+            t0, d0 = samples[i - 1]
+            return t0 + (t - t0) * (done - d0) / (d - d0)
+    raise ValueError(f"the samples never reach {done}")
+
+
+def drain_rates(samples: Sequence[tuple[float, int]], total: int, *, min_samples: int = 4
+                ) -> DrainRates:
+    """Overall rate from the first sample to `total`, and the rates of the first tenth
+    (from the first sample on) and of the last tenth of the jobs (None when a tenth holds
+    fewer than `min_samples` samples)."""
+    t_start, d_start = samples[0]
+    t_end = time_at(samples, total)
+    seconds = t_end - t_start
+    overall = (total - d_start) / seconds if seconds > 0 else math.inf
+    tenth = total / 10
+    first = last = None
+    if d_start + tenth <= total - tenth:  # both tenths lie inside the sampled span
+        first_end = time_at(samples, d_start + tenth)
+        last_start = time_at(samples, total - tenth)
+        # A rate over a window that holds fewer samples than this is mostly noise.
+        if (sum(t_start <= t <= first_end for t, _ in samples) >= min_samples
+                and sum(last_start <= t <= t_end for t, _ in samples) >= min_samples):
+            first = tenth / (first_end - t_start)
+            last = tenth / (t_end - last_start)
+    return DrainRates(overall=overall, first_tenth=first, last_tenth=last, seconds=seconds)
+
+
+def sample_drain(server: Server, total: int, timeout: float) -> list[tuple[float, int]]:
+    """(seconds since the server's spawn, jobs done) every POLL_S until none is left."""
+    samples: list[tuple[float, int]] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        left = server.backlog()
+        now = time.monotonic() - server.spawned_at
+        samples.append((now, total - left))
+        if left == 0:
+            return samples
+        if time.monotonic() > deadline:
+            raise BenchError(f"{server.name}: {left:,} of {total:,} jobs still pending after "
+                             f"{timeout:.0f} s")
+        time.sleep(POLL_S)
+
+
+def data_files(data_dir: Path) -> dict[str, int]:
+    """Sizes of the queue's files, in bytes."""
+    return {name: (data_dir / name).stat().st_size
+            for name in QUEUE_FILES if (data_dir / name).exists()}
+
+
+# -- the figures ----------------------------------------------------------------------------
+
+
+def _fmt_load(result: LoadResult, unit_per_request: int = 1) -> str:
+    lat = result.latency_us
+    rate = result.per_second * unit_per_request
+    unit = "events/s" if unit_per_request > 1 else "req/s"
+    text = (f"{rate:>9,.0f} {unit}  p50 {lat['p50'] / 1000:.2f} ms  "
+            f"p99 {lat['p99'] / 1000:.2f} ms  ({result.requests:,} answers; load generator "
+            f"used {result.loader_cpu_share:.0%} of a core)")
+    return text + (f"  {result.trouble}" if result.trouble else "")
+
+
+def _measure_collector_load(h: Harness, name: str, bodies: Path, connections: int,
+                            per_request: int) -> tuple[LoadResult, dict[str, Any]]:
+    """Warm up, run the load on a fresh daemon, read the backlog at once, check counts."""
+    plan = h.plan
+    data_dir = h.tmp / f"{name}-data"
+    server = h.collector(data_dir)
+    server.wait_ready()
+    h.load(server, bodies, connections=connections, duration_s=plan.warmup_s)
+    before = _settle(server, 60.0)
+    result = h.load(server, bodies, connections=connections, duration_s=plan.duration_s)
+    at_end = server.queue()
+    end_time = time.monotonic()
+    _wait_empty(server, 60.0)
+    catch_up = time.monotonic() - end_time
+    after = _settle(server, 60.0)
+    h.finish(server)
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+    stored = after["last_seq"] - before["last_seq"]
+    answered = result.ok * per_request
+    in_flight_max = connections * per_request
+    if not answered <= stored <= answered + in_flight_max:
+        h.report.problems.append(
+            f"{name}: the daemon stored {stored:,} events, the load generator got 202 for "
+            f"{answered:,} (at most {in_flight_max} more may have been in flight at the end)")
+    processed = after["processed_total"] - before["processed_total"]
+    if processed != stored or after["dead"] != before["dead"]:
+        h.report.problems.append(
+            f"{name}: {stored:,} events stored but {processed:,} processed "
+            f"(dead letters {before['dead']} -> {after['dead']})")
+    backlog = int(at_end["pending"]) + int(at_end["in_flight"])
+    extra = {"backlog_at_end": backlog, "catch_up_s": catch_up, "stored": stored,
+             "answered_events": answered}
+    return result, extra
+
+
+def _settle(server: Server, timeout: float) -> dict[str, Any]:
+    """/v1/queue once nothing is pending and nothing more arrives: the requests a load
+    generator abandoned when it stopped may still be committed a moment later."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _wait_empty(server, max(1.0, deadline - time.monotonic()))
+        first = server.queue()
+        time.sleep(0.3)
+        second = server.queue()
+        if first == second or time.monotonic() > deadline:
+            return second
+
+
+def _wait_empty(server: Server, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while server.backlog():
+        if time.monotonic() > deadline:
+            raise BenchError(f"{server.name}: backlog not drained within {timeout:.0f} s")
+        time.sleep(POLL_S)
+
+
+def _measure_reference_load(h: Harness, fast: bool, bodies: Path, connections: int
+                            ) -> LoadResult:
+    server = h.reference(fast=fast)
+    server.wait_ready()
+    h.load(server, bodies, connections=connections, duration_s=h.plan.warmup_s)
+    result = h.load(server, bodies, connections=connections, duration_s=h.plan.duration_s)
+    h.finish(server)
+    return result
+
+
+def _load_figure(h: Harness, name: str, *, bodies: Path, connections: int, per_request: int
+                 ) -> tuple[LoadResult, LoadResult, LoadResult | None, dict[str, Any]]:
+    """The same load on the reference, the daemon and the fast reference, in that order."""
+    kind = f"{per_request}-event arrays" if per_request > 1 else "single events"
+    say(f"\n== {name}: POSTs of {kind}, {connections} connections, {h.plan.duration_s} s "
+        f"each (after {h.plan.warmup_s} s of warm-up)")
+    ref = _measure_reference_load(h, False, bodies, connections)
+    say(f"  reference, asyncio + json       {_fmt_load(ref, per_request)}")
+    col, extra = _measure_collector_load(h, name, bodies, connections, per_request)
+    say(f"  collector serve --handler noop  {_fmt_load(col, per_request)}")
+    fast = None
+    if h.fast_reference:
+        fast = _measure_reference_load(h, True, bodies, connections)
+        say(f"  reference, uvloop + orjson      {_fmt_load(fast, per_request)}")
+    details = {"reference": dataclasses.asdict(ref), "collector": dataclasses.asdict(col),
+               "reference_fast": None if fast is None else dataclasses.asdict(fast), **extra}
+    h.report.details[name] = details
+    return ref, col, fast, extra
+
+
+def figure_single(h: Harness) -> None:
+    ref, col, fast, extra = _load_figure(h, "single", bodies=h.bodies_single,
+                                         connections=h.plan.connections, per_request=1)
+    c = h.plan.connections
+    h.report.add(Row(f"single-event POSTs, c{c}", "req/s", col.per_second, ref.per_second,
+                     Target("min_ratio", 0.75, "≥ 0.75x reference"), "asyncio+json"))
+    if fast is not None:
+        h.report.add(Row(f"single-event POSTs, c{c} (context)", "req/s", col.per_second,
+                         fast.per_second, None, "uvloop+orjson"))
+    backlog_s = extra["backlog_at_end"] / col.per_second if col.per_second else math.inf
+    say(f"  backlog when the load stopped: {extra['backlog_at_end']:,} jobs = "
+        f"{backlog_s:.3f} s of intake; drained {extra['catch_up_s']:.2f} s later")
+    h.report.add(Row(f"backlog at the end of the {h.plan.duration_s} s run", "s",
+                     backlog_s, None, Target("max", 1.0, "< 1 s of intake")))
+
+
+def figure_arrays(h: Harness) -> None:
+    n = EVENTS_PER_ARRAY
+    ref, col, fast, _ = _load_figure(h, "arrays", bodies=h.bodies_array,
+                                     connections=h.plan.connections, per_request=n)
+    c = h.plan.connections
+    h.report.add(Row(f"{n}-event array POSTs, c{c}", "events/s", col.per_second * n,
+                     ref.per_second * n, Target("min", 50_000, "≥ 50,000 events/s"),
+                     "asyncio+json"))
+    if fast is not None:
+        h.report.add(Row(f"{n}-event array POSTs, c{c} (context)", "events/s",
+                         col.per_second * n, fast.per_second * n, None, "uvloop+orjson"))
+
+
+def figure_latency(h: Harness) -> None:
+    c = h.plan.latency_connections
+    ref, col, fast, _ = _load_figure(h, "latency", bodies=h.bodies_single, connections=c,
+                                     per_request=1)
+    h.report.add(Row(f"p99 latency, single-event POST, c{c}", "ms",
+                     col.latency_us["p99"] / 1000, ref.latency_us["p99"] / 1000,
+                     Target("max", 10.0, "≤ 10 ms"), "asyncio+json"))
+    if fast is not None:
+        h.report.add(Row(f"p99 latency, single-event POST, c{c} (context)", "ms",
+                         col.latency_us["p99"] / 1000, fast.latency_us["p99"] / 1000, None,
+                         "uvloop+orjson"))
+
+
+def _build_backlog(h: Harness, data_dir: Path, jobs: int) -> dict[str, Any]:
+    """Fill `data_dir` with `jobs` pending jobs (worker held by the gate), then SIGTERM."""
+    gate = h.tmp / f"{data_dir.name}.gate-open"  # never created: the gate stays closed
+    filler = h.collector(data_dir, gate=gate)
+    filler.wait_ready()
+    rate = h.fill(filler, jobs)
+    memory = filler.memory()
+    h.finish(filler)
+    say(f"  filled {jobs:,} jobs in 100-event arrays at {rate:,.0f} events/s "
+        f"(worker held); filler VmRSS {memory['VmRSS']:.1f} MB, peak {memory['VmHWM']:.1f} MB;"
+        f" stopped with SIGTERM")
+    return {"fill_events_per_s": rate, "filler_memory_mb": memory}
+
+
+def figure_drain(h: Harness) -> None:
+    jobs = h.plan.drain_jobs
+    say(f"\n== drain: a backlog of {jobs:,} jobs, drained by a fresh `collector serve "
+        f"--handler noop`")
+    data_dir = h.tmp / "drain-data"
+    details = _build_backlog(h, data_dir, jobs)
+    server = h.collector(data_dir)
+    startup = server.wait_ready()
+    samples = sample_drain(server, jobs, timeout=max(120.0, jobs / 1_000))
+    final = server.queue()
+    h.finish(server)
+    shutil.rmtree(data_dir, ignore_errors=True)
+    if final["processed_total"] != jobs or final["last_seq"] != jobs or final["dead"]:
+        h.report.problems.append(
+            f"drain: after draining {jobs:,} jobs /v1/queue says processed_total="
+            f"{final['processed_total']}, last_seq={final['last_seq']}, dead={final['dead']}")
+    rates = drain_rates(samples, jobs)
+    with_startup = jobs / time_at(samples, jobs)
+    say(f"  ready {startup:.2f} s after spawn; drained in {rates.seconds:.2f} s from the first "
+        f"/v1/queue sample ({samples[0][1]:,} done then; {len(samples)} samples): "
+        f"{rates.overall:,.0f} jobs/s ({with_startup:,.0f} jobs/s counting start-up)")
+    ratio = rates.last_vs_first
+    if ratio is None:
+        say(f"  too few samples ({len(samples)}) to compare the first and last tenths")
+    else:
+        say(f"  first tenth {rates.first_tenth:,.0f} jobs/s, last tenth "
+            f"{rates.last_tenth:,.0f} jobs/s: last/first = {ratio:.2f}")
+    details.update({"startup_s": startup, "samples": len(samples),
+                    "overall_jobs_per_s": rates.overall, "with_startup_jobs_per_s": with_startup,
+                    "first_tenth_jobs_per_s": rates.first_tenth,
+                    "last_tenth_jobs_per_s": rates.last_tenth, "seconds": rates.seconds,
+                    "final_queue": final})
+    h.report.details["drain"] = details
+    h.report.add(Row(f"drain {jobs:,} backlog, overall", "jobs/s", rates.overall, None,
+                     Target("min", 10_000, "≥ 10,000 jobs/s")))
+    h.report.add(Row("drain: last tenth / first tenth", "x", ratio, None,
+                     Target("min", 0.8, "≥ 0.80")))
+
+
+def _serve_a_while(server: Server, seconds: float, event: bytes) -> int:
+    """Answer one single-event POST, then /v1/queue polls for `seconds`; the POST's status."""
+    status, _ = http_request(server.port, "POST", "/v1/events", event)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        server.queue()
+        time.sleep(0.1)
+    return status
+
+
+def figure_memory(h: Harness) -> None:
+    jobs = h.plan.memory_jobs
+    say(f"\n== memory: `collector serve` started on a data dir holding {jobs:,} pending jobs")
+    data_dir = h.tmp / "memory-data"
+    details = _build_backlog(h, data_dir, jobs)
+    gate = h.tmp / "memory.gate-open"
+    server = h.collector(data_dir, gate=gate)  # the worker is held: the backlog stays
+    startup = server.wait_ready()
+    at_ready = server.memory()
+    post_status = _serve_a_while(server, h.plan.serve_s, h.first_event)
+    served = server.memory()
+    left = server.backlog()
+    files = data_files(data_dir)
+    h.finish(server)
+    shutil.rmtree(data_dir, ignore_errors=True)
+    expected_left = jobs + (1 if post_status == 202 else 0)
+    if left != expected_left:
+        h.report.problems.append(f"memory: {left:,} jobs pending after the restart, "
+                                 f"{expected_left:,} expected")
+    if jobs >= 1_000_000 and post_status != 503:
+        h.report.problems.append(f"memory: a POST with {jobs:,} jobs pending (max_pending "
+                                 f"1,000,000) answered {post_status}, not 503 queue_full")
+    rss = max(at_ready["VmRSS"], served["VmRSS"], details["filler_memory_mb"]["VmRSS"])
+    say(f"  ready {startup:.2f} s after spawn; VmRSS {at_ready['VmRSS']:.1f} MB at ready, "
+        f"{served['VmRSS']:.1f} MB after {h.plan.serve_s:g} s of serving (peak VmHWM "
+        f"{served['VmHWM']:.1f} MB); a POST answered {post_status}")
+    say("  data files: " + ", ".join(f"{k} {v / MB:,.1f} MB" for k, v in files.items()))
+
+    ref = h.reference(fast=False)
+    ref_startup = ref.wait_ready()
+    ref_memory = ref.memory()
+    h.finish(ref)
+    say(f"  reference (asyncio+json, no queue): ready {ref_startup:.2f} s after spawn, "
+        f"VmRSS {ref_memory['VmRSS']:.1f} MB")
+    details.update({"startup_s": startup, "memory_at_ready_mb": at_ready,
+                    "memory_after_serving_mb": served, "post_status": post_status,
+                    "data_files": files, "reference_startup_s": ref_startup,
+                    "reference_memory_mb": ref_memory})
+    h.report.details["memory"] = details
+    h.report.add(Row(f"resident memory, {jobs:,} pending", "MB", rss, ref_memory["VmRSS"],
+                     Target("max", 200.0, "≤ 200 MB"), "idle, no queue"))
+    h.report.add(Row(f"start-up to /readyz 200, {jobs:,} pending", "s", startup, ref_startup,
+                     Target("max", 3.0, "≤ 3 s"), "no queue"))
+
+
+def figure_cycles(h: Harness) -> None:
+    jobs, cycles = h.plan.cycle_jobs, h.plan.cycles
+    say(f"\n== cycles: {cycles} x (fill {jobs:,} jobs with the worker held, release it, "
+        f"drain to 0) on one data dir, one daemon")
+    data_dir = h.tmp / "cycles-data"
+    gate = h.tmp / "cycles.gate-open"
+    server = h.collector(data_dir, gate=gate)
+    server.wait_ready()
+    sizes: list[int] = []
+    per_cycle: list[dict[str, Any]] = []
+    for cycle in range(1, cycles + 1):
+        gate.unlink(missing_ok=True)  # close the gate: the next job waits
+        fill_rate = h.fill(server, jobs)
+        started = time.monotonic()
+        gate.touch()
+        _wait_empty(server, max(120.0, jobs / 1_000))
+        drain_s = time.monotonic() - started
+        time.sleep(0.5)  # let the last acknowledgements be committed (ack_interval_ms)
+        files = data_files(data_dir)
+        total = sum(files.values())
+        sizes.append(total)
+        per_cycle.append({"fill_events_per_s": fill_rate, "drain_s": drain_s, "files": files})
+        say(f"  cycle {cycle}: filled at {fill_rate:,.0f} events/s, drained at "
+            f"{jobs / drain_s:,.0f} jobs/s; data files {total / MB:,.1f} MB ("
+            + ", ".join(f"{k} {v / MB:,.1f}" for k, v in files.items()) + ")")
+    final = server.queue()
+    h.finish(server)
+    at_rest = data_files(data_dir)
+    shutil.rmtree(data_dir, ignore_errors=True)
+    if final["processed_total"] != jobs * cycles or final["dead"]:
+        h.report.problems.append(f"cycles: processed_total={final['processed_total']} "
+                                 f"dead={final['dead']}, {jobs * cycles:,} processed expected")
+    say("  after SIGTERM: " + ", ".join(f"{k} {v / MB:,.1f} MB" for k, v in at_rest.items()))
+    ratio = sizes[-1] / sizes[0] if sizes[0] else math.inf
+    say(f"  cycle {cycles} / cycle 1 = {ratio:.3f}")
+    h.report.details["cycles"] = {"cycles": per_cycle, "sizes": sizes,
+                                  "at_rest_after_stop": at_rest, "final_queue": final}
+    h.report.add(Row(f"data files after cycle {cycles} / cycle 1 ({jobs:,} jobs each)", "x",
+                     ratio, None, Target("max", 1.10, "≤ 1.10")))
+
+
+FIGURE_FUNCS: dict[str, Callable[[Harness], None]] = {
+    "single": figure_single,
+    "arrays": figure_arrays,
+    "latency": figure_latency,
+    "drain": figure_drain,
+    "memory": figure_memory,
+    "cycles": figure_cycles,
+}
+
+FIGURE_ROWS = {  # the rows a figure adds, for the table when it could not be measured
+    "single": "single-event POSTs", "arrays": "100-event array POSTs",
+    "latency": "p99 latency", "drain": "drain", "memory": "memory and start-up",
+    "cycles": "fill/drain cycles",
+}
+
+
+# -- the table ------------------------------------------------------------------------------
+
+
+def fmt_value(value: float | None, unit: str) -> str:
+    if value is None:
+        return "—"
+    if math.isinf(value):
+        return "∞"
+    if unit in ("req/s", "events/s", "jobs/s"):
+        return f"{value:,.0f} {unit}"
+    if unit == "x":
+        return f"{value:.3f}"
+    if unit == "MB":
+        return f"{value:.1f} MB"
+    if unit == "ms":
+        return f"{value:.2f} ms"
+    return f"{value:.2f} {unit}" if value >= 0.01 or value == 0 else f"{value:.4f} {unit}"
+
+
+def table(rows: Sequence[Row]) -> str:
+    """The results as a Markdown table."""
+    head = ["figure", "collector", "reference", "ratio", "target", "result"]
+    lines = [head]
+    for row in rows:
+        if row.error:
+            lines.append([row.figure, "error", "—", "—", "—", "ERROR"])
+            continue
+        ref = fmt_value(row.reference, row.unit)
+        if row.reference is not None and row.reference_label:
+            ref += f" ({row.reference_label})"
+        ratio = row.ratio
+        passed = row.passed
+        lines.append([
+            row.figure, fmt_value(row.collector, row.unit), ref,
+            "—" if ratio is None else f"{ratio:.3f}x",
+            row.target.text if row.target else "(context)",
+            "—" if passed is None else ("pass" if passed else "MISSED"),
+        ])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    out = []
+    for n, line in enumerate(lines):
+        out.append("| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True))
+                   + " |")
+        if n == 0:
+            out.append("| " + " | ".join("-" * w for w in widths) + " |")
+    return "\n".join(out)
+
+
+def machine() -> dict[str, Any]:
+    import aiohttp
+
+    cpu = platform.processor() or "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.partition(":")[2].strip()
+                break
+    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+            "aiohttp": aiohttp.__version__, "load_average": os.getloadavg()}
+
+
+def collector_source() -> str:
+    """Where the servers' `collector` package comes from, and its git state."""
+    try:
+        where = subprocess.run(
+            [sys.executable, "-c", "import collector; print(collector.__file__)"],
+            capture_output=True, text=True, timeout=30, env=base_env(), cwd=REPO, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BenchError(f"cannot import collector: {exc}") from None
+    try:
+        rev = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        rev = "not a git checkout"
+    return f"{Path(where).parent} ({rev})"
+
+
+def wrk_version() -> str:
+    try:
+        out = subprocess.run(["wrk", "-v"], capture_output=True, text=True, timeout=10,
+                             check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "wrk"
+    return out.splitlines()[0].split("Copyright")[0].strip() if out else "wrk"
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def _interrupted(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench.py", description=__doc__.split("\n\n")[0] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="short runs and small counts (a smoke run, not the figures)")
+    parser.add_argument("--only", action="append", choices=FIGURES, metavar="NAME",
+                        help=f"run only this figure (repeatable): {', '.join(FIGURES)}")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
+    parser.add_argument("--no-wrk", action="store_true",
+                        help="drive the load with scripts/loadgen.py even when wrk is installed")
+    parser.add_argument("--work-dir", type=Path, metavar="DIR",
+                        help="where to create the temporary directory (default: $TMPDIR)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary directory (server logs, data dirs)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = Plan.make(args.quick)
+    use_wrk = not args.no_wrk and shutil.which("wrk") is not None
+    names = [n for n in FIGURES if not args.only or n in args.only]
+    # Ctrl-C and SIGTERM end the run through the clean-up below, even when the bench was
+    # started with SIGINT ignored (a background job of a non-interactive shell).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupted)
+    info = machine()
+    loader = wrk_version() + " -t1" if use_wrk else "scripts/loadgen.py (own load generator)"
+    say(f"collector bench{' (--quick: smaller runs, not the issue figures)' if plan.quick else ''}")
+    say(f"  machine: {info['cpus']} CPUs ({info['cpu']}), Python {info['python']}, aiohttp "
+        f"{info['aiohttp']}, load average {info['load_average'][0]:.2f}")
+    say(f"  load generator: {loader}")
+    try:
+        source = collector_source()
+    except BenchError as exc:
+        say(f"ERROR: {exc}")
+        return 1
+    say(f"  collector: {source}")
+    say(f"  messages: real UpdateState lines of {CAPTURE.relative_to(REPO)}")
+    started = time.monotonic()
+    try:
+        with Harness(plan, use_wrk=use_wrk, work_dir=args.work_dir, keep=args.keep) as h:
+            say(f"  {h.event_count} UpdateState messages; temporary directory {h.tmp}")
+            if not h.fast_reference:
+                say("  uvloop or orjson missing: no uvloop+orjson reference rows")
+            for name in names:
+                try:
+                    FIGURE_FUNCS[name](h)
+                except (BenchError, OSError, http.client.HTTPException,
+                        subprocess.SubprocessError, ValueError, KeyError) as exc:
+                    h.stop_all()
+                    message = f"{type(exc).__name__}: {exc}"
+                    h.report.errors[name] = message
+                    h.report.add(Row(FIGURE_ROWS[name], "", None, error=message))
+                    say(f"  ERROR, {name} not measured: {message}")
+            report = h.report
+    except KeyboardInterrupt:
+        say("\ninterrupted: servers stopped, temporary directory removed")
+        return 130
+    elapsed = time.monotonic() - started
+    load_end = os.getloadavg()[0]
+    say(f"\n== results ({elapsed:.0f} s; {info['cpus']}-CPU machine, load average "
+        f"{info['load_average'][0]:.2f} at the start, {load_end:.2f} at the end; load generator: "
+        f"{loader})")
+    say(table(report.rows))
+    missed = [r.figure for r in report.rows if r.passed is False]
+    if missed:
+        say("\nMISSED targets: " + "; ".join(missed))
+    elif not report.errors:
+        say("\nevery target met")
+    if report.problems:
+        say("\nproblems seen (daemon logs, counts):")
+        for line in report.problems:
+            say(f"  - {line}")
+    for name, message in report.errors.items():
+        say(f"\nERROR: {name} was not measured: {message}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "quick": plan.quick, "plan": dataclasses.asdict(plan), "load_generator": loader,
+            "collector": source,
+            "machine": info | {"load_average_end": os.getloadavg()},
+            "rows": [r.as_json() for r in report.rows], "details": report.details,
+            "problems": report.problems, "errors": report.errors, "seconds": elapsed,
+        }, indent=2, default=str) + "\n")
+        say(f"\nresults written to {args.json}")
+    return 1 if report.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
