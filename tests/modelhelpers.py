@@ -1,0 +1,239 @@
+"""Handlers and helpers for the fault tests: a handler the test steers job by job, a
+look inside a queue file left by a killed server, and a tiny HTTP client.
+
+`gated` is loaded by a real server with `--handler tests.modelhelpers:gated`. Each call
+appends `start CALL SEQ ATTEMPT ID` to the file named by $MODEL_RECORD_FILE (one
+O_APPEND write, fsynced), then waits until the file named by $MODEL_CONTROL_FILE holds a
+line `CALL VERDICT`, appends `end CALL SEQ VERDICT` (fsynced) and acts on the verdict:
+`ok` returns, `fail` raises (retry later), `perm` raises PermanentError (dead letter).
+CALL is `PID.N`, unique across restarts. So the test decides the fate of every handler
+call, and the record file says exactly what each process saw and decided.
+
+`remember` keeps the jobs it sees in memory, for tests that run the app in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import itertools
+import json
+import os
+import shutil
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from collector import Job, PermanentError
+from collector.queue import QUEUE_FILE
+
+RECORD_ENV: Final = "MODEL_RECORD_FILE"
+CONTROL_ENV: Final = "MODEL_CONTROL_FILE"
+VERDICTS: Final = ("ok", "fail", "perm")
+_POLL_S: Final = 0.002
+
+_calls = itertools.count(1)
+_verdicts: dict[str, str] = {}
+_control_offset = 0
+
+
+def append_line(path: Path | str, line: str) -> None:
+    """Append one line with a single O_APPEND write and fsync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def event_id(job: Job) -> str:
+    """The `id` field of the job's payload ("-" when it has none)."""
+    payload = job.payload
+    value = payload.get("id") if isinstance(payload, dict) else None
+    return "-" if value is None else "_".join(str(value).split())
+
+
+def _read_verdicts(path: str) -> None:
+    """Add the complete lines written to the control file since the last look."""
+    global _control_offset
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(_control_offset)
+            data = fh.read()
+    except FileNotFoundError:
+        return
+    end = data.rfind(b"\n") + 1
+    _control_offset += end
+    for line in data[:end].decode().splitlines():
+        call, _, verdict = line.partition(" ")
+        _verdicts[call] = verdict
+
+
+async def gated(job: Job) -> None:
+    """Record the call, wait for the test's verdict on it, record and obey it."""
+    call = f"{os.getpid()}.{next(_calls)}"
+    record = os.environ[RECORD_ENV]
+    control = os.environ[CONTROL_ENV]
+    append_line(record, f"start {call} {job.seq} {job.attempt} {event_id(job)}")
+    while call not in _verdicts:
+        _read_verdicts(control)
+        if call not in _verdicts:
+            await asyncio.sleep(_POLL_S)
+    verdict = _verdicts.pop(call)
+    append_line(record, f"end {call} {job.seq} {verdict}")
+    if verdict == "fail":
+        raise RuntimeError(f"told to fail (call {call})")
+    if verdict == "perm":
+        raise PermanentError(f"told to give up (call {call})")
+
+
+#: Jobs seen by `remember`, in the order the worker handed them over.
+SEEN: list[Job] = []
+
+
+async def remember(job: Job) -> None:
+    """Keep the job in SEEN and acknowledge it."""
+    SEEN.append(job)
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One line of the record file."""
+
+    kind: str  # start | end
+    call: str
+    seq: int
+    rest: tuple[str, ...]  # start: (attempt, id); end: (verdict,)
+
+
+class RecordReader:
+    """Reads the record file incrementally, waiting (bounded) for the next line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._pending: list[Line] = []
+        self.lines: list[Line] = []
+
+    def _poll(self) -> None:
+        try:
+            with self.path.open("rb") as fh:
+                fh.seek(self._offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return
+        end = data.rfind(b"\n") + 1  # a line cut by a kill has no newline yet
+        self._offset += end
+        for text in data[:end].decode().splitlines():
+            kind, call, seq, *rest = text.split()
+            line = Line(kind, call, int(seq), tuple(rest))
+            self._pending.append(line)
+            self.lines.append(line)
+
+    def next(self, what: str, timeout: float = 20.0) -> Line:
+        """The next unread line; an AssertionError if none comes within `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while not self._pending:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no record line within {timeout} s: waiting for {what}")
+            time.sleep(_POLL_S)
+            self._poll()
+        return self._pending.pop(0)
+
+    def unread(self) -> list[Line]:
+        """Lines written so far and not yet returned by next() (they stay unread)."""
+        self._poll()
+        return list(self._pending)
+
+    def drop_unread(self) -> list[Line]:
+        """Forget the unread lines (after a kill) and return them."""
+        self._poll()
+        dropped, self._pending = self._pending, []
+        return dropped
+
+
+@dataclass(frozen=True, slots=True)
+class QueueFileState:
+    """What a queue file holds, read from a copy (the original is left as it is)."""
+
+    rows: dict[int, int]  # seq -> attempts recorded, for every row of the job table
+    dead: frozenset[int]
+    processed_total: int
+    last_seq: int
+    clean_shutdown: bool
+    payload_ids: dict[int, str] = field(default_factory=dict)
+
+
+def read_queue_file(data_dir: Path) -> QueueFileState:
+    """Read the queue file of a stopped server as the next start would see it.
+
+    The file and its WAL are copied first: opening the original would checkpoint the
+    WAL on close, and the next start must find exactly what the stop left.
+    """
+    with tempfile.TemporaryDirectory(prefix="queue-copy-") as tmp:
+        for suffix in ("", "-wal"):
+            src = data_dir / f"{QUEUE_FILE}{suffix}"
+            if src.exists():
+                shutil.copyfile(src, Path(tmp) / f"{QUEUE_FILE}{suffix}")
+        conn = sqlite3.connect(Path(tmp) / QUEUE_FILE)
+        try:
+            rows = dict(conn.execute("SELECT _id, attempts FROM jobs_v1 ORDER BY _id"))
+            ids = {seq: str(json.loads(data).get("id", "-"))
+                   for seq, data in conn.execute("SELECT _id, data FROM jobs_v1")}
+            dead = frozenset(s for (s,) in conn.execute("SELECT seq FROM dead_letters"))
+            meta = dict(conn.execute("SELECT key, value FROM meta"))
+            row = conn.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'jobs_v1'").fetchone()
+        finally:
+            conn.close()
+    last = max([row[0] if row else 0, *rows])
+    return QueueFileState(rows=rows, dead=dead, processed_total=int(meta["processed_total"]),
+                          last_seq=last, clean_shutdown=bool(meta["clean_shutdown"]),
+                          payload_ids=ids)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An HTTP answer: status, headers (lower-case names) and the JSON body if any."""
+
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None,
+            headers: dict[str, str] | None = None, timeout: float = 20.0) -> Answer:
+    """One HTTP request on a fresh connection to 127.0.0.1:`port`."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        raw = resp.read()
+        answer_headers = {k.lower(): v for k, v in resp.getheaders()}
+    finally:
+        conn.close()
+    try:
+        parsed: Any = json.loads(raw) if raw else None
+    except ValueError:
+        parsed = raw.decode(errors="replace")
+    return Answer(resp.status, answer_headers, parsed)
+
+
+def post_events(port: int, events: Any, headers: dict[str, str] | None = None) -> Answer:
+    """POST a JSON body to /v1/events."""
+    return request(port, "POST", "/v1/events", json.dumps(events).encode(),
+                   {"Content-Type": "application/json", **(headers or {})})
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    """Poll `predicate` until it holds; an AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {timeout} s: {what}")
+        time.sleep(0.01)
