@@ -5,9 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from collector.config import Settings
+from collector.metrics import ServiceMetrics
 from collector.queue import DurableQueue
 from collector.state import ServiceState
 from collector.stats import StatsStore
+from collector.systemd import Notifier
 from collector.worker import Worker
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -15,3 +17,5 @@ STATE = web.AppKey("state", ServiceState)
 QUEUE = web.AppKey("queue", DurableQueue)
 WORKER = web.AppKey("worker", Worker)
 STATS = web.AppKey("stats", StatsStore)
+NOTIFIER = web.AppKey("notifier", Notifier)
+METRICS = web.AppKey("metrics", ServiceMetrics)
