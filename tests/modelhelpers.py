@@ -9,7 +9,9 @@ line `CALL VERDICT`, appends `end CALL SEQ VERDICT` (fsynced) and acts on the ve
 CALL is `PID.N`, unique across restarts. So the test decides the fate of every handler
 call, and the record file says exactly what each process saw and decided.
 
-`remember` keeps the jobs it sees in memory, for tests that run the app in-process.
+`record` only appends `done CALL SEQ ATTEMPT ID` and returns; `held` does the same once
+the file $MODEL_GATE_FILE exists (the test opens the gate by creating it). `remember`
+keeps the jobs it sees in memory, for tests that run the app in-process.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from collector.queue import QUEUE_FILE
 
 RECORD_ENV: Final = "MODEL_RECORD_FILE"
 CONTROL_ENV: Final = "MODEL_CONTROL_FILE"
+GATE_ENV: Final = "MODEL_GATE_FILE"
 VERDICTS: Final = ("ok", "fail", "perm")
 _POLL_S: Final = 0.002
 
@@ -92,6 +95,20 @@ async def gated(job: Job) -> None:
         raise PermanentError(f"told to give up (call {call})")
 
 
+async def record(job: Job) -> None:
+    """Append `done CALL SEQ ATTEMPT ID` to $MODEL_RECORD_FILE (fsynced) and return."""
+    call = f"{os.getpid()}.{next(_calls)}"
+    append_line(os.environ[RECORD_ENV], f"done {call} {job.seq} {job.attempt} {event_id(job)}")
+
+
+async def held(job: Job) -> None:
+    """Wait until the file $MODEL_GATE_FILE exists, then do what `record` does."""
+    gate = Path(os.environ[GATE_ENV])
+    while not gate.exists():
+        await asyncio.sleep(0.01)
+    await record(job)
+
+
 #: Jobs seen by `remember`, in the order the worker handed them over.
 SEEN: list[Job] = []
 
@@ -105,10 +122,10 @@ async def remember(job: Job) -> None:
 class Line:
     """One line of the record file."""
 
-    kind: str  # start | end
+    kind: str  # start | end | done
     call: str
     seq: int
-    rest: tuple[str, ...]  # start: (attempt, id); end: (verdict,)
+    rest: tuple[str, ...]  # start, done: (attempt, id); end: (verdict,)
 
 
 class RecordReader:

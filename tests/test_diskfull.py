@@ -1,0 +1,240 @@
+"""Disk full: 507 insufficient_storage, nothing acknowledged that was not stored, reads and
+health still served, and recovery without a restart once space returns.
+
+Two ways to run out of space, both against a real `collector serve`:
+
+* a size-limited file system under the data dir (a tmpfs, and an ext4 image on a loop
+  device), filled up with a filler file; space returns when the filler is deleted;
+* `queue.max_bytes` (SQLite's max_page_count); space returns when the worker drains.
+
+The worker is held (tests.modelhelpers:held) while the queue fills, so what is stored is
+exactly what was answered 202; then it is let go and must handle every one of them,
+in order, and none of the refused events.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ServerProcess
+from tests.modelhelpers import (
+    GATE_ENV,
+    RECORD_ENV,
+    Answer,
+    RecordReader,
+    post_events,
+    request,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+
+ServerFactory = Callable[..., ServerProcess]
+FS_SIZE_MB = 16  # ext4 needs room for its journal; tmpfs gets the same for symmetry
+EVENT_PAD = "x" * 900
+
+
+def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.fixture(params=["tmpfs", "ext4"])
+def small_fs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    """A file system of FS_SIZE_MB MiB mounted on tmp_path/mnt (skipped where it cannot be)."""
+    kind: str = request.param
+    if os.geteuid() != 0:
+        pytest.skip(f"mounting a {kind} needs root (euid {os.geteuid()}); "
+                    "the queue.max_bytes variant covers disk full without it")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if kind == "tmpfs":
+        cmd = ["mount", "-t", "tmpfs", "-o", f"size={FS_SIZE_MB}m", "tmpfs", str(mnt)]
+    else:
+        if shutil.which("mkfs.ext4") is None:
+            pytest.skip("mkfs.ext4 is not installed (e2fsprogs)")
+        image = tmp_path / "fs.img"
+        with image.open("wb") as fh:
+            fh.truncate(FS_SIZE_MB << 20)
+        made = _run("mkfs.ext4", "-q", "-F", "-m", "0", str(image))
+        if made.returncode != 0:
+            pytest.skip(f"mkfs.ext4 failed: {made.stderr.strip()}")
+        cmd = ["mount", "-o", "loop", str(image), str(mnt)]
+    mounted = _run(*cmd)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a {kind} here ({' '.join(cmd)}): "
+                    f"{mounted.stderr.strip() or mounted.returncode}")
+    try:
+        yield mnt
+    finally:
+        if _run("umount", str(mnt)).returncode != 0:
+            _run("umount", "-l", str(mnt))
+
+
+def fill(path: Path) -> int:
+    """Write `path` until the file system has no byte left; returns the bytes written."""
+    written = 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for size in (1 << 20, 1 << 16, 1 << 12, 1 << 9, 1):
+            block = b"\0" * size
+            while True:
+                try:
+                    written += os.write(fd, block)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    break
+        try:
+            os.fsync(fd)
+        except OSError as exc:  # a file system may only find out here
+            if exc.errno != errno.ENOSPC:
+                raise
+    finally:
+        os.close(fd)
+    return written
+
+
+@dataclass
+class Intake:
+    """What the test sent and what the server answered."""
+
+    acknowledged: dict[str, int] = field(default_factory=dict)  # event id -> seq
+    refused: list[str] = field(default_factory=list)  # ids of events answered 507
+    answers_507: list[Answer] = field(default_factory=list)
+    sent: int = 0
+
+    def post(self, port: int, count: int, key: str | None = None) -> Answer:
+        """POST `count` fresh events as one array; remember what became of them."""
+        ids = [f"ev{self.sent + k}" for k in range(count)]
+        self.sent += count
+        events = [{"id": i, "Event": "UpdateState", "pad": EVENT_PAD} for i in ids]
+        answer = post_events(port, events, {"Idempotency-Key": key} if key else None)
+        if answer.status == 202:
+            for k, event_id in enumerate(ids):
+                self.acknowledged[event_id] = answer.body["first_seq"] + k
+        elif answer.status == 507:
+            self.refused.extend(ids)
+            self.answers_507.append(answer)
+        else:
+            raise AssertionError(f"POST answered {answer}, expected 202 or 507")
+        return answer
+
+    def until_507(self, port: int, count: int, limit: int = 2000) -> tuple[Answer, str]:
+        """POST batches, each with its own Idempotency-Key, until one is refused for lack
+        of space; that answer and its key."""
+        for n in range(limit):
+            key = f"fill-{n}"
+            answer = self.post(port, count, key=key)
+            if answer.status == 507:
+                return answer, key
+        raise AssertionError(f"no 507 after {limit} requests of {count} events")
+
+
+def start_held(server_process: ServerFactory, tmp_path: Path, data_dir: Path,
+               **env: str) -> tuple[ServerProcess, RecordReader, Path]:
+    """A server whose worker waits for the gate file before handling anything."""
+    record = tmp_path / "record.log"
+    gate = tmp_path / "gate"
+    server = server_process(args=["--handler", "tests.modelhelpers:held"],
+                            env={RECORD_ENV: str(record), GATE_ENV: str(gate), **env})
+    server.data_dir = data_dir
+    server.start()
+    return server, RecordReader(record), gate
+
+
+def check_refusal(answer: Answer) -> None:
+    """The 507 in the contract's shape."""
+    assert answer.status == 507
+    assert answer.body["error"] == "insufficient_storage", answer.body
+    assert answer.body["detail"]
+    assert answer.headers.get("content-type", "").startswith("application/json")
+    assert int(answer.headers["retry-after"]) > 0
+
+
+def check_still_serving(port: int, intake: Intake) -> None:
+    """Health and reads answer while writes cannot; the numbers are the 202s' exactly."""
+    assert request(port, "GET", "/healthz").status == 200
+    queue = request(port, "GET", "/v1/queue")
+    assert queue.status == 200, queue
+    assert queue.body["pending"] + queue.body["in_flight"] == len(intake.acknowledged)
+    assert queue.body["last_seq"] == max(intake.acknowledged.values())
+    assert request(port, "GET", "/readyz").status in (200, 503)  # answers, whichever
+
+
+def check_handled_exactly_the_acknowledged(reader: RecordReader, intake: Intake) -> None:
+    """Every 202'd event handled once, in seq order; no refused event handled at all."""
+    done: list[tuple[int, str]] = []
+
+    def all_done() -> bool:
+        done.extend((line.seq, line.rest[1]) for line in reader.drop_unread())
+        return len(done) >= len(intake.acknowledged)
+
+    wait_until(all_done, f"the worker handled {len(intake.acknowledged)} jobs", timeout=60)
+    seqs = [seq for seq, _ in done]
+    assert seqs == sorted(seqs), "handled out of seq order"
+    handled = {eid: seq for seq, eid in done}
+    assert handled == intake.acknowledged
+    assert not set(intake.refused) & set(handled), "a refused event was handled"
+
+
+def test_full_file_system_answers_507_and_recovers_when_space_returns(
+    server_process: ServerFactory, small_fs: Path, tmp_path: Path
+) -> None:
+    server, reader, gate = start_held(server_process, tmp_path, small_fs / "data")
+    intake = Intake()
+    assert intake.post(server.port, 5).status == 202
+    filler = small_fs / "filler"
+    fill(filler)
+
+    refused, refused_key = intake.until_507(server.port, count=20)
+    check_refusal(refused)
+    for _ in range(3):  # still full: still refused, and the server goes on answering
+        assert intake.post(server.port, 20).status == 507
+    check_still_serving(server.port, intake)
+
+    filler.unlink()  # space returns; no restart
+    after = intake.post(server.port, 20, key="fill-again")
+    assert after.status == 202, after
+    assert "idempotent-replayed" not in after.headers
+    # The key of a refused request was not kept: the same key now stores its events.
+    retried = intake.post(server.port, 3, key=refused_key)
+    assert retried.status == 202, retried
+    assert "idempotent-replayed" not in retried.headers
+
+    gate.touch()
+    check_handled_exactly_the_acknowledged(reader, intake)
+    assert server.terminate() == 0, server.output()[-3000:]
+
+
+def test_max_bytes_cap_answers_507_and_recovers_as_the_worker_drains(
+    server_process: ServerFactory, tmp_path: Path, data_dir: Path
+) -> None:
+    server, reader, gate = start_held(server_process, tmp_path, data_dir,
+                                      COLLECTOR_QUEUE_MAX_BYTES=str(1 << 20))
+    intake = Intake()
+    refused, _ = intake.until_507(server.port, count=20)
+    check_refusal(refused)
+    assert len(intake.acknowledged) > 100  # the cap, not something else, stopped it
+    assert intake.post(server.port, 20).status == 507
+    check_still_serving(server.port, intake)
+
+    gate.touch()  # the worker drains; acknowledged rows free their pages
+    deadline = time.monotonic() + 30
+    while intake.post(server.port, 1).status != 202:
+        assert time.monotonic() < deadline, "no 202 within 30 s of the worker draining"
+        time.sleep(0.05)
+    for _ in range(5):
+        assert intake.post(server.port, 20).status == 202
+    check_handled_exactly_the_acknowledged(reader, intake)
+    assert server.terminate() == 0, server.output()[-3000:]
+    assert (data_dir / "queue.db").stat().st_size <= 1 << 20
+
