@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -15,10 +16,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from collector import Job
+from collector import Job, PermanentError
 from collector.queue import DurableQueue
 from collector.systemd import (
     Notifier,
@@ -348,6 +350,59 @@ def test_socket_activation_with_systemd_socket_activate(
     proc.send_signal(signal.SIGTERM)  # systemd-socket-activate exec'd into the daemon
     notify_socket.wait_for(lambda m: m.get("STOPPING") == "1")
     assert proc.wait(30) == 0
+
+
+async def bury(job: Job) -> None:
+    """Dead-letters every job (an error-level log line)."""
+    raise PermanentError("no thanks")
+
+
+@pytest.mark.slow
+def test_journald_priorities_and_ids_from_a_real_daemon(
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]],
+) -> None:
+    port = free_port()
+    log = tmp_path / "journal-stream"
+    with log.open("ab") as out:
+        st = os.fstat(out.fileno())
+        # What systemd sets when stdout is the journal's stream: then `<N>` prefixes.
+        env = serve_env(JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "collector", "serve", "--port", str(port),
+             "--data-dir", str(tmp_path / "data"), "--handler", "log",
+             "--handler", "tests.test_systemd:bury"],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )
+    processes.append(proc)
+    for _ in range(200):  # bounded: 10 s
+        if port_answers(port):
+            break
+        time.sleep(0.05)
+    status, _ = http_json(f"http://127.0.0.1:{port}/v1/events", data=b'[{"a": 1}, {"a": 2}]')
+    assert status == 202
+    status, _ = http_json(f"http://127.0.0.1:{port}/v1/events", data=b"{broken")
+    assert status == 400
+    for _ in range(200):
+        if http_json(f"http://127.0.0.1:{port}/v1/queue")[1]["dead"] == 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+    entries: list[tuple[int, dict[str, Any]]] = []
+    for line in log.read_text().splitlines():
+        assert re.match(r"<[0-7]>\{", line), line  # every line, stdlib's too
+        entries.append((int(line[1]), json.loads(line[3:])))
+    # `journalctl -p err` keeps priorities 0..3: the dead letters, each with its seq.
+    errors = [e for prio, e in entries if prio <= 3]
+    assert [(e["event"], e["seq"]) for e in errors] == [("job_dead_lettered", 1),
+                                                         ("job_dead_lettered", 2)]
+    jobs = [e for prio, e in entries if e["event"] == "job"]
+    assert [(e["seq"], e["payload"]) for e in jobs] == [(1, {"a": 1}), (2, {"a": 2})]
+    assert all(prio == 6 for prio, e in entries if e["event"] == "job")
+    rejected = [e for _, e in entries if e["event"] == "request_rejected"]
+    assert len(rejected) == 1
+    assert rejected[0]["request_id"]
 
 
 # -- the unit files --------------------------------------------------------------------------
