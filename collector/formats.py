@@ -241,8 +241,8 @@ def _sos(name: str, data: Any) -> Event:
     body = data if isinstance(data, Mapping) else {}
     guid = _guid(body.get("match_guid"))
     if name == "game:update_state":
-        if not isinstance(data, Mapping):
-            return Generic("sos", name, data)
+        if not isinstance(data, Mapping) or data.get("hasGame") is False:
+            return Generic("sos", name, data)  # menus send states without a game
         return _sos_update(data, guid)
     if name == "game:goal_scored":
         if not isinstance(data, Mapping):

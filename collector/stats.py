@@ -714,6 +714,8 @@ class _Apply:
         return None if row is None else int(row[0])
 
     def _snapshot(self, snap: formats.Snapshot) -> Outcome | None:
+        if not snap.players and not snap.teams:
+            return None  # nothing to keep, and no reason to open a match for it
         match = self._resolve(snap.match_guid, snapshot=snap)
         assert match is not None
         if snap.timestamp is not None:

@@ -321,6 +321,12 @@ async def test_plugin_snapshots_land_in_the_same_tables(store: StatsStore) -> No
     assert (await careers(store))["Alpha"] == (2, 1, 160)
 
 
+async def test_a_snapshot_without_players_or_teams_opens_no_match(store: StatsStore) -> None:
+    empty = api("UpdateState", {"MatchGuid": "", "Players": [], "Game": {"Teams": []}})
+    assert await apply_all(store, jobs([empty, empty])) == ["unchanged", "unchanged"]
+    assert (await store.matches_page())["matches"] == []
+
+
 async def test_pages_are_newest_first_with_a_cursor(store: StatsStore) -> None:
     await apply_all(store, jobs([update(f"G{i}", [(f"P{i}", f"Steam|{i}|0", 0, i, 0)])
                                  for i in range(5)]))
