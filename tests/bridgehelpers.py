@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import structlog
 
 from collector.jobs import Job
 
@@ -124,6 +125,9 @@ class FakeGame:
         """Listen (on `port`, or a free one the first time)."""
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]
+        # Shown with a failing test's output: FakeGame(..., seed=N) replays the chunking.
+        structlog.get_logger("tests.fakegame").info("fake_game_listening", port=self.port,
+                                                    seed=self.seed)
         return self
 
     async def stop(self) -> None:

@@ -398,7 +398,7 @@ async def test_the_bridge_reconnects_when_the_game_closes_and_reopens(
         await game.stop()  # the game quits: nothing listens on its port
         await wait_until(lambda: len(unique_jobs(read_records(record_file))) >= 200,
                          timeout=30, what="the first 200 messages")
-        second = Session(b"".join(LINES[200:]))
+        second = Session(b"".join(LINES[200:]), hold=asyncio.Event())  # then stays open
         game = await FakeGame([second], port=game.port).start()  # the game is back
         await wait_until(lambda: len(unique_jobs(read_records(record_file))) >= 438,
                          timeout=30, what="all 438 messages")
