@@ -143,6 +143,8 @@ class JsonStreamSplitter:
                 continue
             match = _NOT_SPACE.search(buf, self._pos)
             if match is None:
+                if self._held is not None:
+                    del buf[self._held[1] :]  # only whitespace behind the held object
                 self._pos = len(buf)
                 return
             first = match.start()

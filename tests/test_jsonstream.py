@@ -195,6 +195,15 @@ def test_an_object_after_garbage_waits_for_a_boundary() -> None:
     assert splitter.feed(b' {"b": 2}') == [b'{"a": 1}', b'{"b": 2}']
 
 
+def test_whitespace_behind_a_held_object_is_not_kept() -> None:
+    splitter = JsonStreamSplitter(max_object_bytes=100)
+    assert splitter.feed(b'xx{"a": 1}') == []
+    for _ in range(50):
+        assert splitter.feed(b" " * 1000) == []
+        assert splitter.buffered <= 100
+    assert splitter.feed(b'{"b": 2}') == [b'{"a": 1}', b'{"b": 2}']
+
+
 def test_a_complete_object_is_handed_out_at_once() -> None:
     splitter = JsonStreamSplitter()
     assert splitter.feed(b'{"a": 1}') == [b'{"a": 1}']
