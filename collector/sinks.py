@@ -5,7 +5,9 @@ Both apply each job once across crashes:
 * the archive writes each event as one line with its ``seq`` and, on open, reads the
   last ``seq`` of its newest file; a job at or below it is skipped. Files never go
   back in time (a job is written to its UTC day or the newest file's, whichever is
-  later), so the newest file's last line is the archive's high-water mark;
+  later), so the newest file's last line is the archive's high-water mark. A dead
+  letter put back in its old place comes with a seq below the mark: it is looked for
+  in the newest file and written (marked ``"revived": true``) if it is not there;
 * forwarding sends ``Idempotency-Key: <key_prefix><seq>``, so a receiver that honours it
   (another collector does) stores a re-sent event once.
 """
@@ -19,9 +21,10 @@ import gzip
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import aiohttp
 import orjson
@@ -36,6 +39,7 @@ ARCHIVE_DIR: Final = "archive"
 _DAY_FILE: Final = re.compile(r"^(\d{4}-\d{2}-\d{2})\.jsonl(\.gz)?$")
 _TAIL_CHUNK: Final = 64 * 1024
 _RETRYABLE_4XX: Final = frozenset({408, 429})
+_SEQ_PREFIX: Final = b'{"seq":'
 
 
 class ForwardError(Exception):
@@ -62,6 +66,7 @@ class Archive:
         self._fd: int | None = None
         self._day: str | None = None  # the newest file's day
         self._last_seq = 0
+        self._first_seq: int | None = None  # the newest file's first line
         self._compressing: asyncio.Task[list[Path]] | None = None
         self._compress_wanted = False
 
@@ -141,22 +146,24 @@ class Archive:
         newest = max(days)
         plain = self._dir / f"{newest}.jsonl"
         packed = self._dir / f"{newest}.jsonl.gz"
-        last = None
+        self._day = newest
         if plain.exists():
             _repair_tail(plain)
-            last = _last_line(plain)
-        if last is None and packed.exists():
+            self._first_seq = _first_seq(plain)
+            self._last_seq = _mark(plain)
+        elif packed.exists():
             with gzip.open(packed, "rb") as fh:
                 for line in fh:
-                    if line.endswith(b"\n"):
-                        last = line
-        self._day = newest
-        if last is not None:
-            self._last_seq = int(orjson.loads(last)["seq"])
+                    record = orjson.loads(line)
+                    if self._first_seq is None:
+                        self._first_seq = int(record["seq"])
+                    if not record.get("revived"):
+                        self._last_seq = int(record["seq"])
 
     def _write(self, job: Job) -> bool:
         """Append the job's line; True when a new day file was started."""
-        if job.seq <= self._last_seq:
+        revived = job.seq <= self._last_seq
+        if revived and not self._missing(job.seq):
             return False  # written before a crash: never twice
         day = day_of(job.received_at)
         if self._day is not None and day < self._day:
@@ -171,18 +178,40 @@ class Archive:
                 _fsync_dir(self._dir)
             rolled = self._day is not None and day != self._day
             self._day = day
-        line = orjson.dumps({
-            "seq": job.seq, "received_at": job.received_at, "source": job.source,
-            "sequence": job.sequence, "payload": job.payload,
-        }) + b"\n"
+        record: dict[str, Any] = {"seq": job.seq}
+        if revived:
+            record["revived"] = True  # right after the seq: _mark() reads it there
+        record.update(received_at=job.received_at, source=job.source, sequence=job.sequence,
+                      payload=job.payload)
+        line = orjson.dumps(record) + b"\n"
         view = memoryview(line)
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
         if self._durable:
             os.fdatasync(self._fd)
-        self._last_seq = job.seq
+        if rolled or self._first_seq is None:
+            self._first_seq = job.seq
+        self._last_seq = max(self._last_seq, job.seq)
         return rolled
+
+    def _missing(self, seq: int) -> bool:
+        """Whether a seq below the mark is absent from the archive (a revived dead letter).
+
+        Only the newest file is searched, from its end (a replay after a crash is found
+        among the last lines). A seq older than the newest file's first line belongs to an
+        older day: it is taken as written.
+        """
+        if self._day is None or self._first_seq is None or seq < self._first_seq:
+            return False
+        plain = self._dir / f"{self._day}.jsonl"
+        if not plain.exists():
+            return False
+        for line in _lines_backward(plain):
+            if _seq_of(line) == seq:
+                return False
+        log.info("archive_revived_job", seq=seq)
+        return True
 
     def _close_file(self) -> None:
         if self._fd is not None:
@@ -274,24 +303,45 @@ def _repair_tail(path: Path) -> None:
     log.warning("archive_torn_line_cut", path=str(path))
 
 
-def _last_line(path: Path) -> bytes | None:
-    """The last complete line of a file that ends with a newline, read from the end."""
-    size = path.stat().st_size
-    if size == 0:
-        return None
+def _lines_backward(path: Path) -> Iterator[bytes]:
+    """The complete lines of a file that ends with a newline, last line first."""
     with path.open("rb") as fh:
-        end = size - 1  # the final newline
-        buf = b""
+        end = fh.seek(0, os.SEEK_END)
+        rest = b""  # the start of a line whose beginning is in an earlier chunk
         while end > 0:
             start = max(0, end - _TAIL_CHUNK)
             fh.seek(start)
-            buf = fh.read(end - start) + buf
-            cut = buf.rfind(b"\n")
-            if cut >= 0:
-                return buf[cut + 1:]
+            chunk = fh.read(end - start) + rest
+            lines = chunk.split(b"\n")
+            rest = lines[0]
+            for line in reversed(lines[1:]):
+                if line:
+                    yield line
             end = start
-        fh.seek(0)
-        return fh.read(size - 1)
+        if rest:
+            yield rest
+
+
+def _seq_of(line: bytes) -> int | None:
+    """The seq of an archive line (``{"seq":N,...``, as this module writes it)."""
+    if not line.startswith(_SEQ_PREFIX):
+        return None
+    digits = line[len(_SEQ_PREFIX):line.find(b",", len(_SEQ_PREFIX))]
+    return int(digits) if digits.isdigit() else None
+
+
+def _first_seq(path: Path) -> int | None:
+    with path.open("rb") as fh:
+        return _seq_of(fh.readline())
+
+
+def _mark(path: Path) -> int:
+    """The high-water mark of a day file: its last line not written as a revived job."""
+    for line in _lines_backward(path):
+        seq = _seq_of(line)
+        if seq is not None and not line.startswith(b'{"seq":%d,"revived":true' % seq):
+            return seq
+    return 0
 
 
 def _fsync_dir(path: Path) -> None:

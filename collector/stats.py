@@ -3,7 +3,10 @@
 * Every SQLite call runs in one executor thread owned by :class:`StatsStore`, never on
   the event loop.
 * Each job's effect is applied exactly once: the last applied ``seq`` is written in the
-  same transaction as the change, and a job at or below it changes nothing.
+  same transaction as the change. A job at or below it (a replay after a crash, or a
+  dead letter put back in its old place) runs as a late event: its snapshot is older
+  than the stored state and is skipped; its facts are stored unless already there (a
+  goal is one row per match, scorer, game time and speed, whatever seq brought it).
 * Stale data never overwrites fresh data. Each feed (``X-Source``, or none) has a
   high-water mark of its own numbering (``X-Sequence`` where given, else the queue's
   ``seq``). A snapshot at or below the mark is skipped and counted; so is a match
@@ -108,6 +111,11 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         "INSERT INTO counters (name, value) VALUES ('stale_skipped', 0), ('bogus_goals', 0)",
         "CREATE INDEX match_players_player ON match_players (player_id, match_id)",
         "CREATE INDEX players_recent ON players (last_seq, id)",
+    )),
+    Migration(3, "a goal is stored once, whatever seq brought it", (
+        "DELETE FROM goals WHERE game_time IS NOT NULL AND speed IS NOT NULL AND id NOT IN "
+        "(SELECT min(id) FROM goals GROUP BY match_id, scorer, game_time, speed)",
+        "CREATE UNIQUE INDEX goals_natural ON goals (match_id, scorer, game_time, speed)",
     )),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version
@@ -290,25 +298,29 @@ class _Db:
     # -- applying jobs ----------------------------------------------------------------------
 
     def apply(self, job: Job) -> Outcome:
-        if job.seq <= self.last_seq:
-            return "replayed"
+        # At or below the mark: a replay after a crash, or a dead letter put back in its
+        # old place. It runs as a late event: its snapshot is older than the state and is
+        # skipped, its facts (a goal, an end) are stored unless already there.
+        revisit = job.seq <= self.last_seq
         event = formats.parse(job.payload)
         if isinstance(event, formats.Generic):
-            return "unchanged"  # nothing to store; a replay of it changes nothing either
+            # Nothing to store; a replay of it changes nothing either.
+            return "replayed" if revisit else "unchanged"
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            outcome = _Apply(conn, job).run(event)
-            if outcome == "unchanged":
+            outcome = _Apply(conn, job, revisit=revisit).run(event)
+            if outcome == "unchanged" or (revisit and outcome != "applied"):
                 conn.execute("ROLLBACK")
-                return outcome
-            conn.execute("UPDATE applied SET last_seq = ?", (job.seq,))
+                return "replayed" if revisit else outcome
+            if not revisit:
+                conn.execute("UPDATE applied SET last_seq = ?", (job.seq,))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        self.last_seq = job.seq
+        self.last_seq = max(self.last_seq, job.seq)
         return outcome
 
     # -- reading ------------------------------------------------------------------------------
@@ -443,16 +455,19 @@ def _player_json(row: Sequence[Any]) -> dict[str, Any]:
 class _Apply:
     """One job's changes, inside the transaction the caller opened."""
 
-    def __init__(self, conn: sqlite3.Connection, job: Job) -> None:
+    def __init__(self, conn: sqlite3.Connection, job: Job, *, revisit: bool = False) -> None:
         self.conn = conn
         self.job = job
         self.feed = self._feed(job.source or "")
         #: The job's place in its feed's own numbering.
         self.position = job.sequence if job.sequence is not None else job.seq
-        # Queue order needs no mark: the worker runs jobs in seq order, and a replay is
-        # caught by last_seq before we get here.
+        # Queue order needs no mark of its own: the worker runs jobs in seq order, and a
+        # job at or below last_seq comes here as a revisit.
         high = self.feed.high_sequence
-        self.late = job.sequence is not None and high is not None and job.sequence <= high
+        self.late = revisit or (
+            job.sequence is not None and high is not None and job.sequence <= high
+        )
+        self.revisit = revisit
         self.changed = False
 
     def run(self, event: formats.Event) -> Outcome:
@@ -517,7 +532,8 @@ class _Apply:
         )
 
     def _count(self, name: str) -> None:
-        self.conn.execute("UPDATE counters SET value = value + 1 WHERE name = ?", (name,))
+        if not self.revisit:  # counted the first time already
+            self.conn.execute("UPDATE counters SET value = value + 1 WHERE name = ?", (name,))
 
     # -- matches --------------------------------------------------------------------------
 
@@ -694,7 +710,7 @@ class _Apply:
         cur = self.conn.execute(
             "INSERT INTO goals (match_id, seq, scorer, scorer_id, scorer_team, assister, speed, "
             "game_time, received_at, last_touch, impact_x, impact_y, impact_z) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (seq) DO NOTHING",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (match.id, self.job.seq, goal.scorer, scorer_id, goal.scorer_team, goal.assister,
              goal.speed, goal.game_time, self.job.received_at, goal.last_touch, x, y, z),
         )

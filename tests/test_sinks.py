@@ -95,6 +95,27 @@ async def test_a_torn_last_line_is_cut_and_its_job_written_again(tmp_path: Path)
     assert archived_seqs(directory) == [1, 2, 3]
 
 
+async def test_a_dead_letter_put_back_in_place_is_written_once(tmp_path: Path) -> None:
+    """Seq 3 was dead-lettered before the archive got it, then retried in its old place."""
+    directory = tmp_path / "archive"
+    first = Archive(directory)
+    await first.open()
+    for seq in (1, 2, 4, 5):
+        await first.write(job(seq))
+    await first.write(job(3))  # the retried dead letter
+    await first.write(job(4))  # and a job that is already there
+    await first.close()
+    again = Archive(directory)  # after a crash: the mark is still 5, not the revived 3
+    await again.open()
+    assert again.last_seq == 5
+    for seq in (3, 5, 6):  # the replays after the crash, then a new job
+        await again.write(job(seq))
+    await again.close()
+    lines = [line for path in sorted(directory.iterdir()) for line in read_lines(path)]
+    assert [line["seq"] for line in lines] == [1, 2, 4, 5, 3, 6]
+    assert [line.get("revived", False) for line in lines] == [False] * 4 + [True, False]
+
+
 async def test_files_never_go_back_in_time(archive: Archive) -> None:
     now = time.time()
     await archive.write(job(1, received_at=now))

@@ -120,7 +120,7 @@ async def test_each_job_is_applied_once_even_when_run_again(tmp_path: Path,
     items = jobs([update(GUID, [("A", "Steam|1|0", 0, 100, 1)], (1, 0)),
                   goal(GUID, "A", 0),
                   update(GUID, [("A", "Steam|1|0", 0, 250, 2)], (2, 0)),
-                  goal(GUID, "A", 0)])
+                  goal(GUID, "A", 0, time=55.0)])
     assert await apply_all(store, items) == ["applied"] * 4
     before = (await only_match(store), await careers(store))
     # The same jobs again, as after a crash between "handler started" and "acknowledged".
@@ -137,6 +137,30 @@ async def test_each_job_is_applied_once_even_when_run_again(tmp_path: Path,
         assert await careers(again) == {"A": (1, 2, 250)}
     finally:
         await again.close()
+
+
+async def test_a_dead_letter_put_back_in_place_adds_its_facts_not_its_stale_state(
+        store: StatsStore) -> None:
+    """Seq 2 was dead-lettered before its effect was stored, then retried in its old place
+    after seq 3 and 4 were applied: its goal counts, its older snapshot does not."""
+    old_state = update(GUID, [("A", "Steam|1|0", 0, 100, 1)], (1, 0))
+    items = jobs([update(GUID, [("A", "Steam|1|0", 0, 50, 0)]), goal(GUID, "A", 0),
+                  update(GUID, [("A", "Steam|1|0", 0, 300, 2)], (2, 0)),
+                  goal(GUID, "A", 0, time=55.0)])
+    assert await apply_all(store, [items[0], items[2], items[3]]) == ["applied"] * 3
+    revived = [items[1], Job(seq=2, payload=old_state, received_at=T0)]
+    assert await apply_all(store, revived) == ["applied", "replayed"]
+    match = await only_match(store)
+    assert sorted(g["game_time"] for g in match["goals"]) == [30.0, 55.0]
+    assert lines(match) == {"A": (0, 300, 2)}
+    assert store.counters.stale_skipped == 0  # counted only when first seen
+
+
+async def test_the_same_goal_under_another_seq_is_stored_once(store: StatsStore) -> None:
+    """E.g. a dead letter put back at the tail (a new seq), or two feeds of one match."""
+    same = goal(GUID, "A", 0, speed=77.7, time=12.0)
+    assert await apply_all(store, jobs([same, same])) == ["applied", "unchanged"]
+    assert len((await only_match(store))["goals"]) == 1
 
 
 async def test_careers_are_sums_of_latest_lines_when_snapshots_repeat(
