@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import os
 import re
@@ -403,6 +405,209 @@ def test_journald_priorities_and_ids_from_a_real_daemon(
     rejected = [e for _, e in entries if e["event"] == "request_rejected"]
     assert len(rejected) == 1
     assert rejected[0]["request_id"]
+
+
+# -- the units booted for real under systemd-nspawn ----------------------------------------
+
+
+async def slow(job: Job) -> None:
+    """One second per job (long enough to stop the daemon amid one); dead-letters "fail"."""
+    if job.payload.get("fail"):
+        raise PermanentError("asked to fail")
+    await asyncio.sleep(1.0)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def nspawn_skip_reason() -> str | None:
+    """Why the units cannot be booted here, or None when they can be tried."""
+    if os.geteuid() != 0:
+        return "needs root: systemd-nspawn boots a container"
+    if shutil.which("systemd-nspawn") is None or shutil.which("nsenter") is None:
+        return "systemd-nspawn not installed (apt-get install -y systemd-container)"
+    if Path("/sbin/init").resolve().name != "systemd":
+        return "the host's / has no systemd to boot (/sbin/init is not systemd)"
+    system_python = Path("/usr/bin/python3")
+    if not system_python.exists():
+        return "no /usr/bin/python3 for the container's venv"
+    version = subprocess.run([str(system_python), "-c", "import sys; print(sys.version_info[:2])"],
+                             capture_output=True, text=True, check=False).stdout.strip()
+    if version != str(sys.version_info[:2]):
+        return (f"/usr/bin/python3 is {version}, this interpreter {sys.version_info[:2]}: the "
+                "container borrows this interpreter's packages, which need the same version")
+    return None
+
+
+class Container:
+    """The host's own OS booted with systemd-nspawn --volatile=yes (host /usr, tmpfs rest)."""
+
+    def __init__(self, tmp_path: Path, binds: dict[Path, str]) -> None:
+        self.log = tmp_path / "nspawn.log"
+        self.binds = binds
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.leader = 0
+
+    def start(self) -> None:
+        """Boot; returns once the container's systemd runs (or skips, saying why)."""
+        binds = [f"--bind-ro={host}:{inside}" for host, inside in self.binds.items()]
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                ["systemd-nspawn", "-D", "/", "--volatile=yes", "--register=no",
+                 "--keep-unit", "--console=pipe", "-q", *binds, "-b"],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            )
+        state = ""
+        for _ in range(600):  # bounded: 60 s
+            if self.proc.poll() is not None:
+                pytest.skip("systemd-nspawn cannot boot a container here: "
+                            + self.log.read_text(errors="replace")[-500:])
+            if not self.leader:
+                kids = _children(self.proc.pid)
+                self.leader = kids[0] if kids else 0
+            if self.leader:
+                state = self.run("systemctl", "is-system-running", check=False).stdout.strip()
+                if state in {"running", "degraded"}:
+                    return
+            time.sleep(0.1)
+        pytest.skip(f"the container's systemd did not finish booting in 60 s (state {state!r})")
+
+    def run(self, *cmd: str, check: bool = True, timeout: float = 60
+            ) -> subprocess.CompletedProcess[str]:
+        """Run a command inside the container."""
+        result = subprocess.run(
+            ["nsenter", "-t", str(self.leader), "-m", "-u", "-i", "-p", "--", *cmd],
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )
+        if check and result.returncode != 0:
+            journal = subprocess.run(
+                ["nsenter", "-t", str(self.leader), "-m", "-p", "--", "journalctl",
+                 "-u", "collector", "--no-pager", "-n", "40"],
+                capture_output=True, text=True, timeout=30, check=False,
+            ).stdout
+            raise AssertionError(f"{cmd}: {result.returncode} {result.stderr}\n{journal}")
+        return result
+
+    def show(self, *props: str) -> dict[str, str]:
+        """`systemctl show collector -p ...` as a dict."""
+        out = self.run("systemctl", "show", "collector.service",
+                       *(f"-p{p}" for p in props)).stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def stop(self) -> None:
+        """Power the container off (kill it if it will not)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)  # nspawn asks the container to halt
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def _post(port: int, token: str, body: bytes) -> None:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/events", data=body, method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 202
+
+
+@pytest.mark.slow
+def test_units_boot_for_real_under_nspawn(tmp_path: Path) -> None:
+    reason = nspawn_skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    import sysconfig
+
+    deps = Path(sysconfig.get_paths()["purelib"])
+    port = free_port()
+    token = "nspawn-token-5f2a"
+    prep = tmp_path / "prep"
+    prep.mkdir()
+    (prep / "token").write_text(token + "\n")
+    (prep / "dropin.conf").write_text(
+        "[Service]\n"
+        "WatchdogSec=2s\nTimeoutAbortSec=2s\nRestartSec=500ms\n"
+        f"Environment=COLLECTOR_SERVER_PORT={port} "
+        "COLLECTOR_WORKER_HANDLERS=tests.test_systemd:slow "
+        "COLLECTOR_SERVER_SHUTDOWN_TIMEOUT=5 COLLECTOR_QUEUE_DURABILITY=normal\n"
+    )
+    container = Container(tmp_path, {REPO: "/opt/collector/src", deps: "/opt/collector/deps",
+                                     prep: "/prep", UNITS: "/units"})
+    try:
+        container.start()
+        # Install the way scripts/install.sh lays it out; the venv borrows this
+        # interpreter's packages instead of pip (the container need not reach PyPI).
+        py = "/opt/collector/venv/bin/python"
+        container.run("/usr/bin/python3", "-m", "venv", "--without-pip", "/opt/collector/venv")
+        container.run(py, "-c", (
+            "import site, pathlib; pathlib.Path(site.getsitepackages()[0], 'borrowed.pth')"
+            ".write_text('/opt/collector/src\\n/opt/collector/deps\\n')"))
+        container.run("sh", "-c", (
+            f"printf '#!{py}\\nimport sys\\nfrom collector.cli import main\\n"
+            "sys.exit(main())\\n' > /opt/collector/venv/bin/collector && "
+            "chmod 755 /opt/collector/venv/bin/collector && "
+            "mkdir -p /etc/collector /etc/systemd/system/collector.service.d && "
+            "cp /units/collector.toml /etc/collector/collector.toml && "
+            "install -m 600 /prep/token /etc/collector/token && "
+            "cp /units/collector.service /units/collector.socket /etc/systemd/system/ && "
+            "cp /prep/dropin.conf /etc/systemd/system/collector.service.d/test.conf && "
+            "systemctl daemon-reload"))
+
+        # Type=notify: `systemctl start` returns once READY=1 came, so the port answers.
+        container.run("systemctl", "start", "collector.service")
+        assert port_answers(port)
+        shown = container.show("ActiveState", "StatusText", "MainPID", "NRestarts")
+        assert shown["ActiveState"] == "active"
+        assert "queue:" in shown["StatusText"]
+        first_pid = shown["MainPID"]
+
+        # SIGSTOP: no more pings; the watchdog aborts, then kills, and systemd restarts it.
+        container.run("kill", "-STOP", first_pid)
+        for _ in range(300):  # bounded: 30 s
+            shown = container.show("ActiveState", "MainPID", "NRestarts", "SubState")
+            if (shown["NRestarts"] != "0" and shown["ActiveState"] == "active"
+                    and shown["SubState"] == "running"):
+                break
+            time.sleep(0.1)
+        assert shown["NRestarts"] == "1", shown
+        assert shown["MainPID"] != first_pid
+        journal = container.run("journalctl", "-u", "collector", "--no-pager").stdout
+        assert "Watchdog timeout" in journal
+
+        # Priorities reach the journal: `journalctl -p err` shows the dead letter, with its seq.
+        post = functools.partial(_post, port, token)
+        post(b'{"fail": true}')
+        for _ in range(100):  # bounded: 10 s
+            errors = container.run("journalctl", "-u", "collector", "-p", "err", "--no-pager",
+                                   "-o", "cat").stdout
+            if "job_dead_lettered" in errors:
+                break
+            time.sleep(0.1)
+        lines = [json.loads(line) for line in errors.splitlines() if line.startswith("{")]
+        assert [(e["event"], e["seq"]) for e in lines] == [("job_dead_lettered", 1)]
+
+        # A clean drain on `systemctl stop`: the job in flight finishes, the rest waits.
+        post(b'[{"n":1},{"n":2},{"n":3}]')
+        container.run("systemctl", "stop", "collector.service")
+        shown = container.show("ActiveState", "Result", "ExecMainStatus")
+        assert (shown["ActiveState"], shown["Result"], shown["ExecMainStatus"]) == (
+            "inactive", "success", "0")
+        journal = container.run("journalctl", "-u", "collector", "--no-pager", "-o", "cat").stdout
+        closed = [json.loads(line) for line in journal.splitlines()
+                  if line.startswith("{") and '"queue_closed"' in line]
+        assert closed, journal[-2000:]
+        assert 0 < closed[-1]["pending"] < 3  # the first job done, the others kept
+    finally:
+        container.stop()
 
 
 # -- the unit files --------------------------------------------------------------------------
