@@ -635,3 +635,13 @@ def test_service_stop_timeout_covers_a_full_drain() -> None:
     assert stop_s > 2 * ServerSettings().shutdown_timeout + 5
     assert values["Type"] == "notify"
     assert "WatchdogSec" in values
+
+
+def test_the_installed_config_template_loads_as_the_defaults() -> None:
+    from collector.config import load_settings
+
+    template = load_settings(UNITS / "collector.toml", environ={})
+    assert template == load_settings(None, environ={})  # every line commented: defaults
+    text = (UNITS / "collector.toml").read_text()
+    for section in ("[server]", "[queue]", "[worker]", "[log]"):
+        assert section in text
