@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import re
 import time
 import zlib
 from collections.abc import Awaitable, Callable
@@ -29,9 +28,7 @@ _NDJSON_TYPES: Final = frozenset(
 )
 _IDENTITY: Final = frozenset({"", "identity"})
 _ENCODINGS: Final = _IDENTITY | {"gzip", "x-gzip", "deflate"}
-# A run of 19+ digits may be an integer beyond 64 bits, which orjson would turn into a
-# float: such bodies are parsed again with the stdlib to refuse them exactly.
-_LONG_NUMBER: Final = re.compile(rb"\d{19,}")
+_BIG: Final = 2.0**63
 _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**64 - 1
 _MAX_SEQUENCE: Final = 2**63 - 1
@@ -123,18 +120,39 @@ def _check_token(request: web.Request, token: str) -> None:
                        headers={hdrs.WWW_AUTHENTICATE: 'Bearer realm="collector"'}, close=True)
 
 
-def _depth_ok(value: Any, limit: int) -> bool:
-    """True when `value` nests no deeper than `limit` containers."""
+def _scan(value: dict[str, Any] | list[Any], limit: int) -> tuple[bool, bool]:
+    """(nesting within `limit` containers, holds a float that may be a rounded integer).
+
+    orjson parses an integer beyond 64 bits as a float; such a float is integral and at
+    least 2**63 in size. Only then is the body parsed again, exactly (see _exact).
+    """
+    suspicious = False
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if depth > limit:
-            return False
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, dict | list))
-        else:
-            stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
-    return True
+            return False, suspicious
+        for v in item.values() if isinstance(item, dict) else item:
+            if isinstance(v, dict | list):
+                stack.append((v, depth + 1))
+            elif type(v) is float and abs(v) >= _BIG and v.is_integer():
+                suspicious = True
+    return True, suspicious
+
+
+def _exact(data: bytes) -> None:
+    """Parse `data` again with exact integers; an integer beyond 64 bits is an ApiError."""
+
+    def exact_int(text: str) -> int:
+        number = int(text)
+        if not _INT_MIN <= number <= _INT_MAX:
+            raise ValueError(f"integer {text[:24]}... is outside the 64-bit range")
+        return number
+
+    try:
+        json.loads(data, parse_int=exact_int)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_json", str(exc)) from None
 
 
 def _inflate(raw: bytes, encoding: str, limit: int) -> bytes:
@@ -169,23 +187,6 @@ def _inflate(raw: bytes, encoding: str, limit: int) -> bytes:
     return bytes(out)
 
 
-def _loads(data: bytes) -> Any:
-    """Parse JSON; integers outside the 64-bit range are refused, not rounded."""
-    value = orjson.loads(data)
-    if _LONG_NUMBER.search(data) is not None:
-        def exact_int(text: str) -> int:
-            number = int(text)
-            if not _INT_MIN <= number <= _INT_MAX:
-                raise ValueError(f"integer {text[:30]}... is outside the 64-bit range")
-            return number
-
-        try:
-            value = json.loads(data, parse_int=exact_int)
-        except ValueError as exc:
-            raise orjson.JSONDecodeError(str(exc), data.decode("utf-8", "replace"), 0) from None
-    return value
-
-
 def _parse_events(body: bytes, ndjson: bool, max_depth: int) -> tuple[list[Any], list[bytes]]:
     """Events (JSON objects, in order) and the bytes to store for each."""
     if ndjson:
@@ -195,35 +196,43 @@ def _parse_events(body: bytes, ndjson: bool, max_depth: int) -> tuple[list[Any],
             if not line.strip():
                 continue
             try:
-                event = _loads(line)
+                event = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
                 raise ApiError(400, "invalid_json", f"line {number}: {exc}") from None
-            _check_event(event, max_depth, where=f"line {number}")
+            if _check_event(event, max_depth, where=f"line {number}"):
+                _exact(line)
             events.append(event)
             blobs.append(line)
         if not events:
             raise ApiError(400, "invalid_event", "the body holds no event")
         return events, blobs
     try:
-        value = _loads(body)
+        value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "invalid_json", str(exc)) from None
     if isinstance(value, list):
         if not value:
             raise ApiError(400, "invalid_event", "the array holds no event")
+        suspicious = False
         for index, event in enumerate(value):
-            _check_event(event, max_depth, where=f"event {index}")
+            suspicious |= _check_event(event, max_depth, where=f"event {index}")
+        if suspicious:
+            _exact(body)
         return value, [orjson.dumps(event) for event in value]
-    _check_event(value, max_depth, where="the body")
+    if _check_event(value, max_depth, where="the body"):
+        _exact(body)
     return [value], [body]
 
 
-def _check_event(event: Any, max_depth: int, *, where: str) -> None:
+def _check_event(event: Any, max_depth: int, *, where: str) -> bool:
+    """Refuse what is not a JSON object or nests too deeply; True if _exact must look."""
     if not isinstance(event, dict):
         kind = type(event).__name__ if event is not None else "null"
         raise ApiError(400, "invalid_event", f"{where}: an event must be a JSON object, not {kind}")
-    if not _depth_ok(event, max_depth):
+    depth_ok, suspicious = _scan(event, max_depth)
+    if not depth_ok:
         raise ApiError(400, "invalid_event", f"{where}: nested deeper than {max_depth} levels")
+    return suspicious
 
 
 def _text_header(request: web.Request, name: str) -> str | None:

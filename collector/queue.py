@@ -2,9 +2,15 @@
 
 Design (see README "How it works"):
 
-* Storage is persist-queue's ``SQLiteBase`` with our own SQL: one row per job, keyed by
-  an AUTOINCREMENT ``_id`` that is the job's ``seq``. Rows are deleted when acknowledged,
-  so taking the next job is one index seek whether 0 or 10**6 jobs were processed before.
+* Storage is persist-queue's ``SQLiteBase`` with our own SQL. A row holds a contiguous
+  run of jobs (seqs ``first_seq`` .. ``_id``), written by one group commit: the per-row
+  cost of SQLite (B-tree insert, record header, page bookkeeping) is paid once per
+  commit, not once per event, and so is the GIL hand-off per statement. The key
+  ``_id`` is the row's LAST seq, so SQLite's AUTOINCREMENT high-water mark is the
+  highest seq ever handed out and seqs are never reused.
+* Rows are deleted as soon as every job in them is done (acknowledged or dead), so
+  taking the next job is one index seek whether 0 or 10**6 jobs were processed before.
+  A partly done row records how far it got (``done_upto``).
 * Every SQLite call runs in one executor thread owned by this module.
 * Concurrent ``put`` calls are group-committed: while one transaction is being written,
   new requests gather, and the next transaction carries them all (all or none, so each
@@ -21,10 +27,13 @@ Design (see README "How it works"):
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import dataclasses
-import functools
+import os
+import shutil
 import sqlite3
+import tempfile
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -50,15 +59,17 @@ log = structlog.get_logger(__name__)
 
 QUEUE_FILE: Final = "queue.db"
 _MEMORY_WINDOW: Final = 4096  # jobs handed to the worker from memory at most
-_PAGE: Final = 512  # jobs read from disk per executor call
+_PAGE_ROWS: Final = 64  # rows read from disk per executor call
+_ROW_MAX_EVENTS: Final = 1024  # jobs per row at most
+_ROW_MAX_BYTES: Final = 1 << 20  # payload bytes per row at most (one event may exceed it)
 _SQLITE_FULL: Final = 13
 _SQLITE_DAMAGED: Final = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
 _JOBS_TABLE: Final = "jobs_v1"  # persist-queue names it {_TABLE_NAME}_{name}
-_COLUMNS: Final = 5  # parameters per inserted row
-_MAX_CHUNK: Final = 256  # rows per INSERT statement
 _WAL_LIMIT_BYTES: Final = 16 * 1024 * 1024
 _ACKS_FORCE_FLUSH: Final = 10_000  # acknowledgements that trigger a commit of their own
 _RETRY_AFTER_FAILURE_S: Final = 1.0  # acknowledgements wait this long after a failed commit
+_SEQ_MARGIN_WHEN_UNKNOWN: Final = 1_000_000_000
+_JOB_COLUMNS: Final = "_id, first_seq, data, timestamp, done_upto, attempts, revived"
 
 
 class _JsonSerializer:
@@ -121,19 +132,43 @@ class _Put:
 
 @dataclass(frozen=True, slots=True)
 class _Acks:
-    """Acknowledgements to commit: the id range (after, upto] plus single ids.
+    """Acknowledgements to commit: rows now wholly done, and how far the head row got."""
 
-    A range, not "everything <= upto": a dead letter put back in its old place has an
-    id below `upto` and must survive the next flush.
-    """
-
-    after: int = 0
-    upto: int = 0
-    count: int = 0
-    ids: tuple[int, ...] = ()
+    rows: tuple[int, ...] = ()  # row keys (last seqs) to delete
+    partial: tuple[int, int] | None = None  # (row key, done_upto) of a partly done row
+    count: int = 0  # acknowledged jobs (for processed_total)
 
     def __bool__(self) -> bool:
-        return self.count > 0
+        return bool(self.count or self.rows or self.partial)
+
+
+@dataclass(frozen=True, slots=True)
+class _Span:
+    """A stored row as the loop sees it: seqs first..last (the key is `last`)."""
+
+    first: int
+    last: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Page:
+    """Jobs read from disk with the rows they came from."""
+
+    jobs: list[Job]
+    spans: list[_Span]
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    """What open() reads from the file."""
+
+    last_seq: int
+    head_done: int | None  # done_upto of the first regular row, None when there is none
+    head_first: int | None
+    pending: int
+    dead: int
+    processed: int
+    revived: _Page
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,30 +183,46 @@ class QueueStats:
     oldest_pending_age_s: float | None
 
 
+def _encode_event(received_at: float, source: bytes, sequence: int | None, blob: bytes) -> bytes:
+    seq = b"null" if sequence is None else str(sequence).encode()
+    return b"[" + repr(received_at).encode() + b"," + source + b"," + seq + b"," + blob + b"]"
+
+
+def _decode_row(row: tuple[Any, ...]) -> tuple[list[Job], _Span]:
+    """The jobs of one row (key, first_seq, data, timestamp, done_upto, attempts, revived)
+    still to do, and its span."""
+    last, first, data, _ts, done_upto, attempts, _revived = row
+    events = orjson.loads(data)
+    jobs = []
+    for offset, (received_at, source, sequence, payload) in enumerate(events):
+        seq = first + offset
+        if seq <= done_upto:
+            continue
+        jobs.append(Job(seq=seq, payload=payload, received_at=received_at,
+                        attempt=attempts + 1 if seq == done_upto + 1 else 1,
+                        source=source, sequence=sequence))
+    return jobs, _Span(first, last)
+
+
 class _JobTable(SQLiteBase):
-    """persist-queue's SQLite base with the job table, dead letters and idempotency keys."""
+    """persist-queue's SQLite base with job rows, dead letters and idempotency keys."""
 
     _TABLE_NAME = "jobs"
     _KEY_COLUMN = "_id"
     _SQL_CREATE = (
         "CREATE TABLE IF NOT EXISTS {table_name} ("
-        "{key_column} INTEGER PRIMARY KEY AUTOINCREMENT, data BLOB NOT NULL, "
-        "timestamp FLOAT NOT NULL, source TEXT, sequence INTEGER, "
-        "attempts INTEGER NOT NULL DEFAULT 0)"
+        "{key_column} INTEGER PRIMARY KEY AUTOINCREMENT, first_seq INTEGER NOT NULL, "
+        "data BLOB NOT NULL, timestamp FLOAT NOT NULL, done_upto INTEGER NOT NULL, "
+        "attempts INTEGER NOT NULL DEFAULT 0, revived INTEGER NOT NULL DEFAULT 0)"
     )
     _SQL_INSERT = (
-        "INSERT INTO {table_name} ({key_column}, data, timestamp, source, sequence) "
+        "INSERT INTO {table_name} ({key_column}, first_seq, data, timestamp, done_upto) "
         "VALUES (?, ?, ?, ?, ?)"
     )
     _SQL_SELECT = (
-        "SELECT {key_column}, data, timestamp, source, sequence, attempts "
-        "FROM {table_name} WHERE {key_column} > ? ORDER BY {key_column} LIMIT ?"
+        "SELECT " + _JOB_COLUMNS + " FROM {table_name} "
+        "WHERE {key_column} > ? AND revived = 0 ORDER BY {key_column} LIMIT ?"
     )
-    _SQL_DELETE = "DELETE FROM {table_name} WHERE {key_column} > ? AND {key_column} <= ?"
-
-    @property
-    def _sql_delete(self) -> str:
-        return self._SQL_DELETE.format(table_name=self._table_name, key_column=self._key_column)
 
     @property
     def _sql_fetch(self) -> str:
@@ -254,23 +305,45 @@ class _JobTable(SQLiteBase):
 
     # -- everything below runs in the queue's executor thread ---------------------------
 
-    def state(self) -> tuple[int, int, int, int, int]:
-        """(last seq ever assigned, first pending seq or 0, rows, dead letters, processed)."""
+    def state(self) -> _State:
+        """Where the line stands, read once at open."""
         conn: sqlite3.Connection = self._conn
         # persist-queue's _table_name is quoted (`jobs_v1`); sqlite_sequence holds the bare name.
         row = conn.execute(
             "SELECT seq FROM sqlite_sequence WHERE name = ?", (_JOBS_TABLE,)
         ).fetchone()
-        last = row[0] if row else 0
-        (min_id, max_id) = conn.execute(
-            f"SELECT coalesce(min(_id), 0), coalesce(max(_id), 0) FROM {self._table_name}"
+        (max_id, pending) = conn.execute(
+            f"SELECT coalesce(max(_id), 0), coalesce(sum(_id - done_upto), 0) "
+            f"FROM {self._table_name}"
         ).fetchone()
-        (pending,) = conn.execute(f"SELECT count(*) FROM {self._table_name}").fetchone()
+        head = conn.execute(
+            f"SELECT first_seq, done_upto FROM {self._table_name} WHERE revived = 0 "
+            "ORDER BY _id LIMIT 1"
+        ).fetchone()
+        revived_rows = conn.execute(
+            f"SELECT {_JOB_COLUMNS} FROM {self._table_name} WHERE revived = 1 ORDER BY _id"
+        ).fetchall()
         (dead,) = conn.execute("SELECT count(*) FROM dead_letters").fetchone()
         (processed,) = conn.execute(
             "SELECT value FROM meta WHERE key = 'processed_total'"
         ).fetchone()
-        return max(last, max_id), min_id, pending, dead, processed
+        return _State(
+            last_seq=max(row[0] if row else 0, max_id),
+            head_first=head[0] if head else None,
+            head_done=head[1] if head else None,
+            pending=pending, dead=dead, processed=processed,
+            revived=self._page(revived_rows),
+        )
+
+    @staticmethod
+    def _page(rows: list[tuple[Any, ...]]) -> _Page:
+        jobs: list[Job] = []
+        spans: list[_Span] = []
+        for row in rows:
+            row_jobs, span = _decode_row(row)
+            jobs += row_jobs
+            spans.append(span)
+        return _Page(jobs, spans)
 
     def lookup_key(self, key: str, ttl_s: float) -> Accepted | None:
         """The first answer given for an Idempotency-Key still retained, if any."""
@@ -289,38 +362,79 @@ class _JobTable(SQLiteBase):
         return Accepted(accepted=row[2], first_seq=row[0], last_seq=row[1], replayed=True)
 
     def _apply_acks(self, conn: sqlite3.Connection, acks: _Acks) -> None:
-        if acks.upto > acks.after:
-            conn.execute(self._sql_delete, (acks.after, acks.upto))
-        if acks.ids:
+        if acks.rows:
             conn.executemany(
-                f"DELETE FROM {self._table_name} WHERE _id = ?", [(i,) for i in acks.ids]
+                f"DELETE FROM {self._table_name} WHERE _id = ?", [(r,) for r in acks.rows]
             )
-        conn.execute(
-            "UPDATE meta SET value = value + ? WHERE key = 'processed_total'", (acks.count,)
-        )
+        if acks.partial is not None:
+            key, done = acks.partial
+            conn.execute(
+                f"UPDATE {self._table_name} SET done_upto = ?, attempts = 0 "
+                "WHERE _id = ? AND done_upto < ?",
+                (done, key, done),
+            )
+        if acks.count:
+            conn.execute(
+                "UPDATE meta SET value = value + ? WHERE key = 'processed_total'", (acks.count,)
+            )
 
     def commit(self, puts: list[_Put], next_seq: int, acks: _Acks, ttl_s: float
-               ) -> list[Accepted]:
+               ) -> tuple[list[Accepted], list[_Span]]:
         """One transaction: the acknowledgements so far, then every request's events.
 
-        The transaction is all or none, so each request is too. Rows go in with few
-        multi-row INSERTs: each statement releases and retakes the GIL, which the busy
-        event loop holds most of the time.
+        The transaction is all or none, so each request is too. The events of all the
+        requests go into as few rows as the row limits allow; in the common case that is
+        one INSERT in autocommit mode, one statement (each statement releases and retakes
+        the GIL, which the busy event loop holds most of the time).
         """
         conn: sqlite3.Connection = self._conn
+        now = time.time()
         results: list[Accepted] = []
-        params: list[Any] = []
-        if puts and not acks and all(p.key is None and p.revive is None for p in puts):
-            # The common case: fresh events only. One INSERT in autocommit mode is one
-            # transaction and one statement (one GIL release instead of three).
-            for put in puts:
-                results.append(self._rows_of(put, next_seq, params))
-                next_seq += len(put.blobs)
-            if len(params) <= _MAX_CHUNK * _COLUMNS:
-                conn.execute(_multi_row(self._sql_insert, len(params) // _COLUMNS), params)
-                return results
-            results.clear()  # too many rows for one statement: the general path below
-            next_seq -= len(params) // _COLUMNS
+        rows: list[tuple[int, int, bytes, float, int]] = []
+        revived: list[tuple[int]] = []
+        keys: dict[str, Accepted] = {}
+        # Reads first (this thread is the only writer, so they cannot go stale), then
+        # all writes in one transaction.
+        row_events: list[bytes] = []
+        row_first = next_seq
+        row_bytes = 0
+        row_ts = 0.0
+        for put in puts:
+            known = None
+            if put.key is not None:
+                known = keys.get(put.key) or self._known_key(conn, put.key, now - ttl_s)
+            if known is not None:
+                results.append(known)
+                continue
+            source = orjson.dumps(put.source)
+            for i, blob in enumerate(put.blobs):
+                if row_events and (len(row_events) >= _ROW_MAX_EVENTS
+                                   or row_bytes + len(blob) > _ROW_MAX_BYTES):
+                    rows.append(_row(row_first, next_seq - 1, row_events, row_ts))
+                    row_events, row_first, row_bytes = [], next_seq, 0
+                if not row_events:
+                    row_ts = put.received_at
+                row_events.append(_encode_event(
+                    put.received_at, source,
+                    None if put.sequence is None else put.sequence + i, blob,
+                ))
+                row_bytes += len(blob)
+                next_seq += 1
+            count = len(put.blobs)
+            result = Accepted(accepted=count, first_seq=next_seq - count, last_seq=next_seq - 1)
+            if put.key is not None:
+                keys[put.key] = dataclasses.replace(result, replayed=True)
+            if put.revive is not None:
+                revived.append((put.revive,))
+            results.append(result)
+        if row_events:
+            rows.append(_row(row_first, next_seq - 1, row_events, row_ts))
+        if not acks and not revived and not keys and len(rows) <= 1:
+            # The common case: one row of fresh events. One INSERT in autocommit mode is
+            # one transaction and one statement.
+            if rows:
+                conn.execute(self._sql_insert, rows[0])
+            return results, [_Span(r[1], r[0]) for r in rows]
         durable = bool(puts)
         if not durable and self._durability == "full":
             # An acknowledgement need not be fsynced: losing one only replays a job, and
@@ -330,24 +444,8 @@ class _JobTable(SQLiteBase):
             with _transaction(conn):
                 if acks:
                     self._apply_acks(conn, acks)
-                now = time.time()
-                params = []
-                keys: dict[str, Accepted] = {}
-                for put in puts:
-                    known = None
-                    if put.key is not None:
-                        known = keys.get(put.key) or self._known_key(conn, put.key, now - ttl_s)
-                    if known is not None:
-                        results.append(known)
-                        continue
-                    count = len(put.blobs)
-                    result = self._rows_of(put, next_seq, params)
-                    if put.key is not None:
-                        keys[put.key] = dataclasses.replace(result, replayed=True)
-                    results.append(result)
-                    next_seq += count
-                self._insert_rows(conn, params)
-                revived = [(p.revive,) for p in puts if p.revive is not None]
+                if rows:
+                    conn.executemany(self._sql_insert, rows)
                 if revived:
                     conn.executemany("DELETE FROM dead_letters WHERE seq = ?", revived)
                 if keys:
@@ -358,65 +456,48 @@ class _JobTable(SQLiteBase):
         finally:
             if not durable and self._durability == "full":
                 conn.execute("PRAGMA synchronous=FULL")
-        return results
+        return results, [_Span(r[1], r[0]) for r in rows]
 
-    @staticmethod
-    def _rows_of(put: _Put, first: int, params: list[Any]) -> Accepted:
-        """Append the INSERT parameters of `put`'s rows, numbered from `first`."""
-        for i, blob in enumerate(put.blobs):
-            params += (first + i, blob, put.received_at, put.source,
-                       None if put.sequence is None else put.sequence + i)
-        count = len(put.blobs)
-        return Accepted(accepted=count, first_seq=first, last_seq=first + count - 1)
-
-    def _insert_rows(self, conn: sqlite3.Connection, params: list[Any]) -> None:
-        """INSERT rows of 5 parameters, in chunks of power-of-two size (few distinct SQL
-        texts, so every statement stays in the connection's cache)."""
-        rows = len(params) // _COLUMNS
-        done = 0
-        while done < rows:
-            chunk = min(_MAX_CHUNK, 1 << ((rows - done).bit_length() - 1))
-            conn.execute(
-                _multi_row(self._sql_insert, chunk),
-                params[done * _COLUMNS : (done + chunk) * _COLUMNS],
-            )
-            done += chunk
-
-    def fetch(self, after: int, limit: int) -> list[Job]:
-        """The next jobs with seq > `after`, in order."""
+    def fetch(self, after: int, limit_rows: int) -> _Page:
+        """The regular rows whose last seq is > `after`, in order."""
         conn: sqlite3.Connection = self._conn
-        rows = conn.execute(self._sql_fetch, (after, limit)).fetchall()
-        return [
-            Job(seq=r[0], payload=orjson.loads(r[1]), received_at=r[2], attempt=r[5] + 1,
-                source=r[3], sequence=r[4])
-            for r in rows
-        ]
+        return self._page(conn.execute(self._sql_fetch, (after, limit_rows)).fetchall())
 
     def oldest_after(self, after: int) -> float | None:
         conn: sqlite3.Connection = self._conn
         row = conn.execute(
-            f"SELECT timestamp FROM {self._table_name} WHERE _id > ? ORDER BY _id LIMIT 1",
+            f"SELECT min(timestamp) FROM (SELECT timestamp FROM {self._table_name} "
+            "WHERE _id > ? ORDER BY _id LIMIT 1)",
             (after,),
         ).fetchone()
-        return None if row is None else float(row[0])
+        return None if row is None or row[0] is None else float(row[0])
 
-    def set_attempts(self, seq: int, attempts: int) -> None:
+    def set_attempts(self, key: int, seq: int, attempts: int) -> None:
+        """Job `seq` (in row `key`) failed `attempts` times; the jobs before it are done."""
         conn: sqlite3.Connection = self._conn
-        conn.execute(f"UPDATE {self._table_name} SET attempts = ? WHERE _id = ?", (attempts, seq))
+        conn.execute(
+            f"UPDATE {self._table_name} SET attempts = ?, done_upto = ? WHERE _id = ?",
+            (attempts, seq - 1, key),
+        )
 
-    def bury(self, seq: int, attempts: int, error: str, acks: _Acks) -> None:
-        """Move job `seq` to the dead letters (and flush earlier acknowledgements)."""
+    def bury(self, job: Job, key: int, error: str, acks: _Acks) -> None:
+        """Move `job` (in row `key`) to the dead letters (and flush earlier acknowledgements)."""
         conn: sqlite3.Connection = self._conn
         with _transaction(conn):
             if acks:
                 self._apply_acks(conn, acks)
             conn.execute(
-                "INSERT OR REPLACE INTO dead_letters "
-                f"SELECT _id, data, timestamp, source, sequence, ?, ?, ? FROM {self._table_name} "
-                "WHERE _id = ?",
-                (attempts, error, time.time(), seq),
+                "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (job.seq, orjson.dumps(job.payload), job.received_at, job.source, job.sequence,
+                 job.attempt, error, time.time()),
             )
-            conn.execute(f"DELETE FROM {self._table_name} WHERE _id = ?", (seq,))
+            if job.seq >= key:  # the row's last job: the row is done
+                conn.execute(f"DELETE FROM {self._table_name} WHERE _id = ?", (key,))
+            else:
+                conn.execute(
+                    f"UPDATE {self._table_name} SET done_upto = ?, attempts = 0 WHERE _id = ?",
+                    (job.seq, key),
+                )
 
     def dead(self, limit: int, offset: int) -> list[DeadJob]:
         conn: sqlite3.Connection = self._conn
@@ -425,16 +506,7 @@ class _JobTable(SQLiteBase):
             "FROM dead_letters ORDER BY seq LIMIT ? OFFSET ?",
             (limit, offset),
         ).fetchall()
-        return [
-            DeadJob(seq=r[0], payload=orjson.loads(r[1]), received_at=r[2], source=r[3],
-                    sequence=r[4], attempts=r[5], error=r[6], failed_at=r[7])
-            for r in rows
-        ]
-
-    def purge_keys(self, older_than: float) -> int:
-        conn: sqlite3.Connection = self._conn
-        cur = conn.execute("DELETE FROM idempotency_keys WHERE created_at <= ?", (older_than,))
-        return cur.rowcount
+        return [_dead_job(r) for r in rows]
 
     def dead_one(self, seq: int) -> DeadJob | None:
         conn: sqlite3.Connection = self._conn
@@ -443,14 +515,15 @@ class _JobTable(SQLiteBase):
             "FROM dead_letters WHERE seq = ?",
             (seq,),
         ).fetchone()
-        if row is None:
-            return None
-        return DeadJob(seq=row[0], payload=orjson.loads(row[1]), received_at=row[2],
-                       source=row[3], sequence=row[4], attempts=row[5], error=row[6],
-                       failed_at=row[7])
+        return None if row is None else _dead_job(row)
+
+    def purge_keys(self, older_than: float) -> int:
+        conn: sqlite3.Connection = self._conn
+        cur = conn.execute("DELETE FROM idempotency_keys WHERE created_at <= ?", (older_than,))
+        return cur.rowcount
 
     def revive(self, seqs: Sequence[int], acks: _Acks) -> list[Job]:
-        """Move dead letters back into the job table under their old seqs."""
+        """Move dead letters back into the job table under their old seqs, first in line."""
         conn: sqlite3.Connection = self._conn
         revived: list[Job] = []
         with _transaction(conn):
@@ -463,7 +536,12 @@ class _JobTable(SQLiteBase):
                 ).fetchone()
                 if row is None:
                     continue
-                conn.execute(self._sql_insert, (seq, row[0], row[1], row[2], row[3]))
+                event = _encode_event(row[1], orjson.dumps(row[2]), row[3], row[0])
+                conn.execute(
+                    f"INSERT INTO {self._table_name} ({_JOB_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?, 0, 1)",
+                    (seq, seq, b"[" + event + b"]", row[1], seq - 1),
+                )
                 conn.execute("DELETE FROM dead_letters WHERE seq = ?", (seq,))
                 revived.append(Job(seq=seq, payload=orjson.loads(row[0]), received_at=row[1],
                                    source=row[2], sequence=row[3]))
@@ -489,15 +567,84 @@ class _JobTable(SQLiteBase):
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
+def _row(first: int, last: int, events: list[bytes], ts: float
+         ) -> tuple[int, int, bytes, float, int]:
+    """INSERT parameters of a row: key (last seq), first seq, data, timestamp, done_upto."""
+    return (last, first, b"[" + b",".join(events) + b"]", ts, first - 1)
+
+
+def _dead_job(r: tuple[Any, ...]) -> DeadJob:
+    return DeadJob(seq=r[0], payload=orjson.loads(r[1]), received_at=r[2], source=r[3],
+                   sequence=r[4], attempts=r[5], error=r[6], failed_at=r[7])
+
+
 def integrity_problems(conn: sqlite3.Connection, *, full: bool = False) -> list[str]:
-    """What SQLite's own check finds wrong with the open database; [] when it is sound."""
+    """What is wrong with the open database; [] when it is sound.
+
+    Quick: SQLite's quick_check (the b-trees hold together). Full: integrity_check, and
+    every job row and dead letter must decode the way the worker will decode it (a row
+    SQLite finds sound but whose data is not our JSON would stop the worker later).
+    """
     pragma = "integrity_check" if full else "quick_check"
     try:
         rows = conn.execute(f"PRAGMA {pragma}(20)").fetchall()
     except sqlite3.DatabaseError as exc:
         return [str(exc)]
     found = [str(r[0]) for r in rows]
-    return [] if found == ["ok"] else found
+    if found != ["ok"]:
+        return found
+    return _content_problems(conn) if full else []
+
+
+def _content_problems(conn: sqlite3.Connection, limit: int = 20) -> list[str]:
+    """Job rows and dead letters that the worker could not decode (at most `limit`)."""
+    problems: list[str] = []
+    try:
+        for row in conn.execute(f"SELECT {_JOB_COLUMNS} FROM {_JOBS_TABLE} ORDER BY _id"):
+            if _bad_job_row(row):
+                problems.append(f"job row {row[0]}: {_bad_job_row(row)}")
+                if len(problems) >= limit:
+                    return problems
+        for row in conn.execute(f"SELECT {_DEAD_COLUMNS} FROM dead_letters ORDER BY seq"):
+            if _bad_dead_row(row):
+                problems.append(f"dead letter {row[0]}: {_bad_dead_row(row)}")
+                if len(problems) >= limit:
+                    return problems
+    except sqlite3.Error as exc:
+        problems.append(str(exc))
+    return problems
+
+
+def _bad_job_row(row: tuple[Any, ...]) -> str:
+    """Why a job row cannot be used as it is ("" when it can)."""
+    try:
+        last, first, data, ts, done_upto, attempts, revived = row
+        if not (isinstance(last, int) and isinstance(first, int) and first <= last):
+            return "bad seq range"
+        if not (isinstance(done_upto, int) and first - 1 <= done_upto <= last):
+            return "done_upto out of range"
+        if not (isinstance(attempts, int) and attempts >= 0 and revived in (0, 1)
+                and isinstance(ts, int | float) and isinstance(data, bytes)):
+            return "bad column types"
+        events = orjson.loads(data)
+        if not isinstance(events, list) or len(events) != last - first + 1:
+            return "event count does not match the seq range"
+        _decode_row(row)
+    except (ValueError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
+        return f"undecodable ({exc})"
+    return ""
+
+
+def _bad_dead_row(row: tuple[Any, ...]) -> str:
+    """Why a dead-letter row cannot be used as it is ("" when it can)."""
+    try:
+        if not (isinstance(row[0], int) and isinstance(row[1], bytes)
+                and isinstance(row[6], str)):
+            return "bad column types"
+        _dead_job(row)
+    except (ValueError, TypeError, IndexError) as exc:
+        return f"undecodable ({exc})"
+    return ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -516,13 +663,19 @@ class FileReport:
 
 
 def inspect_file(data_dir: Path, *, full: bool = False) -> FileReport:
-    """Read-only look at the queue file of a stopped daemon (no loop is running)."""
+    """Read-only look at the queue file of a stopped (or running) daemon.
+
+    The file is opened read-only: SQLite reads a WAL left by a crash without merging it
+    into the file, so checking changes nothing, not even a damaged file. The -shm (and
+    -wal) SQLite may have to create for that are given the owner of the queue file, so
+    that running this as root does not lock the daemon's own user out of them.
+    """
     path = data_dir / QUEUE_FILE
     if not path.exists():
         return FileReport(path=path, exists=False, problems=[])
+    before = {s: Path(f"{path}{s}").exists() for s in ("-wal", "-shm")}
     try:
-        # Not read-only: a WAL file left by a crash must be recovered to be read.
-        conn = sqlite3.connect(path, timeout=1.0, isolation_level=None)
+        conn = _connect_read_only(path)
     except sqlite3.Error as exc:
         return FileReport(path=path, exists=True, problems=[str(exc)])
     try:
@@ -535,7 +688,8 @@ def inspect_file(data_dir: Path, *, full: bool = False) -> FileReport:
                 "SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)
             ).fetchone()
             pending, oldest, max_id = conn.execute(
-                f"SELECT count(*), min(timestamp), coalesce(max(_id), 0) FROM {table}"
+                f"SELECT coalesce(sum(_id - done_upto), 0), min(timestamp), "
+                f"coalesce(max(_id), 0) FROM {table}"
             ).fetchone()
             (dead,) = conn.execute("SELECT count(*) FROM dead_letters").fetchone()
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
@@ -549,121 +703,265 @@ def inspect_file(data_dir: Path, *, full: bool = False) -> FileReport:
         )
     finally:
         conn.close()
+        _give_back(path, [s for s, existed in before.items() if not existed])
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection: no checkpoint on close, no write of any kind."""
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=1.0,
+                           isolation_level=None)
+
+
+def _give_back(path: Path, suffixes: list[str]) -> None:
+    """Give files SQLite created next to `path` (-wal, -shm) the owner of `path`."""
+    with contextlib.suppress(OSError):
+        owner = path.stat()
+        for suffix in suffixes:
+            created = Path(f"{path}{suffix}")
+            if created.exists() and created.stat().st_uid != owner.st_uid:
+                os.chown(created, owner.st_uid, owner.st_gid)
+
+
+def read_pending(data_dir: Path) -> list[Job]:
+    """Every job not yet done in a stopped daemon's queue file, in line order.
+
+    For tools and tests that look at the file from outside; the daemon never calls it.
+    """
+    path = data_dir / QUEUE_FILE
+    conn = sqlite3.connect(path, timeout=1.0, isolation_level=None)
+    try:
+        revived = conn.execute(
+            f"SELECT {_JOB_COLUMNS} FROM {_JOBS_TABLE} WHERE revived = 1 ORDER BY _id"
+        ).fetchall()
+        regular = conn.execute(
+            f"SELECT {_JOB_COLUMNS} FROM {_JOBS_TABLE} WHERE revived = 0 ORDER BY _id"
+        ).fetchall()
+    finally:
+        conn.close()
+    return _JobTable._page(revived).jobs + _JobTable._page(regular).jobs
 
 
 @dataclass(frozen=True, slots=True)
 class RecoverReport:
-    """What `collector recover` did."""
+    """What `collector recover` did (or, with dry_run, would do)."""
 
     damaged_moved_to: Path
-    jobs_salvaged: int
+    jobs_salvaged: int  # jobs still to do, in the salvaged rows
     dead_salvaged: int
-    unreadable_ranges: list[tuple[int, int]]
+    unreadable_ranges: list[tuple[int, int]]  # seqs whose jobs could not be read
     next_seq: int
+    keys_salvaged: int = 0  # Idempotency-Keys kept
+    rows_salvaged: int = 0
+    dry_run: bool = False
 
 
-_SEQ_MARGIN_WHEN_UNKNOWN: Final = 1_000_000_000
+class NothingToRecoverError(StorageError):
+    """There is no queue file in the data dir."""
 
 
-def recover_file(data_dir: Path) -> RecoverReport:
+_SALVAGE_PROBES: Final = 20_000  # reads per table before the rest is given up as unreadable
+_ROWID_MIN: Final = -(2**63)
+_ROWID_MAX: Final = 2**63 - 1
+_DEAD_COLUMNS: Final = "seq, data, timestamp, source, sequence, attempts, error, failed_at"
+_KEY_COLUMNS: Final = "key, first_seq, last_seq, accepted, created_at"
+
+
+def recover_file(data_dir: Path, *, dry_run: bool = False) -> RecoverReport:
     """Move a damaged queue file aside and salvage every readable job, in order.
 
-    The damaged file (and its -wal/-shm) is renamed, never deleted. Jobs keep their
-    seq. If the highest seq ever used cannot be read, new seqs start far above the
-    salvaged ones, so that no handler mistakes a new job for one it already applied.
+    The damaged file (and its -wal/-shm) is renamed, never deleted, and never written:
+    it is read through a read-only connection. Jobs keep their seq (and their failed
+    attempts); dead letters and Idempotency-Keys are kept too. If the highest seq ever
+    used cannot be read, new seqs start far above the salvaged ones, so that no handler
+    mistakes a new job for one it already applied.
+
+    The new file is built completely under a temporary directory first; only then are
+    the damaged files renamed aside and the new one renamed into place, so a crash
+    during the (possibly long) salvage leaves the data dir as it was. The caller holds
+    the data dir's lock, so no daemon starts in between. With `dry_run`, nothing is
+    written or moved: the report says what would be salvaged.
     """
     path = data_dir / QUEUE_FILE
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    aside = path.with_name(f"{QUEUE_FILE}.damaged-{stamp}")
-    for suffix in ("", "-wal", "-shm"):
-        src = Path(f"{path}{suffix}")
-        if src.exists():
-            src.rename(Path(f"{aside}{suffix}"))
-    old = sqlite3.connect(aside, isolation_level=None)
+    if not path.exists():
+        raise NothingToRecoverError(f"no queue file {path}: nothing to recover")
+    before = {s: Path(f"{path}{s}").exists() for s in ("-wal", "-shm")}
+    old = _open_for_salvage(path)
     try:
-        jobs, unreadable = _salvage_rows(
-            old, "jobs_v1", "_id", "_id, data, timestamp, source, sequence, attempts"
-        )
-        dead, _ = _salvage_rows(
-            old, "dead_letters", "seq",
-            "seq, data, timestamp, source, sequence, attempts, error, failed_at",
-        )
-        try:
-            row = old.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs_v1'").fetchone()
-            known_last: int | None = row[0] if row else 0
-        except sqlite3.Error:
-            known_last = None
-        try:
-            meta = dict(old.execute("SELECT key, value FROM meta").fetchall())
-        except sqlite3.Error:
-            meta = {}
+        jobs, bad_keys = _salvage(old, _JOBS_TABLE, _JOB_COLUMNS, _bad_job_row)
+        dead, _ = _salvage(old, "dead_letters", _DEAD_COLUMNS, _bad_dead_row)
+        keys, _ = _salvage(old, "idempotency_keys", _KEY_COLUMNS, _bad_key_row)
+        known_last = _read_or_none(
+            old, "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'jobs_v1'")
+        processed = _read_or_none(
+            old, "SELECT value FROM meta WHERE key = 'processed_total'")
     finally:
-        old.close()
+        if old is not None:
+            old.close()
+        _give_back(path, [s for s, existed in before.items() if not existed])
     highest = max([r[0] for r in jobs] + [r[0] for r in dead] + [0])
     last = highest + _SEQ_MARGIN_WHEN_UNKNOWN if known_last is None else max(known_last, highest)
-    table = _JobTable(data_dir, durability="full")
+    report = RecoverReport(
+        damaged_moved_to=_aside_name(path), jobs_salvaged=sum(r[0] - r[4] for r in jobs),
+        dead_salvaged=len(dead), unreadable_ranges=_lost_seqs(jobs, bad_keys, last),
+        next_seq=last + 1, keys_salvaged=len(keys), rows_salvaged=len(jobs), dry_run=dry_run,
+    )
+    if dry_run:
+        return report
+    build = Path(tempfile.mkdtemp(prefix=".recover-", dir=data_dir))
+    table = _JobTable(build, durability="full")
     conn: sqlite3.Connection = table._conn
     with _transaction(conn):
         conn.executemany(
-            "INSERT INTO jobs_v1 (_id, data, timestamp, source, sequence, attempts) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            jobs,
-        )
-        conn.executemany("INSERT INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?, ?)", dead)
+            f"INSERT INTO {_JOBS_TABLE} ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", jobs)
+        conn.executemany(f"INSERT INTO dead_letters ({_DEAD_COLUMNS}) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", dead)
+        conn.executemany(f"INSERT INTO idempotency_keys ({_KEY_COLUMNS}) "
+                         "VALUES (?, ?, ?, ?, ?)", keys)
         # sqlite_sequence has no unique name: update the row the inserts made, or add one.
         if not conn.execute(
             "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'jobs_v1'", (last,)
         ).rowcount:
             conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs_v1', ?)", (last,))
-        conn.execute(
-            "UPDATE meta SET value = ? WHERE key = 'processed_total'",
-            (int(meta.get("processed_total", 0)),),
-        )
-    table.close()
-    return RecoverReport(damaged_moved_to=aside, jobs_salvaged=len(jobs),
-                         dead_salvaged=len(dead), unreadable_ranges=unreadable,
-                         next_seq=last + 1)
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'processed_total'",
+                     (processed or 0,))
+    table.checkpoint()
+    table.close()  # marks a clean stop
+    _fsync(build / QUEUE_FILE)
+    aside = report.damaged_moved_to
+    # The WAL first: a fresh queue.db next to the old WAL would read the old frames.
+    for suffix in ("-wal", "-shm", ""):
+        src = Path(f"{path}{suffix}")
+        if src.exists():
+            src.rename(Path(f"{aside}{suffix}"))
+    (build / QUEUE_FILE).rename(path)
+    with contextlib.suppress(OSError):
+        shutil.rmtree(build)
+    _fsync(data_dir)
+    return report
 
 
-def _salvage_rows(
-    conn: sqlite3.Connection, table: str, key: str, columns: str
+def _open_for_salvage(path: Path) -> sqlite3.Connection | None:
+    """A read-only connection that reads what it can, or None if nothing can be read."""
+    try:
+        conn = _connect_read_only(path)
+    except sqlite3.Error:
+        return None
+    try:
+        # A file shorter than its header says (truncated) is refused as a whole unless
+        # the schema checks are relaxed; on a read-only connection this writes nothing.
+        conn.execute("PRAGMA writable_schema = ON")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error:
+        conn.close()  # not a database at all, or its schema is gone
+        return None
+    return conn
+
+
+def _aside_name(path: Path) -> Path:
+    """A name for the damaged file that no earlier recovery used."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    aside = path.with_name(f"{QUEUE_FILE}.damaged-{stamp}")
+    n = 1
+    while any(Path(f"{aside}{s}").exists() for s in ("", "-wal", "-shm")):
+        n += 1
+        aside = path.with_name(f"{QUEUE_FILE}.damaged-{stamp}-{n}")
+    return aside
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_or_none(conn: sqlite3.Connection | None, sql: str) -> int | None:
+    """One integer from `sql`, or None when it cannot be read."""
+    if conn is None:
+        return None
+    try:
+        row = conn.execute(sql).fetchone()
+    except sqlite3.Error:
+        return None
+    return row[0] if row and isinstance(row[0], int) else None
+
+
+def _bad_key_row(row: tuple[Any, ...]) -> str:
+    key, first, last, accepted, created = row
+    ok = (isinstance(key, str) and isinstance(first, int) and isinstance(last, int)
+          and isinstance(accepted, int) and isinstance(created, int | float))
+    return "" if ok else "bad column types"
+
+
+def _salvage(
+    conn: sqlite3.Connection | None, table: str, columns: str,
+    bad: Callable[[tuple[Any, ...]], str],
 ) -> tuple[list[tuple[Any, ...]], list[tuple[int, int]]]:
-    """Every readable row of `table` in key order; unreadable key ranges are skipped."""
-    try:
-        return conn.execute(f"SELECT {columns} FROM {table} ORDER BY {key}").fetchall(), []
-    except sqlite3.Error:
-        pass
-    try:
-        (low, high) = conn.execute(f"SELECT min({key}), max({key}) FROM {table}").fetchone()
-    except sqlite3.Error:
-        low, high = None, None
-    if low is None or high is None:
-        # The index itself is unreadable: walk the rowids blindly up to a plausible bound.
-        low, high = 1, 10_000_000
-    rows: list[tuple[Any, ...]] = []
+    """Every readable, decodable row of `table` in rowid order, and the rowid ranges
+    that could not be read (or decoded).
+
+    One ordered read does it when the table is sound. When a read fails, the rest of its
+    range is split in halves and each half read again, breadth first, so the readable
+    rows around a damaged page are found with a number of reads that grows with the
+    damage, not with the size of the file, and never beyond _SALVAGE_PROBES.
+    """
+    if conn is None:
+        return [], [(_ROWID_MIN, _ROWID_MAX)]
+    sql = (f"SELECT rowid, {columns} FROM {table} "
+           "WHERE rowid BETWEEN ? AND ? ORDER BY rowid")
+    found: dict[int, tuple[Any, ...]] = {}  # rowid -> row (a range may be read twice)
     unreadable: list[tuple[int, int]] = []
-    stack = [(int(low), int(high))]
-    while stack:
-        a, b = stack.pop()
+    todo: deque[tuple[int, int]] = deque([(_ROWID_MIN, _ROWID_MAX)])
+    probes = 0
+    while todo:
+        low, high = todo.popleft()
+        if probes >= _SALVAGE_PROBES:
+            unreadable.append((low, high))
+            continue
+        probes += 1
         try:
-            rows += conn.execute(
-                f"SELECT {columns} FROM {table} WHERE {key} BETWEEN ? AND ? ORDER BY {key}",
-                (a, b),
-            ).fetchall()
-        except sqlite3.Error:
-            if a == b:
-                unreadable.append((a, b))
-            else:
-                mid = (a + b) // 2
-                stack += [(mid + 1, b), (a, mid)]
-    rows.sort(key=lambda r: int(r[0]))
+            for row in conn.execute(sql, (low, high)):
+                low = row[0] + 1
+                if bad(row[1:]):
+                    unreadable.append((row[0], row[0]))
+                else:
+                    found[row[0]] = row[1:]
+            continue
+        except sqlite3.Error as exc:
+            if "no such table" in str(exc):
+                return [], []  # never created: nothing lost
+        if low > high:
+            continue
+        if low == high:
+            unreadable.append((low, low))
+            continue
+        middle = low + (high - low) // 2
+        todo.extend([(low, middle), (middle + 1, high)])
     merged: list[tuple[int, int]] = []
     for a, b in sorted(unreadable):
-        if merged and merged[-1][1] + 1 == a:
-            merged[-1] = (merged[-1][0], b)
+        if merged and merged[-1][1] + 1 >= a:
+            merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
         else:
             merged.append((a, b))
-    return rows, merged
+    return [found[rowid] for rowid in sorted(found)], merged
+
+
+def _lost_seqs(jobs: list[tuple[Any, ...]], bad_keys: list[tuple[int, int]], last: int
+               ) -> list[tuple[int, int]]:
+    """The seqs whose jobs may sit in the unreadable rows (keys are rows' last seqs)."""
+    lost: list[tuple[int, int]] = []
+    keys = [int(r[0]) for r in jobs]
+    firsts = [int(r[1]) for r in jobs]
+    for a, b in bad_keys:
+        before = bisect.bisect_left(keys, a)
+        after = bisect.bisect_right(keys, b)
+        low = keys[before - 1] + 1 if before else 1
+        high = firsts[after] - 1 if after < len(keys) else last
+        low, high = max(low, 1), min(high, b, last)
+        if low <= high and (not lost or lost[-1][1] < low):
+            lost.append((low, high))
+    return lost
 
 
 @contextlib.contextmanager
@@ -677,12 +975,6 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-
-
-@functools.lru_cache(maxsize=32)
-def _multi_row(insert: str, rows: int) -> str:
-    """`insert` (ending in one VALUES tuple) extended to `rows` tuples."""
-    return insert + ", (?, ?, ?, ?, ?)" * (rows - 1)
 
 
 def _translate(exc: BaseException) -> Exception:
@@ -720,25 +1012,27 @@ class DurableQueue:
         self._closing = False
         # Group commit.
         self._puts: list[_Put] = []
-        self._queued_events = 0  # events in self._puts, not yet committed
+        self._queued_events = 0  # events in puts not yet settled (counted against the bound)
         self._commit_wanted = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
         # Sequence bookkeeping (all on the loop).
         self._next_seq = 1  # next seq to assign
-        self._rows = 0  # rows in the job table (pending + acked-but-not-flushed)
+        self._stored = 0  # jobs in the file not yet known done there
         self._dead = 0
         self._processed_flushed = 0
-        self._done_upto = 0  # every job <= this is acknowledged or dead (but see _extra)
-        self._flushed_upto = 0  # acknowledgements <= this are committed or being committed
+        self._done_upto = 0  # every regular job <= this is acknowledged or dead
         self._acks = 0  # acknowledgements not yet committed
-        self._extra: list[int] = []  # acknowledged ids below _flushed_upto (put back jobs)
+        self._done_rows: list[int] = []  # keys of rows wholly done, not yet deleted
         self._acks_committing = 0  # acknowledgements inside a running transaction
         self._flush_timer: asyncio.TimerHandle | None = None
         self._flush_requested = False
-        # Hand-off to the worker.
+        # Hand-off to the worker: the window holds jobs of whole rows, `_spans` those rows
+        # (oldest first, including rows whose jobs were already taken but are not done).
         self._window: deque[Job] = deque()
+        self._spans: deque[_Span] = deque()
         self._revived: deque[Job] = deque()  # dead letters put back in their old place
-        self._cursor = 0  # highest seq handed to the worker (or in the window)
+        self._revived_seqs: set[int] = set()
+        self._cursor = 0  # highest seq handed to the window
         self._wakeup = asyncio.Event()
         self._in_flight: Job | None = None
         #: Called after each successful group commit with (requests, rows, seconds); the
@@ -756,9 +1050,7 @@ class DurableQueue:
                 lambda: _JobTable(self._dir, durability=self._durability,
                                   max_bytes=self._max_bytes),
             )
-            last, first, rows, dead, processed = await loop.run_in_executor(
-                self._executor, self._table.state
-            )
+            state = await loop.run_in_executor(self._executor, self._table.state)
         except BaseException as exc:
             if self._table is not None:
                 await loop.run_in_executor(self._executor, self._table.close_connection)
@@ -770,13 +1062,20 @@ class DurableQueue:
                     raise QueueCorruptError(self.path, [str(exc)]) from None
                 raise StorageError(f"cannot open {self.path}: {exc}") from None
             raise
-        self._next_seq = last + 1
-        self._done_upto = self._cursor = self._flushed_upto = (first - 1) if rows else last
-        self._rows, self._dead, self._processed_flushed = rows, dead, processed
+        self._next_seq = state.last_seq + 1
+        if state.head_first is None or state.head_done is None:
+            self._done_upto = self._cursor = state.last_seq
+        else:
+            self._done_upto = state.head_done
+            self._cursor = state.head_first - 1
+        self._stored, self._dead = state.pending, state.dead
+        self._processed_flushed = state.processed
+        self._revived.extend(state.revived.jobs)
+        self._revived_seqs.update(job.seq for job in state.revived.jobs)
         self._open = True
         self._committer = asyncio.create_task(self._commit_loop(), name="queue-committer")
-        log.info("queue_opened", path=str(self.path), pending=rows, dead=dead,
-                 last_seq=last, durability=self._durability)
+        log.info("queue_opened", path=str(self.path), pending=state.pending, dead=state.dead,
+                 last_seq=state.last_seq, durability=self._durability)
 
     async def close(self) -> None:
         """Commit what is waiting (requests and acknowledgements), then close the file."""
@@ -797,7 +1096,7 @@ class DurableQueue:
         await loop.run_in_executor(self._executor, table.close)
         self._executor.shutdown(wait=True)
         self._open = False
-        log.info("queue_closed", pending=self._rows, processed_total=self.processed_total)
+        log.info("queue_closed", pending=self.pending, processed_total=self.processed_total)
 
     @property
     def path(self) -> Path:
@@ -816,23 +1115,23 @@ class DurableQueue:
 
     def _take_acks(self) -> _Acks:
         """Hand the uncommitted acknowledgements to a transaction about to run."""
-        acks = _Acks(after=self._flushed_upto, upto=self._done_upto, count=self._acks,
-                     ids=tuple(self._extra))
+        partial = None
+        if self._spans and self._spans[0].first <= self._done_upto < self._spans[0].last:
+            partial = (self._spans[0].last, self._done_upto)
+        acks = _Acks(rows=tuple(self._done_rows), partial=partial, count=self._acks)
         self._acks = 0
-        self._extra = []
-        self._flushed_upto = self._done_upto
+        self._done_rows = []
         self._acks_committing += acks.count
         return acks
 
     def _acks_settled(self, acks: _Acks, *, committed: bool) -> None:
         self._acks_committing -= acks.count
         if committed:
-            self._rows -= acks.count
+            self._stored -= acks.count
             self._processed_flushed += acks.count
         elif not self._closing:  # the next commit retries them
             self._acks += acks.count
-            self._extra.extend(acks.ids)
-            self._flushed_upto = min(self._flushed_upto, acks.after)
+            self._done_rows.extend(acks.rows)
 
     # -- producers -------------------------------------------------------------------------
 
@@ -846,7 +1145,11 @@ class DurableQueue:
         key: str | None = None,
         received_at: float | None = None,
     ) -> Accepted:
-        """Store one request's events (all or none); return once they are on disk."""
+        """Store one request's events (all or none); return once they are on disk.
+
+        `blobs` are the events' JSON texts as received (each must be valid JSON); they
+        are stored as they are, without serialising `payloads` again.
+        """
         if not self.is_open:
             raise QueueClosedError("queue is closed")
         if not payloads:
@@ -880,12 +1183,12 @@ class DurableQueue:
         table = self._table
         assert table is not None
         while True:
-            if self._closing and not self._puts and not self._acks:
+            if self._closing and not self._puts and not self._acks and not self._done_rows:
                 return
             await self._commit_wanted.wait()
             self._commit_wanted.clear()
             puts, self._puts = self._puts, []
-            flush = self._acks and (
+            flush = (self._acks or self._done_rows) and (
                 self._flush_requested or self._closing or self._ack_interval == 0
                 or self._acks >= _ACKS_FORCE_FLUSH
             )
@@ -901,7 +1204,7 @@ class DurableQueue:
                     self._flush_timer.cancel()
                     self._flush_timer = None
             try:
-                results = await loop.run_in_executor(
+                results, spans = await loop.run_in_executor(
                     self._executor, table.commit, puts, self._next_seq, acks, self._ttl_s,
                 )
             except Exception as exc:  # noqa: BLE001 - every failure goes back to the callers
@@ -912,49 +1215,56 @@ class DurableQueue:
                     if not put.future.done():
                         put.future.set_exception(err)
                 self._acks_settled(acks, committed=False)
-                if self._acks:
+                if self._acks or self._done_rows:
                     self._schedule_flush(_RETRY_AFTER_FAILURE_S)
                 continue
             self._queued_events -= taken
             self._acks_settled(acks, committed=True)
+            self._committed(puts, results, spans)
             if self.on_commit is not None and puts:
                 rows = sum(r.accepted for r in results if not r.replayed)
                 self.on_commit(len(puts), rows, time.perf_counter() - started)
             for put, result in zip(puts, results, strict=True):
-                if not result.replayed:
-                    self._committed(put, result)
                 if not put.future.done():  # else the caller went away; the events are stored
                     put.future.set_result(result)
 
-    def _committed(self, put: _Put, result: Accepted) -> None:
+    def _committed(self, puts: list[_Put], results: list[Accepted], spans: list[_Span]) -> None:
         """Account for newly stored jobs and hand them to the worker from memory if we can."""
-        self._next_seq = result.last_seq + 1
-        self._rows += result.accepted
-        if put.revive is not None:
-            self._dead -= 1
-        # The window holds a contiguous run of seqs right after what the worker has.
-        if result.first_seq == self._cursor + 1 and len(self._window) < _MEMORY_WINDOW:
-            seq = result.first_seq
-            for payload in put.payloads:
-                self._window.append(
-                    Job(seq=seq, payload=payload, received_at=put.received_at,
+        if not spans:
+            return
+        fresh = [(p, r) for p, r in zip(puts, results, strict=True) if not r.replayed]
+        self._next_seq = spans[-1].last + 1
+        self._stored += sum(r.accepted for _p, r in fresh)
+        self._dead -= sum(1 for p, _r in fresh if p.revive is not None)
+        # The window holds whole rows, contiguous right after what the worker has.
+        if spans[0].first == self._cursor + 1 and len(self._window) < _MEMORY_WINDOW:
+            window = self._window
+            for put, result in fresh:
+                seq = result.first_seq
+                sequence = put.sequence
+                for payload in put.payloads:
+                    window.append(Job(
+                        seq=seq, payload=payload, received_at=put.received_at,
                         source=put.source,
-                        sequence=None if put.sequence is None
-                        else put.sequence + seq - result.first_seq)
-                )
-                seq += 1
-            self._cursor = result.last_seq
+                        sequence=None if sequence is None else sequence + seq - result.first_seq,
+                    ))
+                    seq += 1
+            self._spans.extend(spans)
+            self._cursor = spans[-1].last
         self._wakeup.set()
 
     # -- the consumer ------------------------------------------------------------------------
 
     def take_nowait(self) -> Job | None:
         """The head job if it is already in memory (the fast path), else None."""
-        if self._window or self._revived:
-            job = (self._revived or self._window).popleft()
-            self._in_flight = job
-            return job
-        return None
+        if self._revived:
+            job = self._revived.popleft()
+        elif self._window:
+            job = self._window.popleft()
+        else:
+            return None
+        self._in_flight = job
+        return job
 
     async def next_job(self) -> Job:
         """Wait for and return the job at the head of the line (strict seq order)."""
@@ -966,17 +1276,19 @@ class DurableQueue:
             if job is not None:
                 return job
             if self._cursor < self._next_seq - 1:
-                jobs = await loop.run_in_executor(
-                    self._executor, table.fetch, self._cursor, _PAGE
+                page = await loop.run_in_executor(
+                    self._executor, table.fetch, self._cursor, _PAGE_ROWS
                 )
-                if self._window:  # a commit was handed over meanwhile; it comes after
-                    jobs = [j for j in jobs if j.seq < self._window[0].seq]
-                    self._window.extendleft(reversed(jobs))
+                if self._window:  # a commit was handed over meanwhile: it comes after
+                    first = self._window[0].seq
+                    self._window.extendleft(reversed([j for j in page.jobs if j.seq < first]))
+                    self._spans.extendleft(reversed([s for s in page.spans if s.last < first]))
                 else:
-                    self._window.extend(jobs)
-                    if jobs:
-                        self._cursor = max(self._cursor, jobs[-1].seq)
-                if not jobs and not self._window:
+                    self._window.extend(page.jobs)
+                    self._spans.extend(page.spans)
+                    if page.spans:
+                        self._cursor = max(self._cursor, page.spans[-1].last)
+                if not page.spans and not self._window:
                     # Nothing on disk past the cursor: everything there was dead-lettered.
                     self._cursor = self._next_seq - 1
                 continue
@@ -984,9 +1296,7 @@ class DurableQueue:
             await self._wakeup.wait()
 
     def ack(self, job: Job) -> None:
-        """The job is done; its deletion is committed with the next commit."""
-        if job.seq <= self._flushed_upto:  # a revived dead letter, below the ack range
-            self._extra.append(job.seq)
+        """The job is done; its row goes when all its jobs are done (committed in groups)."""
         self._finish(job)
         self._acks += 1
         if self._ack_interval == 0 or self._acks >= _ACKS_FORCE_FLUSH:
@@ -994,10 +1304,27 @@ class DurableQueue:
         else:
             self._schedule_flush()
 
+    def _row_key(self, job: Job) -> int:
+        """The key of the row that holds `job`."""
+        if job.seq in self._revived_seqs:
+            return job.seq
+        for span in self._spans:
+            if span.first <= job.seq <= span.last:
+                return span.last
+        raise LookupError(f"job {job.seq} is not in a known row")  # pragma: no cover
+
     def _finish(self, job: Job) -> None:
-        self._done_upto = max(self._done_upto, job.seq)
+        """`job` is done: rows wholly done move to the delete list."""
         if self._in_flight is not None and self._in_flight.seq == job.seq:
             self._in_flight = None
+        if job.seq in self._revived_seqs:
+            self._revived_seqs.discard(job.seq)
+            self._done_rows.append(job.seq)
+            return
+        self._done_upto = max(self._done_upto, job.seq)
+        spans = self._spans
+        while spans and spans[0].last <= self._done_upto:
+            self._done_rows.append(spans.popleft().last)
 
     def _schedule_flush(self, delay: float | None = None) -> None:
         if self._flush_timer is None:
@@ -1015,24 +1342,27 @@ class DurableQueue:
         """Persist that `job` failed `job.attempt` times, so max_attempts holds across restarts."""
         assert self._table is not None
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._table.set_attempts, job.seq, job.attempt)
+        await loop.run_in_executor(
+            self._executor, self._table.set_attempts, self._row_key(job), job.seq, job.attempt
+        )
 
     async def dead_letter(self, job: Job, error: str) -> None:
         """Move `job` to the durable dead-letter store; the line moves on."""
         assert self._table is not None
         loop = asyncio.get_running_loop()
+        key = self._row_key(job)
         acks = self._take_acks()
         try:
-            await loop.run_in_executor(
-                self._executor, self._table.bury, job.seq, job.attempt, error, acks
-            )
+            await loop.run_in_executor(self._executor, self._table.bury, job, key, error, acks)
         except BaseException:
             self._acks_settled(acks, committed=False)
             raise
         self._acks_settled(acks, committed=True)
-        self._rows -= 1
+        self._stored -= 1
         self._dead += 1
         self._finish(job)
+        if self._done_rows and self._done_rows[-1] == key:
+            self._done_rows.pop()  # bury already deleted that row
 
     async def dead_letters(self, *, limit: int = 100, offset: int = 0) -> list[DeadJob]:
         """Dead-lettered jobs in seq order."""
@@ -1059,7 +1389,7 @@ class DurableQueue:
         if at_tail:
             return await self._revive_at_tail(seqs)
         loop = asyncio.get_running_loop()
-        acks = self._take_acks()  # the ack range must end above the old seqs
+        acks = self._take_acks()
         try:
             revived = await loop.run_in_executor(
                 self._executor, self._table.revive, seqs, acks
@@ -1068,9 +1398,10 @@ class DurableQueue:
             self._acks_settled(acks, committed=False)
             raise
         self._acks_settled(acks, committed=True)
-        self._rows += len(revived)
+        self._stored += len(revived)
         self._dead -= len(revived)
         self._revived.extend(revived)
+        self._revived_seqs.update(job.seq for job in revived)
         self._wakeup.set()
         return revived
 
@@ -1107,30 +1438,37 @@ class DurableQueue:
 
     async def peek(self, limit: int = 10) -> list[Job]:
         """The next jobs in line (the one in flight first), without taking them."""
-        jobs = list(self._revived)[:limit]
-        if self._in_flight is not None and self._in_flight.seq > self._done_upto:
-            jobs.insert(0, self._in_flight)
-        assert self._table is not None
-        loop = asyncio.get_running_loop()
-        after = max(self._done_upto, self._in_flight.seq if self._in_flight else 0)
-        rest = await loop.run_in_executor(self._executor, self._table.fetch, after,
-                                          max(0, limit - len(jobs)))
-        return (jobs + rest)[:limit]
+        jobs: list[Job] = []
+        async for job in self.pending_jobs():
+            jobs.append(job)
+            if len(jobs) >= limit:
+                break
+        return jobs
 
-    async def pending_jobs(self, page: int = 1000) -> AsyncIterator[Job]:
-        """Every pending job in order (for export), read from disk page by page."""
+    async def pending_jobs(self, page: int = _PAGE_ROWS) -> AsyncIterator[Job]:
+        """Every job not yet done, in line order (the one in flight first), page by page."""
         assert self._table is not None
         loop = asyncio.get_running_loop()
+        if self._in_flight is not None:
+            yield self._in_flight
         for job in list(self._revived):
             yield job
-        after = self._done_upto
+        after_seq = self._in_flight.seq if self._in_flight is not None else self._done_upto
+        # Start with the row holding the first job after `after_seq`.
+        after_key = after_seq
+        for span in self._spans:
+            if span.last > after_seq:
+                after_key = span.first - 1
+                break
         while True:
-            jobs = await loop.run_in_executor(self._executor, self._table.fetch, after, page)
-            if not jobs:
+            rows = await loop.run_in_executor(self._executor, self._table.fetch, after_key,
+                                              page)
+            if not rows.spans:
                 return
-            for job in jobs:
-                yield job
-            after = jobs[-1].seq
+            for job in rows.jobs:
+                if job.seq > after_seq:
+                    yield job
+            after_key = rows.spans[-1].last
 
     async def purge_idempotency_keys(self) -> int:
         """Forget Idempotency-Keys older than the retention; returns how many."""
@@ -1144,7 +1482,7 @@ class DurableQueue:
     @property
     def pending(self) -> int:
         """Jobs stored and not yet finished (the one in flight included)."""
-        return self._rows - self._acks - self._acks_committing
+        return self._stored - self._acks - self._acks_committing
 
     @property
     def last_seq(self) -> int:
@@ -1156,6 +1494,8 @@ class DurableQueue:
         oldest: float | None = None
         if self._in_flight is not None:
             oldest = self._in_flight.received_at
+        elif self._revived:
+            oldest = self._revived[0].received_at
         elif self._window:
             oldest = self._window[0].received_at
         elif self.pending and self._table is not None:

@@ -19,8 +19,9 @@ from collector.jobs import Job
 from collector.queue import QUEUE_FILE, Accepted, DurableQueue
 
 QueueFactory = Callable[..., Awaitable[DurableQueue]]
-COUNT_JOBS = "SELECT count(*) FROM jobs_v1"
-FIRST_JOB = "SELECT min(_id) FROM jobs_v1"
+# Jobs not yet done in the file (a row holds jobs first_seq.._id; done_upto marks progress).
+COUNT_JOBS = "SELECT coalesce(sum(_id - done_upto), 0) FROM jobs_v1"
+FIRST_JOB = "SELECT done_upto + 1 FROM jobs_v1 WHERE revived = 0 ORDER BY _id LIMIT 1"
 
 
 @pytest.fixture
