@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 import orjson
+import structlog
 from aiohttp import hdrs, web
 
 from collector.api import ApiError, json_response
@@ -17,6 +18,8 @@ from collector.errors import QueueClosedError
 from collector.jobs import Job
 from collector.keys import METRICS, QUEUE
 from collector.queue import DeadJob, DurableQueue
+
+log = structlog.get_logger(__name__)
 
 routes = web.RouteTableDef()
 
@@ -177,12 +180,15 @@ async def export_pending(request: web.Request) -> web.StreamResponse:
                                        "X-Pending-Count": str(queue.pending)})
     await resp.prepare(request)
     lines: list[bytes] = []
-    async for job in queue.pending_jobs(page=_PAGE):
-        lines.append(orjson.dumps(job_json(job)))
-        if len(lines) >= _EXPORT_CHUNK:
+    try:
+        async for job in queue.pending_jobs(page=_PAGE):
+            lines.append(orjson.dumps(job_json(job)))
+            if len(lines) >= _EXPORT_CHUNK:
+                await resp.write(b"\n".join(lines) + b"\n")
+                lines.clear()
+        if lines:
             await resp.write(b"\n".join(lines) + b"\n")
-            lines.clear()
-    if lines:
-        await resp.write(b"\n".join(lines) + b"\n")
-    await resp.write_eof()
+        await resp.write_eof()
+    except ConnectionResetError:
+        log.info("export_aborted", reason="the client went away")
     return resp
