@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from collector import api, stats_api
+from collector import admin_api, api, metrics, stats_api, systemd
 from collector.config import Settings
 from collector.datadir import locked_data_dir
 from collector.handlers import HandlerContext, HandlerFactory, resolve
 from collector.jobs import Handler
-from collector.keys import QUEUE, SETTINGS, STATE, STATS, WORKER
+from collector.keys import METRICS, NOTIFIER, QUEUE, SETTINGS, STATE, STATS, WORKER
 from collector.queue import DurableQueue
 from collector.state import ServiceState
 from collector.stats import StatsStore
@@ -31,11 +31,15 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
         middlewares=[api.request_middleware],
+        # Request bodies are decompressed by the API itself, with a cap (gzip bombs) and
+        # a JSON 415 for encodings it does not take.
+        handler_args={"auto_decompress": False},
     )
     app[SETTINGS] = settings
     app[STATE] = ServiceState(token=settings.token_value())
     app.add_routes(api.routes)
     app.add_routes(stats_api.routes)
+    app.add_routes(admin_api.routes)
 
     async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
         q = settings.queue
@@ -90,10 +94,28 @@ def create_app(settings: Settings) -> web.Application:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
+    async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
+        store = app.get(STATS)
+        async with metrics.collecting(app[STATE], app[QUEUE], app[WORKER],
+                                      stale=store.counters if store else None) as service:
+            app[METRICS] = service
+            yield
+
+    async def notify_ctx(app: web.Application) -> AsyncIterator[None]:
+        # READY=1 and STOPPING=1 come from server.serve, which knows when the port listens.
+        w = settings.worker
+        async with systemd.service_notifier(app[QUEUE], app[WORKER],
+                                            handler_timeout=w.handler_timeout,
+                                            backoff_cap=w.backoff_cap) as notifier:
+            app[NOTIFIER] = notifier
+            yield
+
     async def on_shutdown(app: web.Application) -> None:
         app[STATE].stopping = True
 
     app.cleanup_ctx.extend([queue_ctx, stats_ctx, worker_ctx, maintenance_ctx])
+    # They watch the worker, so they start after it and stop before it drains.
+    app.cleanup_ctx.extend([metrics_ctx, notify_ctx])
     app.on_shutdown.append(on_shutdown)
     return app
 

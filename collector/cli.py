@@ -12,14 +12,16 @@ from typing import Any
 
 from collector import __version__
 from collector.config import Settings, load_settings
-from collector.errors import ConfigError, QueueCorruptError, StartupError
+from collector.errors import ConfigError, QueueCorruptError, StartupError, StorageError
 
 EXIT_CONFIG = 2
 EXIT_STARTUP = 1
 
 #: Modules that add sub-commands: each has `register(subparsers)`, which adds its
 #: parsers and sets `func(args) -> int` on them.
-COMMAND_MODULES: tuple[str, ...] = ("collector.stats_cli", "collector.bridge_cli")
+COMMAND_MODULES: tuple[str, ...] = (
+    "collector.stats_cli", "collector.bridge_cli", "collector.admin_cli",
+)
 
 
 def _port(text: str) -> int:
@@ -104,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"collector: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except (StartupError, QueueCorruptError) as exc:
+    except (StartupError, QueueCorruptError, StorageError) as exc:
         print(f"collector: error: {exc}", file=sys.stderr)
         return EXIT_STARTUP
     except KeyboardInterrupt:
