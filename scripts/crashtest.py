@@ -42,7 +42,6 @@ import random
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -247,17 +246,15 @@ def queue_head(data_dir: Path) -> int | None:
 
     Read from a copy of the file and its WAL: the next start must find them untouched.
     """
+    from collector.queue import read_pending
+
     with tempfile.TemporaryDirectory(prefix="crashtest-copy-") as tmp:
         for suffix in ("", "-wal"):
             src = data_dir / f"queue.db{suffix}"
             if src.exists():
                 shutil.copyfile(src, Path(tmp) / f"queue.db{suffix}")
-        conn = sqlite3.connect(Path(tmp) / "queue.db")
-        try:
-            head: int | None = conn.execute("SELECT min(_id) FROM jobs_v1").fetchone()[0]
-        finally:
-            conn.close()
-    return head
+        jobs = read_pending(Path(tmp))
+    return jobs[0].seq if jobs else None
 
 
 def analyse(calls: list[tuple[int, int, str]], pids: list[int], heads: list[int | None],

@@ -23,6 +23,8 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from collector import Job, PermanentError
-from collector.queue import QUEUE_FILE
+from collector.queue import QUEUE_FILE, inspect_file, read_pending
 
 RECORD_ENV: Final = "MODEL_RECORD_FILE"
 CONTROL_ENV: Final = "MODEL_CONTROL_FILE"
@@ -178,7 +180,7 @@ class RecordReader:
 class QueueFileState:
     """What a queue file holds, read from a copy (the original is left as it is)."""
 
-    rows: dict[int, int]  # seq -> attempts recorded, for every row of the job table
+    rows: dict[int, int]  # seq -> failed attempts recorded, for every job not yet done
     dead: frozenset[int]
     processed_total: int
     last_seq: int
@@ -190,28 +192,28 @@ def read_queue_file(data_dir: Path) -> QueueFileState:
     """Read the queue file of a stopped server as the next start would see it.
 
     The file and its WAL are copied first: opening the original would checkpoint the
-    WAL on close, and the next start must find exactly what the stop left.
+    WAL on close, and the next start must find exactly what the stop left. The jobs come
+    from queue.read_pending (whatever the row layout), the numbers from inspect_file.
     """
     with tempfile.TemporaryDirectory(prefix="queue-copy-") as tmp:
+        copy = Path(tmp)
         for suffix in ("", "-wal"):
             src = data_dir / f"{QUEUE_FILE}{suffix}"
             if src.exists():
-                shutil.copyfile(src, Path(tmp) / f"{QUEUE_FILE}{suffix}")
-        conn = sqlite3.connect(Path(tmp) / QUEUE_FILE)
+                shutil.copyfile(src, copy / f"{QUEUE_FILE}{suffix}")
+        report = inspect_file(copy)
+        assert not report.problems, report.problems
+        jobs = read_pending(copy)
+        conn = sqlite3.connect(copy / QUEUE_FILE)
         try:
-            rows = dict(conn.execute("SELECT _id, attempts FROM jobs_v1 ORDER BY _id"))
-            ids = {seq: str(json.loads(data).get("id", "-"))
-                   for seq, data in conn.execute("SELECT _id, data FROM jobs_v1")}
             dead = frozenset(s for (s,) in conn.execute("SELECT seq FROM dead_letters"))
-            meta = dict(conn.execute("SELECT key, value FROM meta"))
-            row = conn.execute(
-                "SELECT seq FROM sqlite_sequence WHERE name = 'jobs_v1'").fetchone()
         finally:
             conn.close()
-    last = max([row[0] if row else 0, *rows])
-    return QueueFileState(rows=rows, dead=dead, processed_total=int(meta["processed_total"]),
-                          last_seq=last, clean_shutdown=bool(meta["clean_shutdown"]),
-                          payload_ids=ids)
+    return QueueFileState(
+        rows={job.seq: job.attempt - 1 for job in jobs}, dead=dead,
+        processed_total=report.processed_total, last_seq=report.last_seq,
+        clean_shutdown=report.clean_shutdown,
+        payload_ids={job.seq: event_id(job) for job in jobs})
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,3 +256,35 @@ def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 20.0) 
         if time.monotonic() > deadline:
             raise AssertionError(f"not reached within {timeout} s: {what}")
         time.sleep(0.01)
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment without collector settings, with the repo on PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("COLLECTOR_") and k not in {"STATE_DIRECTORY", "COLLECTOR_CONFIG"}}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
+            timeout: float = 60.0, prefix: tuple[str, ...] = ()
+            ) -> subprocess.CompletedProcess[str]:
+    """Run `python -m collector ARGS` to completion (`prefix`: e.g. a setpriv command)."""
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "collector", *args],
+        cwd=cwd, env=env or cli_env(), capture_output=True, text=True, timeout=timeout,
+        check=False,
+    )
+
+
+def one_line(stderr: str) -> str:
+    """The single line of `stderr`; fails on tracebacks and multi-line output."""
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].strip()
+    return lines[0]
