@@ -666,9 +666,9 @@ def inspect_file(data_dir: Path, *, full: bool = False) -> FileReport:
     """Read-only look at the queue file of a stopped (or running) daemon.
 
     The file is opened read-only: SQLite reads a WAL left by a crash without merging it
-    into the file, so checking changes nothing, not even a damaged file. The -shm (and
-    -wal) SQLite may have to create for that are given the owner of the queue file, so
-    that running this as root does not lock the daemon's own user out of them.
+    into the file, so checking changes nothing, not even a damaged file. A -shm SQLite
+    may have to create for that is given the owner of the queue file, so that running
+    this as root does not lock the daemon's own user out of it.
     """
     path = data_dir / QUEUE_FILE
     if not path.exists():
@@ -707,9 +707,16 @@ def inspect_file(data_dir: Path, *, full: bool = False) -> FileReport:
 
 
 def _connect_read_only(path: Path) -> sqlite3.Connection:
-    """A read-only connection: no checkpoint on close, no write of any kind."""
-    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=1.0,
-                           isolation_level=None)
+    """A read-only connection: no checkpoint on close, no write of any kind.
+
+    Without a WAL (the daemon stopped cleanly) the file is opened as immutable, so SQLite
+    creates no -wal/-shm beside it either. With a WAL (a crash, or a running daemon)
+    it must be read through the WAL index, which SQLite may have to create.
+    """
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    if not Path(f"{path}-wal").exists():
+        uri += "&immutable=1"
+    return sqlite3.connect(uri, uri=True, timeout=1.0, isolation_level=None)
 
 
 def _give_back(path: Path, suffixes: list[str]) -> None:
