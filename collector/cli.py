@@ -21,6 +21,7 @@ EXIT_STARTUP = 1
 #: parsers and sets `func(args) -> int` on them.
 COMMAND_MODULES: tuple[str, ...] = (
     "collector.stats_cli", "collector.bridge_cli", "collector.admin_cli",
+    "collector.maintenance_cli",
 )
 
 
