@@ -3,7 +3,9 @@
 Design (see README "How it works"):
 
 * Storage is persist-queue's ``SQLiteBase`` with our own SQL. A row holds a contiguous
-  run of jobs (seqs ``first_seq`` .. ``_id``), written by one group commit: the per-row
+  run of jobs (seqs ``first_seq`` .. ``_id``), written by one group commit, as a JSON
+  array of request groups ``[received_at, source, first sequence, [event, ...]]`` in
+  which each request's events are the bytes it sent (never serialised again): the per-row
   cost of SQLite (B-tree insert, record header, page bookkeeping) is paid once per
   commit, not once per event, and so is the GIL hand-off per statement. The key
   ``_id`` is the row's LAST seq, so SQLite's AUTOINCREMENT high-water mark is the
@@ -120,7 +122,8 @@ class DeadJob:
 class _Put:
     """One request's events on their way to disk."""
 
-    blobs: list[bytes]
+    array: bytes  # the events as a JSON array text, as received
+    count: int
     payloads: Sequence[Any]
     received_at: float
     source: str | None
@@ -156,6 +159,7 @@ class _Page:
 
     jobs: list[Job]
     spans: list[_Span]
+    set_aside: list[tuple[int, int]] = field(default_factory=list)  # (dead seq, jobs lost)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,24 +187,35 @@ class QueueStats:
     oldest_pending_age_s: float | None
 
 
-def _encode_event(received_at: float, source: bytes, sequence: int | None, blob: bytes) -> bytes:
+def _encode_group(received_at: float, source: str | None, sequence: int | None,
+                  array: bytes) -> bytes:
+    """One request's events in a row: [received_at, source, first sequence, [events]]."""
     seq = b"null" if sequence is None else str(sequence).encode()
-    return b"[" + repr(received_at).encode() + b"," + source + b"," + seq + b"," + blob + b"]"
+    return (b"[" + repr(received_at).encode() + b"," + orjson.dumps(source) + b"," + seq
+            + b"," + array + b"]")
+
+
+def _group_sizes(data: bytes) -> list[int]:
+    """How many events each request group of a row holds (for checks)."""
+    return [len(group[3]) for group in orjson.loads(data)]
 
 
 def _decode_row(row: tuple[Any, ...]) -> tuple[list[Job], _Span]:
     """The jobs of one row (key, first_seq, data, timestamp, done_upto, attempts, revived)
     still to do, and its span."""
     last, first, data, _ts, done_upto, attempts, _revived = row
-    events = orjson.loads(data)
     jobs = []
-    for offset, (received_at, source, sequence, payload) in enumerate(events):
-        seq = first + offset
-        if seq <= done_upto:
-            continue
-        jobs.append(Job(seq=seq, payload=payload, received_at=received_at,
-                        attempt=attempts + 1 if seq == done_upto + 1 else 1,
-                        source=source, sequence=sequence))
+    seq = first
+    for received_at, source, sequence, events in orjson.loads(data):
+        for index, payload in enumerate(events):
+            if seq > done_upto:
+                jobs.append(Job(seq=seq, payload=payload, received_at=received_at,
+                                attempt=attempts + 1 if seq == done_upto + 1 else 1,
+                                source=source,
+                                sequence=None if sequence is None else sequence + index))
+            seq += 1
+    if seq != last + 1:
+        raise ValueError(f"row {last} holds {seq - first} events for seqs {first}..{last}")
     return jobs, _Span(first, last)
 
 
@@ -233,6 +248,7 @@ class _JobTable(SQLiteBase):
     ) -> None:
         self._durability = durability
         self._max_bytes = max_bytes
+        _refuse_damaged(path / QUEUE_FILE)
         super().__init__(
             str(path), name="v1", serializer=_JsonSerializer, db_file_name=QUEUE_FILE,
             timeout=30.0,
@@ -275,14 +291,6 @@ class _JobTable(SQLiteBase):
             INSERT OR IGNORE INTO meta (key, value) VALUES ('clean_shutdown', 1);
             """
         )
-        (clean,) = conn.execute("SELECT value FROM meta WHERE key = 'clean_shutdown'").fetchone()
-        if not clean:
-            # The last run did not close the file (crash, kill -9, power loss): check it
-            # before trusting it. A clean run skips this, so start-up stays fast.
-            problems = integrity_problems(conn)
-            if problems:
-                raise QueueCorruptError(self.file, problems)
-        conn.execute("UPDATE meta SET value = 0 WHERE key = 'clean_shutdown'")
         if self._max_bytes:
             (page_size,) = conn.execute("PRAGMA page_size").fetchone()
             conn.execute(f"PRAGMA max_page_count={max(1, self._max_bytes // page_size)}")
@@ -312,10 +320,6 @@ class _JobTable(SQLiteBase):
         row = conn.execute(
             "SELECT seq FROM sqlite_sequence WHERE name = ?", (_JOBS_TABLE,)
         ).fetchone()
-        (max_id, pending) = conn.execute(
-            f"SELECT coalesce(max(_id), 0), coalesce(sum(_id - done_upto), 0) "
-            f"FROM {self._table_name}"
-        ).fetchone()
         head = conn.execute(
             f"SELECT first_seq, done_upto FROM {self._table_name} WHERE revived = 0 "
             "ORDER BY _id LIMIT 1"
@@ -323,6 +327,19 @@ class _JobTable(SQLiteBase):
         revived_rows = conn.execute(
             f"SELECT {_JOB_COLUMNS} FROM {self._table_name} WHERE revived = 1 ORDER BY _id"
         ).fetchall()
+        revived = _Page([], [])
+        for one in revived_rows:
+            try:
+                jobs, span = _decode_row(one)
+            except (ValueError, TypeError, KeyError, IndexError) as exc:
+                revived.set_aside.append(self._set_aside(one, exc))
+                continue
+            revived.jobs.extend(jobs)
+            revived.spans.append(span)
+        (max_id, pending) = conn.execute(
+            f"SELECT coalesce(max(_id), 0), coalesce(sum(_id - done_upto), 0) "
+            f"FROM {self._table_name}"
+        ).fetchone()
         (dead,) = conn.execute("SELECT count(*) FROM dead_letters").fetchone()
         (processed,) = conn.execute(
             "SELECT value FROM meta WHERE key = 'processed_total'"
@@ -332,8 +349,16 @@ class _JobTable(SQLiteBase):
             head_first=head[0] if head else None,
             head_done=head[1] if head else None,
             pending=pending, dead=dead, processed=processed,
-            revived=self._page(revived_rows),
+            revived=revived,
         )
+
+    def mark_open(self) -> None:
+        """Record that the file is in use: a start that finds this flag set checks the file.
+
+        Done only after state() read the file without error, so a start refused for
+        damage writes nothing to it.
+        """
+        self._conn.execute("UPDATE meta SET value = 0 WHERE key = 'clean_shutdown'")
 
     @staticmethod
     def _page(rows: list[tuple[Any, ...]]) -> _Page:
@@ -397,7 +422,7 @@ class _JobTable(SQLiteBase):
         # all writes in one transaction.
         row_events: list[bytes] = []
         row_first = next_seq
-        row_bytes = 0
+        row_bytes = row_size = 0
         row_ts = 0.0
         for put in puts:
             known = None
@@ -406,21 +431,19 @@ class _JobTable(SQLiteBase):
             if known is not None:
                 results.append(known)
                 continue
-            source = orjson.dumps(put.source)
-            for i, blob in enumerate(put.blobs):
-                if row_events and (len(row_events) >= _ROW_MAX_EVENTS
-                                   or row_bytes + len(blob) > _ROW_MAX_BYTES):
-                    rows.append(_row(row_first, next_seq - 1, row_events, row_ts))
-                    row_events, row_first, row_bytes = [], next_seq, 0
-                if not row_events:
-                    row_ts = put.received_at
-                row_events.append(_encode_event(
-                    put.received_at, source,
-                    None if put.sequence is None else put.sequence + i, blob,
-                ))
-                row_bytes += len(blob)
-                next_seq += 1
-            count = len(put.blobs)
+            # A request's events stay together; a row ends between requests.
+            count = put.count
+            if row_events and (row_size + count > _ROW_MAX_EVENTS
+                               or row_bytes + len(put.array) > _ROW_MAX_BYTES):
+                rows.append(_row(row_first, next_seq - 1, row_events, row_ts))
+                row_events, row_first, row_bytes, row_size = [], next_seq, 0, 0
+            if not row_events:
+                row_ts = put.received_at
+            row_events.append(_encode_group(put.received_at, put.source, put.sequence,
+                                            put.array))
+            row_bytes += len(put.array)
+            row_size += count
+            next_seq += count
             result = Accepted(accepted=count, first_seq=next_seq - count, last_seq=next_seq - 1)
             if put.key is not None:
                 keys[put.key] = dataclasses.replace(result, replayed=True)
@@ -459,9 +482,42 @@ class _JobTable(SQLiteBase):
         return results, [_Span(r[1], r[0]) for r in rows]
 
     def fetch(self, after: int, limit_rows: int) -> _Page:
-        """The regular rows whose last seq is > `after`, in order."""
+        """The regular rows whose last seq is > `after`, in order.
+
+        A row that cannot be decoded (damage that the integrity check cannot see) is
+        moved, raw, to the dead letters under its first pending seq, so that the line
+        moves on and the bytes are kept for a person to look at.
+        """
         conn: sqlite3.Connection = self._conn
-        return self._page(conn.execute(self._sql_fetch, (after, limit_rows)).fetchall())
+        page = _Page([], [])
+        for row in conn.execute(self._sql_fetch, (after, limit_rows)).fetchall():
+            try:
+                jobs, span = _decode_row(row)
+            except (ValueError, TypeError, KeyError, IndexError) as exc:
+                page.set_aside.append(self._set_aside(row, exc))
+                continue
+            page.jobs.extend(jobs)
+            page.spans.append(span)
+        return page
+
+    def _set_aside(self, row: tuple[Any, ...], exc: Exception) -> tuple[int, int]:
+        last, first, data, ts, done_upto = row[:5]
+        seq = done_upto + 1
+        error = (f"undecodable queue row (seqs {first}..{last}, {last - done_upto} jobs "
+                 f"not done): {exc}")
+        log.error("queue_row_damaged", first_seq=first, last_seq=last, error=str(exc),
+                  action=f"moved raw to the dead letters as seq {seq}",
+                  hint="`collector check --full` lists any other damaged row")
+        raw = data.decode("utf-8", "replace") if isinstance(data, bytes) else repr(data)
+        conn: sqlite3.Connection = self._conn
+        with _transaction(conn):
+            conn.execute(
+                "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, NULL, NULL, 0, ?, ?)",
+                (seq, orjson.dumps({"undecodable_row": raw, "first_seq": first,
+                                    "last_seq": last}), ts, error, time.time()),
+            )
+            conn.execute(f"DELETE FROM {self._table_name} WHERE _id = ?", (last,))
+        return seq, last - done_upto
 
     def oldest_after(self, after: int) -> float | None:
         conn: sqlite3.Connection = self._conn
@@ -536,11 +592,11 @@ class _JobTable(SQLiteBase):
                 ).fetchone()
                 if row is None:
                     continue
-                event = _encode_event(row[1], orjson.dumps(row[2]), row[3], row[0])
+                group = _encode_group(row[1], row[2], row[3], b"[" + row[0] + b"]")
                 conn.execute(
                     f"INSERT INTO {self._table_name} ({_JOB_COLUMNS}) "
                     "VALUES (?, ?, ?, ?, ?, 0, 1)",
-                    (seq, seq, b"[" + event + b"]", row[1], seq - 1),
+                    (seq, seq, b"[" + group + b"]", row[1], seq - 1),
                 )
                 conn.execute("DELETE FROM dead_letters WHERE seq = ?", (seq,))
                 revived.append(Job(seq=seq, payload=orjson.loads(row[0]), received_at=row[1],
@@ -576,6 +632,35 @@ def _row(first: int, last: int, events: list[bytes], ts: float
 def _dead_job(r: tuple[Any, ...]) -> DeadJob:
     return DeadJob(seq=r[0], payload=orjson.loads(r[1]), received_at=r[2], source=r[3],
                    sequence=r[4], attempts=r[5], error=r[6], failed_at=r[7])
+
+
+def _refuse_damaged(path: Path) -> None:
+    """Raise QueueCorruptError if a file left by an unclean stop fails its check.
+
+    Runs on a read-only connection BEFORE persist-queue opens the file, so a refused
+    start changes nothing in it (no table created, no WAL checkpointed on close).
+    """
+    if not path.exists():
+        return
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error:
+        return  # the regular open reports it
+    try:
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'clean_shutdown'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            if getattr(exc, "sqlite_errorcode", None) in _SQLITE_DAMAGED:
+                raise QueueCorruptError(path, [str(exc)]) from None
+            return  # no meta table yet: a new or foreign file, the regular open decides
+        if row is not None and not row[0]:
+            # The last run did not close the file (crash, kill -9, power loss): check it
+            # before trusting it. A clean run skips this, so start-up stays fast.
+            problems = integrity_problems(conn)
+            if problems:
+                raise QueueCorruptError(path, problems)
+    finally:
+        conn.close()
 
 
 def integrity_problems(conn: sqlite3.Connection, *, full: bool = False) -> list[str]:
@@ -626,8 +711,7 @@ def _bad_job_row(row: tuple[Any, ...]) -> str:
         if not (isinstance(attempts, int) and attempts >= 0 and revived in (0, 1)
                 and isinstance(ts, int | float) and isinstance(data, bytes)):
             return "bad column types"
-        events = orjson.loads(data)
-        if not isinstance(events, list) or len(events) != last - first + 1:
+        if sum(_group_sizes(data)) != last - first + 1:
             return "event count does not match the seq range"
         _decode_row(row)
     except (ValueError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
@@ -1058,6 +1142,7 @@ class DurableQueue:
                                   max_bytes=self._max_bytes),
             )
             state = await loop.run_in_executor(self._executor, self._table.state)
+            await loop.run_in_executor(self._executor, self._table.mark_open)
         except BaseException as exc:
             if self._table is not None:
                 await loop.run_in_executor(self._executor, self._table.close_connection)
@@ -1147,6 +1232,7 @@ class DurableQueue:
         payloads: Sequence[Any],
         *,
         blobs: list[bytes] | None = None,
+        array: bytes | None = None,
         source: str | None = None,
         sequence: int | None = None,
         key: str | None = None,
@@ -1154,8 +1240,9 @@ class DurableQueue:
     ) -> Accepted:
         """Store one request's events (all or none); return once they are on disk.
 
-        `blobs` are the events' JSON texts as received (each must be valid JSON); they
-        are stored as they are, without serialising `payloads` again.
+        `array` (the events as one JSON array text) or `blobs` (each event's JSON text)
+        are the bytes as received, which must be valid JSON; they are stored as they are,
+        without serialising `payloads` again.
         """
         if not self.is_open:
             raise QueueClosedError("queue is closed")
@@ -1172,7 +1259,10 @@ class DurableQueue:
                     return known
             raise QueueFullError(f"{self.pending} jobs pending (max {self._max_pending})")
         put = _Put(
-            blobs=blobs if blobs is not None else [orjson.dumps(p) for p in payloads],
+            array=(array if array is not None
+                   else b"[" + b",".join(blobs) + b"]" if blobs is not None
+                   else orjson.dumps(list(payloads))),
+            count=n,
             payloads=payloads,
             received_at=time.time() if received_at is None else received_at,
             source=source,
@@ -1203,7 +1293,7 @@ class DurableQueue:
                 continue
             started = time.perf_counter()
             # Events count against max_pending until they are settled either way.
-            taken = sum(len(p.blobs) for p in puts)
+            taken = sum(p.count for p in puts)
             acks = self._take_acks() if flush else _Acks()
             if flush:
                 self._flush_requested = False
@@ -1286,6 +1376,9 @@ class DurableQueue:
                 page = await loop.run_in_executor(
                     self._executor, table.fetch, self._cursor, _PAGE_ROWS
                 )
+                for _seq, lost in page.set_aside:
+                    self._stored -= lost
+                    self._dead += 1
                 if self._window:  # a commit was handed over meanwhile: it comes after
                     first = self._window[0].seq
                     self._window.extendleft(reversed([j for j in page.jobs if j.seq < first]))
@@ -1420,7 +1513,8 @@ class DurableQueue:
             if dead is None:
                 continue
             puts.append(_Put(
-                blobs=[orjson.dumps(dead.payload)], payloads=[dead.payload],
+                array=b"[" + orjson.dumps(dead.payload) + b"]", count=1,
+                payloads=[dead.payload],
                 received_at=dead.received_at, source=dead.source, sequence=dead.sequence,
                 key=None, future=loop.create_future(), revive=seq,
             ))

@@ -37,6 +37,9 @@ def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) 
     return float(ceiling / 2 + rng.uniform(0, ceiling / 2))
 
 
+_TAKE_RETRY_S = 1.0  # wait after the queue failed to hand out a job
+
+
 class _HandlerTimeoutError(Exception):
     """A handler call outlived worker.handler_timeout."""
 
@@ -142,7 +145,12 @@ class Worker:
         log.info("worker_started", handlers=[name for name, _ in self._handlers])
         queue = self._queue
         while not self._stopping:
-            job = queue.take_nowait() or await queue.next_job()
+            try:
+                job = queue.take_nowait() or await queue.next_job()
+            except Exception:
+                log.exception("worker_take_failed", retry_in_s=_TAKE_RETRY_S)
+                await asyncio.sleep(_TAKE_RETRY_S)
+                continue
             # This task's own context: binding replaces the previous job's seq.
             structlog.contextvars.bind_contextvars(seq=job.seq)
             await self._process(job)

@@ -156,10 +156,6 @@ async def test_daemon_refuses_a_damaged_file_naming_it_and_the_fix(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "bug in collector/queue.py (_JobTable._prepare): the refused start writes to the "
-    "damaged file (CREATE/INSERT/UPDATE before the check, checkpoint on close), although "
-    "its message says 'nothing was changed'"))
 async def test_a_refused_start_leaves_the_damaged_file_byte_for_byte(
     data_dir: Path, tmp_path: Path
 ) -> None:
@@ -458,10 +454,6 @@ def test_recover_without_a_queue_file(data_dir: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "bug in collector/queue.py + worker.py: a row the worker cannot decode (found only by "
-    "`check --full`) kills the worker task silently: nothing is logged, /readyz only says "
-    "'worker is not running', and no job of the page around it is processed"))
 async def test_plain_serve_on_an_undecodable_row_says_what_is_wrong(
     data_dir: Path, tmp_path: Path
 ) -> None:
