@@ -42,6 +42,10 @@ class ServerSettings:
     token_file: Path | None = None
     #: Seconds to let in-flight requests and the current job finish on SIGTERM.
     shutdown_timeout: float = 10.0
+    #: Seconds a client has to send a complete request head (from connecting, or from its
+    #: previous answer: also how long an idle kept-alive connection stays open), and then
+    #: its whole body (else 408 request_timeout). Slow clients cannot hold connections.
+    read_timeout: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +216,7 @@ def _check_ranges(settings: Settings) -> None:
         (s.max_body_bytes >= 1024, "server.max_body_bytes: must be at least 1024"),
         (1 <= s.max_depth <= 512, "server.max_depth: must be between 1 and 512"),
         (s.shutdown_timeout >= 0, "server.shutdown_timeout: must not be negative"),
+        (s.read_timeout > 0, "server.read_timeout: must be positive"),
         (q.max_pending >= 1, "queue.max_pending: must be at least 1"),
         (q.ack_interval_ms >= 0, "queue.ack_interval_ms: must not be negative"),
         (q.max_bytes == 0 or q.max_bytes >= 1 << 20, "queue.max_bytes: 0 or at least 1 MiB"),

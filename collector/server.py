@@ -25,7 +25,10 @@ async def serve(settings: Settings) -> None:
         handle_signals=False,
         access_log=None,
         shutdown_timeout=settings.server.shutdown_timeout,
-        keepalive_timeout=75.0,
+        # aiohttp arms this timer when a connection opens and after each answer, and
+        # closes the connection if no complete request head has arrived when it fires:
+        # the deadline for the head phase (the body's is in api.post_events).
+        keepalive_timeout=settings.server.read_timeout,
     )
     inherited = listen_sockets()  # socket activation: systemd already listens for us
     log.info("starting", settings=describe(settings))

@@ -243,10 +243,11 @@ def request(port: int, method: str, path: str, body: bytes | None = None,
     return Answer(resp.status, answer_headers, parsed)
 
 
-def post_events(port: int, events: Any, headers: dict[str, str] | None = None) -> Answer:
+def post_events(port: int, events: Any, headers: dict[str, str] | None = None,
+                timeout: float = 20.0) -> Answer:
     """POST a JSON body to /v1/events."""
     return request(port, "POST", "/v1/events", json.dumps(events).encode(),
-                   {"Content-Type": "application/json", **(headers or {})})
+                   {"Content-Type": "application/json", **(headers or {})}, timeout=timeout)
 
 
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
