@@ -409,7 +409,7 @@ class QueueMachine(RuleBasedStateMachine):
 
 
 
-_SETTINGS = settings(max_examples=3, stateful_step_count=25, deadline=None,
+_SETTINGS = settings(max_examples=5, stateful_step_count=25, deadline=None,
                      suppress_health_check=[HealthCheck.too_slow])
 
 
