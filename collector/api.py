@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import time
@@ -187,8 +188,9 @@ def _inflate(raw: bytes, encoding: str, limit: int) -> bytes:
     return bytes(out)
 
 
-def _parse_events(body: bytes, ndjson: bool, max_depth: int) -> tuple[list[Any], list[bytes]]:
-    """Events (JSON objects, in order) and the bytes to store for each."""
+def _parse_events(body: bytes, ndjson: bool, max_depth: int) -> tuple[list[Any], bytes]:
+    """Events (JSON objects, in order) and the bytes to store: a JSON array of them, made
+    of the bytes received (an array body is stored as it came)."""
     if ndjson:
         events: list[Any] = []
         blobs: list[bytes] = []
@@ -205,7 +207,7 @@ def _parse_events(body: bytes, ndjson: bool, max_depth: int) -> tuple[list[Any],
             blobs.append(line)
         if not events:
             raise ApiError(400, "invalid_event", "the body holds no event")
-        return events, blobs
+        return events, b"[" + b",".join(blobs) + b"]"
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -218,10 +220,10 @@ def _parse_events(body: bytes, ndjson: bool, max_depth: int) -> tuple[list[Any],
             suspicious |= _check_event(event, max_depth, where=f"event {index}")
         if suspicious:
             _exact(body)
-        return value, [orjson.dumps(event) for event in value]
+        return value, body
     if _check_event(value, max_depth, where="the body"):
         _exact(body)
-    return [value], [body]
+    return [value], b"[" + body + b"]"
 
 
 def _check_event(event: Any, max_depth: int, *, where: str) -> bool:
@@ -293,7 +295,13 @@ async def post_events(request: web.Request) -> web.Response:
     if length is not None and length > limit:
         raise ApiError(413, "too_large", f"body over {limit} bytes", close=True)
     try:
-        raw = await request.read()
+        # aiohttp has no deadline of its own for a body that trickles in.
+        async with asyncio.timeout(settings.read_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError(408, "request_timeout",
+                       f"the body did not arrive within {settings.read_timeout:g} s",
+                       close=True) from None
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, "too_large", f"body over {limit} bytes", close=True) from None
     except (HttpProcessingError, web.RequestPayloadError, ValueError, EOFError) as exc:
@@ -302,11 +310,11 @@ async def post_events(request: web.Request) -> web.Response:
     body = _inflate(raw, encoding, limit) if encoding not in _IDENTITY else raw
     source = _text_header(request, "X-Source")
     key = _text_header(request, "Idempotency-Key")
-    events, blobs = _parse_events(body, ndjson, settings.max_depth)
+    events, array = _parse_events(body, ndjson, settings.max_depth)
     sequence = _sequence_header(request, len(events))
     queue = app[QUEUE]
     try:
-        accepted = await queue.put(events, blobs=blobs, source=source, sequence=sequence,
+        accepted = await queue.put(events, array=array, source=source, sequence=sequence,
                                    key=key, received_at=received_at)
     except QueueFullError as exc:
         raise ApiError(503, "queue_full", str(exc),
