@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 import orjson
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 from structlog.typing import Processor
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
@@ -20,6 +21,22 @@ _SYSLOG = {"critical": 2, "exception": 3, "error": 3, "warning": 4, "warn": 4,
 
 def _orjson_dumps(obj: Any, default: Any = None) -> str:
     return orjson.dumps(obj, default=default).decode()
+
+
+class _ClientFaultFilter(logging.Filter):
+    """aiohttp logs a request its parser refuses (bad header byte, oversized line) as
+    "Error handling request" at ERROR with a traceback; that is the client's fault and
+    answered with a 400, so it becomes one INFO line and cannot flood `journalctl -p err`.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg = f"request_refused_by_parser ({type(exc).__name__}: {exc.message})"
+            record.args = ()
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 class _PriorityFormatter(structlog.stdlib.ProcessorFormatter):
@@ -84,6 +101,11 @@ def configure_logging(
     # aiohttp's access log would add a line per request; rejected requests are logged
     # by the API itself.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server_log = logging.getLogger("aiohttp.server")
+    for old_filter in list(server_log.filters):
+        if isinstance(old_filter, _ClientFaultFilter):
+            server_log.removeFilter(old_filter)
+    server_log.addFilter(_ClientFaultFilter())
 
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

@@ -213,10 +213,6 @@ def test_the_server_kept_answering_after_the_fuzzing(live: ServerProcess) -> Non
     check_server_healthy(live)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "collector/logs.py: aiohttp logs every request its parser refuses (a bad header "
-    "byte, say) as 'Error handling request' at ERROR with a full traceback, so any client "
-    "can fill the error log (journalctl -p err) with noise"))
 def test_a_malformed_request_is_not_an_error_in_the_log(live: ServerProcess) -> None:
     before = len(live.output().splitlines())
     answer = exchange(live.port, b"POST /v1/events HTTP/1.1\r\nHost: x\r\n"
