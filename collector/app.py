@@ -12,8 +12,7 @@ from aiohttp import web
 from collector import admin_api, api, metrics, stats_api, systemd
 from collector.config import Settings
 from collector.datadir import locked_data_dir
-from collector.handlers import HandlerContext, HandlerFactory, resolve
-from collector.jobs import Handler
+from collector.handlers import HandlerContext, resolve
 from collector.keys import METRICS, NOTIFIER, QUEUE, SETTINGS, STATE, STATS, WORKER
 from collector.queue import DurableQueue
 from collector.state import ServiceState
@@ -132,5 +131,3 @@ async def _maintain(app: web.Application) -> None:
                 log.info("idempotency_keys_purged", count=purged)
         await asyncio.sleep(_PURGE_EVERY_S)
 
-
-__all__ = ["Handler", "HandlerFactory", "create_app"]
