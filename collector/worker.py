@@ -38,6 +38,7 @@ def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) 
 
 
 _TAKE_RETRY_S = 1.0  # wait after the queue failed to hand out a job
+_YIELD_EVERY = 32  # jobs after which the worker lets the event loop run
 
 
 class _HandlerTimeoutError(Exception):
@@ -144,7 +145,14 @@ class Worker:
     async def _run(self) -> None:
         log.info("worker_started", handlers=[name for name, _ in self._handlers])
         queue = self._queue
+        streak = 0
         while not self._stopping:
+            streak += 1
+            if streak >= _YIELD_EVERY:
+                # Jobs in memory and handlers that never suspend would run back to back
+                # without giving the event loop a turn: requests and health checks wait.
+                streak = 0
+                await asyncio.sleep(0)
             try:
                 job = queue.take_nowait() or await queue.next_job()
             except Exception:
