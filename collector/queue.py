@@ -528,13 +528,21 @@ class _JobTable(SQLiteBase):
         ).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
-    def set_attempts(self, key: int, seq: int, attempts: int) -> None:
-        """Job `seq` (in row `key`) failed `attempts` times; the jobs before it are done."""
+    def set_attempts(self, key: int, seq: int, attempts: int, acks: _Acks) -> None:
+        """Job `seq` (in row `key`) failed `attempts` times; the jobs before it are done.
+
+        The acknowledgements not yet committed go in the same transaction: the row's
+        progress must never reach the disk ahead of the acknowledgements before it (a
+        replay after a crash is one run from the oldest unacknowledged job).
+        """
         conn: sqlite3.Connection = self._conn
-        conn.execute(
-            f"UPDATE {self._table_name} SET attempts = ?, done_upto = ? WHERE _id = ?",
-            (attempts, seq - 1, key),
-        )
+        with _transaction(conn):
+            if acks:
+                self._apply_acks(conn, acks)
+            conn.execute(
+                f"UPDATE {self._table_name} SET attempts = ?, done_upto = ? WHERE _id = ?",
+                (attempts, seq - 1, key),
+            )
 
     def bury(self, job: Job, key: int, error: str, acks: _Acks) -> None:
         """Move `job` (in row `key`) to the dead letters (and flush earlier acknowledgements)."""
@@ -1442,9 +1450,16 @@ class DurableQueue:
         """Persist that `job` failed `job.attempt` times, so max_attempts holds across restarts."""
         assert self._table is not None
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(
-            self._executor, self._table.set_attempts, self._row_key(job), job.seq, job.attempt
-        )
+        acks = self._take_acks()
+        try:
+            await loop.run_in_executor(
+                self._executor, self._table.set_attempts, self._row_key(job), job.seq,
+                job.attempt, acks,
+            )
+        except BaseException:
+            self._acks_settled(acks, committed=False)
+            raise
+        self._acks_settled(acks, committed=True)
 
     async def dead_letter(self, job: Job, error: str) -> None:
         """Move `job` to the durable dead-letter store; the line moves on."""

@@ -458,16 +458,7 @@ class AckedRarely(QueueMachine):
     ack_interval_ms = 60_000
 
 
-_ACK_ORDER_BUG = (
-    "bug in collector/queue.py: record_attempt (_JobTable.set_attempts) commits "
-    "done_upto = seq - 1 for the failing job's row on its own, while the acknowledgements "
-    "of earlier rows still wait for their group commit and processed_total is not counted: "
-    "after a kill the earlier jobs are replayed but a later, done one is not (the replay is "
-    "no longer a run from the oldest unacknowledged job), and processed_total falls short")
-
-TestAckedInGroups = pytest.mark.xfail(strict=False, reason=(
-    "until the queue bug in test_named_case[record_attempt_*] is fixed, Hypothesis finds "
-    "it here: " + _ACK_ORDER_BUG))(AckedInGroups.TestCase)
+TestAckedInGroups = AckedInGroups.TestCase
 TestAckedInGroups.settings = _SETTINGS
 TestAckedOneByOne = AckedOneByOne.TestCase
 TestAckedOneByOne.settings = _SETTINGS
@@ -516,8 +507,8 @@ NAMED_CASES: dict[str, tuple[type[QueueMachine], Program]] = {
 }
 
 
-# Crash windows where the queue does not (yet) do what the model says: failing tests.
-KNOWN_BAD: dict[str, tuple[type[QueueMachine], Program]] = {
+# Crash windows the model test once found the queue getting wrong; kept as regressions.
+REGRESSIONS: dict[str, tuple[type[QueueMachine], Program]] = {
     "record_attempt_commits_a_later_row_before_earlier_acks": (AckedRarely, [
         ("enqueue", {"count": 3, "as_array": True, "key": "none"}),  # one row: seqs 1-3
         ("process", {}), ("process", {}), ("process", {}),
@@ -535,13 +526,9 @@ KNOWN_BAD: dict[str, tuple[type[QueueMachine], Program]] = {
 }
 
 
-@pytest.mark.parametrize("name", [
-    *NAMED_CASES,
-    *(pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=_ACK_ORDER_BUG))
-      for name in KNOWN_BAD),
-])
+@pytest.mark.parametrize("name", [*NAMED_CASES, *REGRESSIONS])
 def test_named_case(name: str) -> None:
-    machine_class, program = {**NAMED_CASES, **KNOWN_BAD}[name]
+    machine_class, program = {**NAMED_CASES, **REGRESSIONS}[name]
     machine = machine_class()
     try:
         machine.agrees_with_the_model()
