@@ -34,7 +34,7 @@ from collector.queue import (
     recover_file,
 )
 from tests.conftest import free_port
-from tests.modelhelpers import cli_env, one_line, request, run_cli, wait_until
+from tests.modelhelpers import cli_env, one_line, post_events, request, run_cli, wait_until
 
 PAD = "y" * 200
 WAL_HEADER = 32
@@ -486,3 +486,22 @@ def _status(port: int, path: str) -> int:
         return request(port, "GET", path, timeout=2).status
     except OSError:
         return 0
+
+
+@pytest.mark.slow
+def test_check_reads_the_file_of_a_running_daemon_without_disturbing_it(
+    server_process: Any, tmp_path: Path
+) -> None:
+    server = server_process(args=["--handler", "tests.modelhelpers:held"],
+                            env={"MODEL_GATE_FILE": str(tmp_path / "never"),
+                                 "MODEL_RECORD_FILE": str(tmp_path / "record")})
+    server.start()
+    for n in range(5):
+        assert post_events(server.port, [{"id": f"r{n}.{k}"} for k in range(4)]).status == 202
+    result = run_cli("check", "--json", "--data-dir", str(server.data_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert (report["sound"], report["last_seq"], report["pending"]) == (True, 20, 20)
+    assert report["clean_shutdown"] is False  # it is running
+    assert post_events(server.port, {"id": "after"}).status == 202
+    assert server.terminate() == 0
