@@ -494,7 +494,8 @@ def test_check_reads_the_file_of_a_running_daemon_without_disturbing_it(
 ) -> None:
     server = server_process(args=["--handler", "tests.modelhelpers:held"],
                             env={"MODEL_GATE_FILE": str(tmp_path / "never"),
-                                 "MODEL_RECORD_FILE": str(tmp_path / "record")})
+                                 "MODEL_RECORD_FILE": str(tmp_path / "record"),
+                                 "COLLECTOR_SERVER_SHUTDOWN_TIMEOUT": "0.2"})
     server.start()
     for n in range(5):
         assert post_events(server.port, [{"id": f"r{n}.{k}"} for k in range(4)]).status == 202
