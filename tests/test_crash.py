@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 ServerFactory = Callable[..., ServerProcess]
 SENDERS = 6
-FIRST_JOB = "SELECT done_upto + 1 FROM jobs_v1 WHERE revived = 0 ORDER BY _id LIMIT 1"
+FIRST_JOB = "SELECT (SELECT done_upto + 1 FROM jobs_v1 WHERE revived = 0 ORDER BY _id LIMIT 1)"
 
 
 @dataclass

@@ -21,7 +21,7 @@ from collector.queue import QUEUE_FILE, Accepted, DurableQueue
 QueueFactory = Callable[..., Awaitable[DurableQueue]]
 # Jobs not yet done in the file (a row holds jobs first_seq.._id; done_upto marks progress).
 COUNT_JOBS = "SELECT coalesce(sum(_id - done_upto), 0) FROM jobs_v1"
-FIRST_JOB = "SELECT done_upto + 1 FROM jobs_v1 WHERE revived = 0 ORDER BY _id LIMIT 1"
+FIRST_JOB = "SELECT (SELECT done_upto + 1 FROM jobs_v1 WHERE revived = 0 ORDER BY _id LIMIT 1)"
 
 
 @pytest.fixture
