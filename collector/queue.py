@@ -61,7 +61,8 @@ log = structlog.get_logger(__name__)
 
 QUEUE_FILE: Final = "queue.db"
 _MEMORY_WINDOW: Final = 4096  # jobs handed to the worker from memory at most
-_PAGE_ROWS: Final = 64  # rows read from disk per executor call
+_PAGE_ROWS: Final = 64  # rows read from disk per executor call at most
+_PAGE_EVENTS: Final = 2048  # ... and jobs, roughly (whole rows are read)
 _ROW_MAX_EVENTS: Final = 1024  # jobs per row at most
 _ROW_MAX_BYTES: Final = 1 << 20  # payload bytes per row at most (one event may exceed it)
 _SQLITE_FULL: Final = 13
@@ -490,7 +491,11 @@ class _JobTable(SQLiteBase):
         """
         conn: sqlite3.Connection = self._conn
         page = _Page([], [])
-        for row in conn.execute(self._sql_fetch, (after, limit_rows)).fetchall():
+        # Rows hold up to _ROW_MAX_EVENTS jobs: stop after about _PAGE_EVENTS of them, so
+        # that a page (and the GIL time to decode it) stays small whatever the rows hold.
+        for row in conn.execute(self._sql_fetch, (after, limit_rows)):
+            if len(page.jobs) >= _PAGE_EVENTS:
+                break
             try:
                 jobs, span = _decode_row(row)
             except (ValueError, TypeError, KeyError, IndexError) as exc:
