@@ -90,6 +90,11 @@ class Worker:
         return self._task is not None and not self._task.done()
 
     @property
+    def stopping(self) -> bool:
+        """True once stop() was called."""
+        return self._stopping
+
+    @property
     def busy_for(self) -> float | None:
         """Seconds the current handler call has been running, None when idle."""
         since = self._busy_since
@@ -161,7 +166,17 @@ class Worker:
                 continue
             # This task's own context: binding replaces the previous job's seq.
             structlog.contextvars.bind_contextvars(seq=job.seq)
-            await self._process(job)
+            while True:
+                try:
+                    await self._process(job)
+                    break
+                except Exception:
+                    # Recording an attempt or a dead letter failed (disk full, say): the
+                    # job keeps its place and is tried again; the worker never dies of it.
+                    log.exception("worker_settle_failed", retry_in_s=_TAKE_RETRY_S)
+                    await asyncio.sleep(_TAKE_RETRY_S)
+                    if self.stopping:
+                        return
             self.counters.last_progress = time.monotonic()
 
     async def _process(self, job: Job) -> None:
