@@ -42,7 +42,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Final, Literal
+from typing import Any, Final, Literal
 
 import orjson
 import structlog
@@ -56,6 +56,7 @@ from collector.errors import (
     StorageFullError,
 )
 from collector.jobs import Job
+from collector.serialization import OrjsonSerializer
 
 log = structlog.get_logger(__name__)
 
@@ -73,26 +74,6 @@ _ACKS_FORCE_FLUSH: Final = 10_000  # acknowledgements that trigger a commit of t
 _RETRY_AFTER_FAILURE_S: Final = 1.0  # acknowledgements wait this long after a failed commit
 _SEQ_MARGIN_WHEN_UNKNOWN: Final = 1_000_000_000
 _JOB_COLUMNS: Final = "_id, first_seq, data, timestamp, done_upto, attempts, revived"
-
-
-class _JsonSerializer:
-    """persist-queue serializer backed by orjson: client data is never unpickled."""
-
-    @staticmethod
-    def dumps(value: Any) -> bytes:
-        return orjson.dumps(value)
-
-    @staticmethod
-    def loads(raw: bytes) -> Any:
-        return orjson.loads(raw)
-
-    @staticmethod
-    def dump(value: Any, fp: BinaryIO) -> None:
-        fp.write(orjson.dumps(value) + b"\n")
-
-    @staticmethod
-    def load(fp: BinaryIO) -> Any:
-        return orjson.loads(fp.readline())
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +232,7 @@ class _JobTable(SQLiteBase):
         self._max_bytes = max_bytes
         _refuse_damaged(path / QUEUE_FILE)
         super().__init__(
-            str(path), name="v1", serializer=_JsonSerializer, db_file_name=QUEUE_FILE,
+            str(path), name="v1", serializer=OrjsonSerializer, db_file_name=QUEUE_FILE,
             timeout=30.0,
         )
 

@@ -34,39 +34,19 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Final, Literal
+from typing import IO, Any, Final, Literal
 
-import orjson
 import structlog
 from persistqueue.sqlbase import SQLiteBase
 
 from collector.errors import StartupError
+from collector.serialization import OrjsonSerializer
 
 log = structlog.get_logger(__name__)
 
 SPOOL_FILE: Final = "spool.db"
 LOCK_FILE: Final = "bridge.lock"
 _GZIP_LEVEL: Final = 6
-
-
-class _JsonSerializer:
-    """persist-queue serializer: JSON (orjson), never pickle."""
-
-    @staticmethod
-    def dumps(value: Any) -> bytes:
-        return orjson.dumps(value)
-
-    @staticmethod
-    def loads(raw: bytes) -> Any:
-        return orjson.loads(raw)
-
-    @staticmethod
-    def dump(value: Any, fp: BinaryIO) -> None:
-        fp.write(orjson.dumps(value) + b"\n")
-
-    @staticmethod
-    def load(fp: BinaryIO) -> Any:
-        return orjson.loads(fp.readline())
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +130,7 @@ class _SpoolTable(SQLiteBase):
 
     def __init__(self, path: Path, *, durability: Literal["full", "normal"]) -> None:
         self._durability = durability
-        super().__init__(str(path), name="v1", serializer=_JsonSerializer,
+        super().__init__(str(path), name="v1", serializer=OrjsonSerializer,
                          db_file_name=SPOOL_FILE, timeout=30.0)
 
     def _init(self) -> None:
