@@ -306,18 +306,9 @@ class _JobTable(SQLiteBase):
             f"SELECT first_seq, done_upto FROM {self._table_name} WHERE revived = 0 "
             "ORDER BY _id LIMIT 1"
         ).fetchone()
-        revived_rows = conn.execute(
+        revived = self._decode_rows(conn.execute(
             f"SELECT {_JOB_COLUMNS} FROM {self._table_name} WHERE revived = 1 ORDER BY _id"
-        ).fetchall()
-        revived = _Page([], [])
-        for one in revived_rows:
-            try:
-                jobs, span = _decode_row(one)
-            except (ValueError, TypeError, KeyError, IndexError) as exc:
-                revived.set_aside.append(self._set_aside(one, exc))
-                continue
-            revived.jobs.extend(jobs)
-            revived.spans.append(span)
+        ))
         (max_id, pending) = conn.execute(
             f"SELECT coalesce(max(_id), 0), coalesce(sum(_id - done_upto), 0) "
             f"FROM {self._table_name}"
@@ -471,19 +462,28 @@ class _JobTable(SQLiteBase):
         moves on and the bytes are kept for a person to look at.
         """
         conn: sqlite3.Connection = self._conn
-        page = _Page([], [])
         # Rows hold up to _ROW_MAX_EVENTS jobs: stop after about _PAGE_EVENTS of them, so
         # that a page (and the GIL time to decode it) stays small whatever the rows hold.
-        for row in conn.execute(self._sql_fetch, (after, limit_rows)):
-            if len(page.jobs) >= _PAGE_EVENTS:
+        return self._decode_rows(conn.execute(self._sql_fetch, (after, limit_rows)),
+                                 max_jobs=_PAGE_EVENTS)
+
+    def _decode_rows(self, cursor: sqlite3.Cursor, *, max_jobs: int | None = None) -> _Page:
+        """Decode job rows in order; rows that cannot be decoded are set aside (after the
+        read cursor is closed, so no write happens under an open statement)."""
+        page = _Page([], [])
+        damaged: list[tuple[tuple[Any, ...], Exception]] = []
+        for row in cursor:
+            if max_jobs is not None and len(page.jobs) >= max_jobs:
                 break
             try:
                 jobs, span = _decode_row(row)
             except (ValueError, TypeError, KeyError, IndexError) as exc:
-                page.set_aside.append(self._set_aside(row, exc))
+                damaged.append((row, exc))
                 continue
             page.jobs.extend(jobs)
             page.spans.append(span)
+        cursor.close()
+        page.set_aside.extend(self._set_aside(row, exc) for row, exc in damaged)
         return page
 
     def _set_aside(self, row: tuple[Any, ...], exc: Exception) -> tuple[int, int]:
