@@ -530,3 +530,34 @@ async def test_a_backlog_beyond_the_memory_window_comes_out_complete_and_in_orde
     assert min(by_seq) == 6001
     assert [j.payload for j in seen[6000:]] == [by_seq[s] for s in sorted(by_seq)]
     assert (await queue.stats()).pending == 0
+
+
+@pytest.mark.parametrize("rows_per_statement", [64, 2], ids=["one-statement", "chunked"])
+async def test_a_group_commit_split_into_many_rows_keeps_order_and_content(
+    make_queue: QueueFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    rows_per_statement: int,
+) -> None:
+    """A group commit bigger than one row is written as several rows, by one multi-row
+    INSERT or (beyond _INSERT_ROWS rows) by several in one transaction; either way the
+    jobs come back complete and in order, also from the file after a reopen."""
+    monkeypatch.setattr("collector.queue._ROW_MAX_BYTES", 600)
+    monkeypatch.setattr("collector.queue._INSERT_ROWS", rows_per_statement)
+    queue = await make_queue()
+    bodies = [[{"r": r, "k": k, "pad": "x" * 100} for k in range(3)] for r in range(12)]
+    # Created together, the puts wait for the same commit: 12 requests of ~400 bytes
+    # make one group of at least 6 rows.
+    answers = await asyncio.gather(*(queue.put(body) for body in bodies))
+    first_half = await take_all(queue, 18)
+    await queue.close()
+    row_count = table_rows(tmp_path / "queue", "SELECT count(*) FROM jobs_v1")
+
+    queue = await make_queue()
+    second_half = await take_all(queue, 18)
+
+    assert [(a.first_seq, a.last_seq) for a in answers] == [
+        (3 * r + 1, 3 * r + 3) for r in range(12)]
+    expected = [event for body in bodies for event in body]
+    seen = first_half + second_half
+    assert [j.seq for j in seen] == list(range(1, 37))
+    assert [j.payload for j in seen] == expected
+    assert row_count >= 3, "the group was not split into rows"
