@@ -7,9 +7,15 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Job:
-    """One accepted event, as handed to handlers in strict `seq` order."""
+    """One accepted event, as handed to handlers in strict `seq` order.
+
+    Handlers read it and must not change it. It is not frozen because a frozen
+    dataclass costs four times as much to create, and one is created per event (tens
+    of thousands a second); the payload, a dict, could be changed either way.
+    Field order is part of the API: the queue creates jobs positionally.
+    """
 
     seq: int
     payload: Any

@@ -79,6 +79,7 @@ class Worker:
         self._busy_since: float | None = None  # monotonic start of the running handler call
         self._timed_out = False  # the watchdog cancelled a handler call that ran too long
         self._stopping = False
+        self._applied = 0  # handlers that succeeded for the current job
         self.counters = WorkerCounters()
         #: Called after each handler call with (handler name, seconds, ok); the metrics
         #: module sets it. None costs nothing per job.
@@ -177,13 +178,12 @@ class Worker:
                     await asyncio.sleep(_TAKE_RETRY_S)
                     if self.stopping:
                         return
-            self.counters.last_progress = time.monotonic()
 
     async def _process(self, job: Job) -> None:
-        done: set[int] = set()  # handlers that succeeded for this job: each applied once
+        self._applied = 0  # handlers that succeeded for this job: each is applied once
         while True:
             try:
-                await self._call_handlers(job, done)
+                started = await self._call_handlers(job)
             except PermanentError as exc:
                 await self._bury(job, _describe(exc), permanent=True)
                 return
@@ -193,7 +193,9 @@ class Worker:
                 error = _describe(exc)
             else:
                 self._queue.ack(job)
-                self.counters.processed += 1
+                counters = self.counters
+                counters.processed += 1
+                counters.last_progress = started
                 return
             if job.attempt >= self._max_attempts:
                 await self._bury(job, error, permanent=False)
@@ -208,13 +210,18 @@ class Worker:
             await asyncio.sleep(delay)
             job = dataclasses.replace(job, attempt=job.attempt + 1)
 
-    async def _call_handlers(self, job: Job, done: set[int]) -> None:
-        self._busy_since = time.monotonic()
+    async def _call_handlers(self, job: Job) -> float:
+        """Apply the handlers not yet applied to `job`, in order; returns the start time.
+
+        Handlers run in list order and the first failure ends the call, so the ones that
+        succeeded are always the first `self._applied`: a retry starts after them.
+        """
+        self._busy_since = now = time.monotonic()
         observe = self.on_handler
+        handlers = self._handlers
         try:
-            for index, (name, handler) in enumerate(self._handlers):
-                if index in done:
-                    continue
+            while self._applied < len(handlers):
+                name, handler = handlers[self._applied]
                 if observe is None:
                     await handler(job)
                 else:
@@ -225,7 +232,8 @@ class Worker:
                         observe(name, time.perf_counter() - started, False)
                         raise
                     observe(name, time.perf_counter() - started, True)
-                done.add(index)
+                self._applied += 1
+            return now
         except asyncio.CancelledError:
             if not self._timed_out:
                 raise  # a real cancellation (shutdown)
