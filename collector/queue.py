@@ -14,12 +14,16 @@ Design (see README "How it works"):
   taking the next job is one index seek whether 0 or 10**6 jobs were processed before.
   A partly done row records how far it got (``done_upto``).
 * Every SQLite call runs in one executor thread owned by this module.
-* Concurrent ``put`` calls are group-committed: while one transaction is being written,
-  new requests gather, and the next transaction carries them all (all or none, so each
-  request is all or none too). A request is answered only after the COMMIT returned;
-  with ``durability = "full"`` that COMMIT is fsynced (``synchronous=FULL``).
-* Acknowledgements are batched: they are committed together every ``ack_interval_ms``
-  (and before a dead letter moves, and at close), without an fsync of their own. A
+* Concurrent ``put`` calls are group-committed: requests wait in an outbox, and a writer
+  running in the executor thread commits everything in it as one transaction, then
+  what came in meanwhile as the next, until it is empty (all or none, so each request
+  is all or none too). The thread hands out the seqs, in commit order. A request is
+  answered only after its COMMIT returned; with ``durability = "full"`` that COMMIT is
+  fsynced (``synchronous=FULL``). A transaction of fresh events is one multi-row INSERT
+  in autocommit mode: every statement costs the thread a wait for the GIL.
+* Acknowledgements are batched: every ``ack_interval_ms`` they go through the outbox
+  into the next transaction (and are written before an attempt or a dead letter is
+  recorded, and at close), without an fsync of their own. A
   lost acknowledgement only replays a job (at least once).
 * Jobs just committed are handed to the worker from memory, so it does not read back
   what was just written; only a backlog beyond the in-memory window is read from disk,
@@ -77,6 +81,7 @@ _WAL_LIMIT_BYTES: Final = 16 * 1024 * 1024
 # The page size applies to new files only; an older file keeps its own.
 _PAGE_SIZE: Final = 16384
 _CHECKPOINT_PAGES: Final = _WAL_LIMIT_BYTES // _PAGE_SIZE  # checkpoint when the WAL is this long
+_GROUPS_PER_RUN: Final = 16  # group commits per writer run before other executor work
 _ACKS_FORCE_FLUSH: Final = 10_000  # acknowledgements that trigger a commit of their own
 _RETRY_AFTER_FAILURE_S: Final = 1.0  # acknowledgements wait this long after a failed commit
 _SEQ_MARGIN_WHEN_UNKNOWN: Final = 1_000_000_000
@@ -132,6 +137,16 @@ class _Acks:
 
     def __bool__(self) -> bool:
         return bool(self.count or self.rows or self.partial)
+
+    @staticmethod
+    def merge(batches: Sequence[_Acks]) -> _Acks:
+        """Several batches, oldest first, as one (a row's progress only ever grows)."""
+        if len(batches) == 1:
+            return batches[0]
+        partials = [b.partial for b in batches if b.partial is not None]
+        return _Acks(rows=tuple(r for b in batches for r in b.rows),
+                     partial=partials[-1] if partials else None,
+                     count=sum(b.count for b in batches))
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,10 +213,9 @@ def _decode_row(row: tuple[Any, ...]) -> tuple[list[Job], _Span]:
     for received_at, source, sequence, events in orjson.loads(data):
         for index, payload in enumerate(events):
             if seq > done_upto:
-                jobs.append(Job(seq=seq, payload=payload, received_at=received_at,
-                                attempt=attempts + 1 if seq == done_upto + 1 else 1,
-                                source=source,
-                                sequence=None if sequence is None else sequence + index))
+                jobs.append(Job(seq, payload, received_at,
+                                attempts + 1 if seq == done_upto + 1 else 1, source,
+                                None if sequence is None else sequence + index))
             seq += 1
     if seq != last + 1:
         raise ValueError(f"row {last} holds {seq - first} events for seqs {first}..{last}")
@@ -238,6 +252,7 @@ class _JobTable(SQLiteBase):
         self._durability = durability
         self._max_bytes = max_bytes
         self._insert_sql: dict[int, str] = {}  # multi-row INSERT statements by row count
+        self.next_seq = 1  # the seq the next committed event gets (set by state())
         _refuse_damaged(path / QUEUE_FILE)
         super().__init__(
             str(path), name="v1", serializer=OrjsonSerializer, db_file_name=QUEUE_FILE,
@@ -340,8 +355,10 @@ class _JobTable(SQLiteBase):
         (processed,) = conn.execute(
             "SELECT value FROM meta WHERE key = 'processed_total'"
         ).fetchone()
+        last_seq = max(row[0] if row else 0, max_id)
+        self.next_seq = last_seq + 1
         return _State(
-            last_seq=max(row[0] if row else 0, max_id),
+            last_seq=last_seq,
             head_first=head[0] if head else None,
             head_done=head[1] if head else None,
             pending=pending, dead=dead, processed=processed,
@@ -399,9 +416,10 @@ class _JobTable(SQLiteBase):
                 "UPDATE meta SET value = value + ? WHERE key = 'processed_total'", (acks.count,)
             )
 
-    def commit(self, puts: list[_Put], next_seq: int, acks: _Acks, ttl_s: float
+    def commit(self, puts: list[_Put], acks: _Acks, ttl_s: float
                ) -> tuple[list[Accepted], list[_Span]]:
-        """One transaction: the acknowledgements so far, then every request's events.
+        """One transaction: acknowledgements, then every request's events, with seqs from
+        ``next_seq`` on (this thread hands out seqs: commits run here one after another).
 
         The transaction is all or none, so each request is too. The events of all the
         requests go into as few rows as the row limits allow; in the common case that is
@@ -416,6 +434,7 @@ class _JobTable(SQLiteBase):
         keys: dict[str, Accepted] = {}
         # Reads first (this thread is the only writer, so they cannot go stale), then
         # all writes in one transaction.
+        next_seq = self.next_seq
         row_events: list[bytes] = []
         row_first = next_seq
         row_bytes = row_size = 0
@@ -453,6 +472,7 @@ class _JobTable(SQLiteBase):
             # transaction and one statement, whether it writes one row or several.
             if rows:
                 self._insert(conn, rows)
+            self.next_seq = next_seq
             return results, [_Span(r[1], r[0]) for r in rows]
         durable = bool(puts)
         if not durable and self._durability == "full":
@@ -475,6 +495,7 @@ class _JobTable(SQLiteBase):
         finally:
             if not durable and self._durability == "full":
                 conn.execute("PRAGMA synchronous=FULL")
+        self.next_seq = next_seq
         return results, [_Span(r[1], r[0]) for r in rows]
 
     def _insert(self, conn: sqlite3.Connection, rows: list[tuple[int, int, bytes, float, int]]
@@ -1131,13 +1152,15 @@ class DurableQueue:
         self._table: _JobTable | None = None
         self._open = False
         self._closing = False
-        # Group commit.
-        self._puts: list[_Put] = []
+        # Group commit: requests and acknowledgement batches wait in the outbox, in order,
+        # for the writer (see _write_outbox). deque.append and popleft are atomic, so the
+        # loop adds and the writer's thread takes without a lock.
+        self._outbox: deque[_Put | _Acks] = deque()
+        self._writer: asyncio.Future[None] | None = None  # the writer's run, while it runs
         self._queued_events = 0  # events in puts not yet settled (counted against the bound)
-        self._commit_wanted = asyncio.Event()
-        self._committer: asyncio.Task[None] | None = None
+        self._ack_batches = 0  # acknowledgement batches in the outbox or being written
         # Sequence bookkeeping (all on the loop).
-        self._next_seq = 1  # next seq to assign
+        self._next_seq = 1  # the seq after the last one known committed
         self._stored = 0  # jobs in the file not yet known done there
         self._dead = 0
         self._processed_flushed = 0
@@ -1146,7 +1169,6 @@ class DurableQueue:
         self._done_rows: list[int] = []  # keys of rows wholly done, not yet deleted
         self._acks_committing = 0  # acknowledgements inside a running transaction
         self._flush_timer: asyncio.TimerHandle | None = None
-        self._flush_requested = False
         # Hand-off to the worker: the window holds jobs of whole rows, `_spans` those rows
         # (oldest first, including rows whose jobs were already taken but are not done).
         self._window: deque[Job] = deque()
@@ -1195,7 +1217,6 @@ class DurableQueue:
         self._revived.extend(state.revived.jobs)
         self._revived_seqs.update(job.seq for job in state.revived.jobs)
         self._open = True
-        self._committer = asyncio.create_task(self._commit_loop(), name="queue-committer")
         log.info("queue_opened", path=str(self.path), pending=state.pending, dead=state.dead,
                  last_seq=state.last_seq, durability=self._durability)
 
@@ -1204,10 +1225,13 @@ class DurableQueue:
         if not self._open:
             return
         self._closing = True
-        self._commit_wanted.set()
-        if self._committer is not None:
-            # The committer writes what is waiting, then returns (see _commit_loop).
-            await self._committer
+        self._push_acks()
+        # The writer writes what is waiting; a batch that fails now is given up (its
+        # callers get the error; lost acknowledgements only replay jobs).
+        while self._writer is not None or self._outbox:
+            self._kick()
+            if self._writer is not None:
+                await asyncio.wait({self._writer})
         if self._flush_timer is not None:
             self._flush_timer.cancel()
         table = self._table
@@ -1300,60 +1324,109 @@ class DurableQueue:
             key=key,
             future=loop.create_future(),
         )
-        self._puts.append(put)
+        self._outbox.append(put)
         self._queued_events += n
-        self._commit_wanted.set()
+        self._kick()
         return await put.future
 
-    async def _commit_loop(self) -> None:
-        loop = asyncio.get_running_loop()
+    # -- the writer --------------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        """Start the writer if the outbox holds something and it is not running."""
+        if self._writer is None and self._outbox:
+            loop = asyncio.get_running_loop()
+            self._writer = loop.run_in_executor(self._executor, self._write_outbox, loop)
+            self._writer.add_done_callback(self._writer_done)
+
+    def _writer_done(self, run: asyncio.Future[None]) -> None:
+        self._writer = None
+        if not run.cancelled() and run.exception() is not None:  # pragma: no cover - a bug
+            log.error("queue_writer_failed", error=repr(run.exception()))
+        self._kick()  # what came in after the writer found the outbox empty
+
+    def _write_outbox(self, loop: asyncio.AbstractEventLoop) -> None:
+        """In the executor thread: commit everything in the outbox as one group, then
+        whatever came in meanwhile as the next, until the outbox is empty.
+
+        This is the group commit. The thread takes a group the moment it is ready for
+        one, so it never idles while the loop gathers requests, and it keeps the GIL
+        between groups instead of waiting for it again at each start. After
+        _GROUPS_PER_RUN groups it returns so that other executor work (pages for the
+        worker, dead letters) gets a turn; _writer_done starts it again. Results go back
+        to the loop through call_soon_threadsafe, group after group, in order.
+        """
         table = self._table
         assert table is not None
-        while True:
-            if self._closing and not self._puts and not self._acks and not self._done_rows:
+        outbox = self._outbox
+        for _ in range(_GROUPS_PER_RUN):
+            puts: list[_Put] = []
+            acks: list[_Acks] = []
+            while outbox:
+                item = outbox.popleft()
+                if isinstance(item, _Put):
+                    puts.append(item)
+                else:
+                    acks.append(item)
+            if not puts and not acks:
                 return
-            await self._commit_wanted.wait()
-            self._commit_wanted.clear()
-            puts, self._puts = self._puts, []
-            flush = (self._acks or self._done_rows) and (
-                self._flush_requested or self._closing or self._ack_interval == 0
-                or self._acks >= _ACKS_FORCE_FLUSH
-            )
-            if not puts and not flush:
-                continue
             started = time.perf_counter()
-            # Events count against max_pending until they are settled either way.
-            taken = sum(p.count for p in puts)
-            acks = self._take_acks() if flush else _Acks()
-            if flush:
-                self._flush_requested = False
-                if self._flush_timer is not None:
-                    self._flush_timer.cancel()
-                    self._flush_timer = None
             try:
-                results, spans = await loop.run_in_executor(
-                    self._executor, table.commit, puts, self._next_seq, acks, self._ttl_s,
-                )
+                results, spans = table.commit(puts, _Acks.merge(acks) if acks else _Acks(),
+                                              self._ttl_s)
             except Exception as exc:  # noqa: BLE001 - every failure goes back to the callers
-                self._queued_events -= taken
-                err = _translate(exc)
-                log.error("queue_commit_failed", error=str(exc), requests=len(puts))
-                for put in puts:
-                    if not put.future.done():
-                        put.future.set_exception(err)
-                self._acks_settled(acks, committed=False)
-                if self._acks or self._done_rows:
-                    self._schedule_flush(_RETRY_AFTER_FAILURE_S)
-                continue
-            self._queued_events -= taken
-            self._acks_settled(acks, committed=True)
-            self._committed(puts, results, spans)
-            if self.on_commit is not None and puts:
-                rows = sum(r.accepted for r in results if not r.replayed)
-                self.on_commit(len(puts), rows, time.perf_counter() - started)
-            for put, result in zip(puts, results, strict=True):
-                if not put.future.done():  # else the caller went away; the events are stored
-                    put.future.set_result(result)
+                loop.call_soon_threadsafe(self._write_failed, puts, acks, exc)
+            else:
+                loop.call_soon_threadsafe(self._written, puts, acks, results, spans,
+                                          time.perf_counter() - started)
+
+    def _written(self, puts: list[_Put], acks: list[_Acks], results: list[Accepted],
+                 spans: list[_Span], seconds: float) -> None:
+        """A group is committed: account for it and answer its requests."""
+        self._queued_events -= sum(p.count for p in puts)
+        self._ack_batches -= len(acks)
+        for batch in acks:
+            self._acks_settled(batch, committed=True)
+        self._committed(puts, results, spans)
+        if self.on_commit is not None and puts:
+            rows = sum(r.accepted for r in results if not r.replayed)
+            self.on_commit(len(puts), rows, seconds)
+        for put, result in zip(puts, results, strict=True):
+            if not put.future.done():  # else the caller went away; the events are stored
+                put.future.set_result(result)
+
+    def _write_failed(self, puts: list[_Put], acks: list[_Acks], exc: Exception) -> None:
+        """A group failed as a whole: its requests get the error, its acknowledgements
+        are tried again later (or given up at close)."""
+        self._queued_events -= sum(p.count for p in puts)
+        self._ack_batches -= len(acks)
+        err = _translate(exc)
+        log.error("queue_commit_failed", error=str(exc), requests=len(puts))
+        for put in puts:
+            if not put.future.done():
+                put.future.set_exception(err)
+        for batch in acks:
+            self._acks_settled(batch, committed=False)
+        if self._acks or self._done_rows:
+            self._schedule_flush(_RETRY_AFTER_FAILURE_S)
+
+    def _push_acks(self) -> None:
+        """Hand the acknowledgements so far to the writer (they need no fsync of their own)."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if not (self._acks or self._done_rows):
+            return
+        self._outbox.append(self._take_acks())
+        self._ack_batches += 1
+        self._kick()
+
+    async def _acks_written(self) -> None:
+        """Wait until every acknowledgement batch handed to the writer is settled."""
+        while self._ack_batches:
+            self._kick()
+            writer = self._writer
+            assert writer is not None, "acknowledgements wait but the writer is not running"
+            await asyncio.wait({writer})
 
     def _committed(self, puts: list[_Put], results: list[Accepted], spans: list[_Span]) -> None:
         """Account for newly stored jobs and hand them to the worker from memory if we can."""
@@ -1367,14 +1440,11 @@ class DurableQueue:
         if spans[0].first == self._cursor + 1 and len(self._window) < _MEMORY_WINDOW:
             window = self._window
             for put, result in fresh:
-                seq = result.first_seq
+                seq = first = result.first_seq
                 sequence = put.sequence
                 for payload in put.payloads:
-                    window.append(Job(
-                        seq=seq, payload=payload, received_at=put.received_at,
-                        source=put.source,
-                        sequence=None if sequence is None else sequence + seq - result.first_seq,
-                    ))
+                    window.append(Job(seq, payload, put.received_at, 1, put.source,
+                                      None if sequence is None else sequence + seq - first))
                     seq += 1
             self._spans.extend(spans)
             self._cursor = spans[-1].last
@@ -1430,7 +1500,7 @@ class DurableQueue:
         self._finish(job)
         self._acks += 1
         if self._ack_interval == 0 or self._acks >= _ACKS_FORCE_FLUSH:
-            self._commit_wanted.set()
+            self._push_acks()
         else:
             self._schedule_flush()
 
@@ -1465,13 +1535,13 @@ class DurableQueue:
 
     def _flush_due(self) -> None:
         self._flush_timer = None
-        self._flush_requested = True
-        self._commit_wanted.set()
+        self._push_acks()
 
     async def record_attempt(self, job: Job) -> None:
         """Persist that `job` failed `job.attempt` times, so max_attempts holds across restarts."""
         assert self._table is not None
         loop = asyncio.get_running_loop()
+        await self._acks_written()  # the row's progress must not overtake earlier acks
         acks = self._take_acks()
         try:
             await loop.run_in_executor(
@@ -1487,6 +1557,7 @@ class DurableQueue:
         """Move `job` to the durable dead-letter store; the line moves on."""
         assert self._table is not None
         loop = asyncio.get_running_loop()
+        await self._acks_written()
         key = self._row_key(job)
         acks = self._take_acks()
         try:
@@ -1526,6 +1597,7 @@ class DurableQueue:
         if at_tail:
             return await self._revive_at_tail(seqs)
         loop = asyncio.get_running_loop()
+        await self._acks_written()
         acks = self._take_acks()
         try:
             revived = await loop.run_in_executor(
@@ -1555,9 +1627,9 @@ class DurableQueue:
                 received_at=dead.received_at, source=dead.source, sequence=dead.sequence,
                 key=None, future=loop.create_future(), revive=seq,
             ))
-        self._puts.extend(puts)
+        self._outbox.extend(puts)
         self._queued_events += len(puts)
-        self._commit_wanted.set()
+        self._kick()
         revived = []
         for put in puts:
             accepted = await put.future
