@@ -295,9 +295,12 @@ async def post_events(request: web.Request) -> web.Response:
     if length is not None and length > limit:
         raise ApiError(413, "too_large", f"body over {limit} bytes", close=True)
     try:
-        # aiohttp has no deadline of its own for a body that trickles in.
-        async with asyncio.timeout(settings.read_timeout):
-            raw = await request.read()
+        if request.content.is_eof():
+            raw = await request.read()  # the whole body is in memory: nothing to wait for
+        else:
+            # aiohttp has no deadline of its own for a body that trickles in.
+            async with asyncio.timeout(settings.read_timeout):
+                raw = await request.read()
     except TimeoutError:
         raise ApiError(408, "request_timeout",
                        f"the body did not arrive within {settings.read_timeout:g} s",
