@@ -14,7 +14,10 @@ settings (durability "full"). Each gets the same load: wrk -t1 (one core drives 
 the other serves) with a Lua script that rotates through the real UpdateState messages
 of tests/fixtures/rl-stats-api/player-capture.jsonl, one per request or 100 consecutive
 ones per JSON array. Without wrk, scripts/loadgen.py (a Protocol-based closed-loop client
-in a process of its own) sends the same requests.
+in a process of its own) sends the same requests. The load figures run each server three
+times, in turns (reference, daemon, fast reference, again...), and take each one's median
+run: the speed of a shared VM drifts by up to 2x within minutes, and turns expose both
+servers to the same drift.
 
 Figures (noop handler, the worker draining concurrently unless said otherwise):
 
@@ -99,12 +102,13 @@ class Plan:
     cycle_jobs: int = 200_000
     cycles: int = 3
     serve_s: float = 3.0  # serving time before the second RSS reading
+    rounds: int = 3  # runs of each server, in turns, for the load figures
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
         if quick:
             return cls(quick=True, duration_s=2, warmup_s=1, drain_jobs=20_000,
-                       memory_jobs=50_000, cycle_jobs=20_000, serve_s=1.0)
+                       memory_jobs=50_000, cycle_jobs=20_000, serve_s=1.0, rounds=1)
         return cls(quick=False, duration_s=10, warmup_s=1)
 
 
@@ -773,22 +777,49 @@ def _measure_reference_load(h: Harness, fast: bool, bodies: Path, connections: i
     return result
 
 
-def _load_figure(h: Harness, name: str, *, bodies: Path, connections: int, per_request: int
+def median_run(results: Sequence[LoadResult], key: Callable[[LoadResult], float]
+               ) -> LoadResult:
+    """The run whose `key` is the median (the lower middle one for an even count)."""
+    ranked = sorted(results, key=key)
+    return ranked[(len(ranked) - 1) // 2]
+
+
+def _load_figure(h: Harness, name: str, *, bodies: Path, connections: int, per_request: int,
+                 key: Callable[[LoadResult], float] = lambda r: r.per_second,
                  ) -> tuple[LoadResult, LoadResult, LoadResult | None, dict[str, Any]]:
-    """The same load on the reference, the daemon and the fast reference, in that order."""
+    """The same load on the reference, the daemon and the fast reference, in turns.
+
+    The machine's speed drifts (a shared 2-core VM can run at half speed for a minute),
+    so one run of each, one after the other, compares a fast minute with a slow one.
+    Instead each server runs `plan.rounds` times, in turns, and the median run of each
+    (by `key`) is the figure; every run is printed.
+    """
     kind = f"{per_request}-event arrays" if per_request > 1 else "single events"
     say(f"\n== {name}: POSTs of {kind}, {connections} connections, {h.plan.duration_s} s "
-        f"each (after {h.plan.warmup_s} s of warm-up)")
-    ref = _measure_reference_load(h, False, bodies, connections)
-    say(f"  reference, asyncio + json       {_fmt_load(ref, per_request)}")
-    col, extra = _measure_collector_load(h, name, bodies, connections, per_request)
-    say(f"  collector serve --handler noop  {_fmt_load(col, per_request)}")
-    fast = None
-    if h.fast_reference:
-        fast = _measure_reference_load(h, True, bodies, connections)
-        say(f"  reference, uvloop + orjson      {_fmt_load(fast, per_request)}")
+        f"each (after {h.plan.warmup_s} s of warm-up), {h.plan.rounds} rounds in turns")
+    refs: list[LoadResult] = []
+    cols: list[tuple[LoadResult, dict[str, Any]]] = []
+    fasts: list[LoadResult] = []
+    for round_ in range(1, h.plan.rounds + 1):
+        refs.append(_measure_reference_load(h, False, bodies, connections))
+        say(f"  {round_}  reference, asyncio + json       {_fmt_load(refs[-1], per_request)}")
+        cols.append(_measure_collector_load(h, name, bodies, connections, per_request))
+        say(f"  {round_}  collector serve --handler noop  {_fmt_load(cols[-1][0], per_request)}")
+        if h.fast_reference:
+            fasts.append(_measure_reference_load(h, True, bodies, connections))
+            say(f"  {round_}  reference, uvloop + orjson      "
+                f"{_fmt_load(fasts[-1], per_request)}")
+    ref = median_run(refs, key)
+    col = median_run([c for c, _ in cols], key)
+    extra = next(e for c, e in cols if c is col)
+    extra["backlog_at_end_max"] = max(e["backlog_at_end"] for _, e in cols)
+    fast = median_run(fasts, key) if fasts else None
     details = {"reference": dataclasses.asdict(ref), "collector": dataclasses.asdict(col),
-               "reference_fast": None if fast is None else dataclasses.asdict(fast), **extra}
+               "reference_fast": None if fast is None else dataclasses.asdict(fast),
+               "rounds": {"reference": [dataclasses.asdict(r) for r in refs],
+                          "collector": [dataclasses.asdict(c) for c, _ in cols],
+                          "reference_fast": [dataclasses.asdict(f) for f in fasts]},
+               **extra}
     h.report.details[name] = details
     return ref, col, fast, extra
 
@@ -802,9 +833,14 @@ def figure_single(h: Harness) -> None:
     if fast is not None:
         h.report.add(Row(f"single-event POSTs, c{c} (context)", "req/s", col.per_second,
                          fast.per_second, None, "uvloop+orjson"))
-    backlog_s = extra["backlog_at_end"] / col.per_second if col.per_second else math.inf
-    say(f"  backlog when the load stopped: {extra['backlog_at_end']:,} jobs = "
-        f"{backlog_s:.3f} s of intake; drained {extra['catch_up_s']:.2f} s later")
+    # The worst round's backlog, in seconds of the median round's intake.
+    backlog = extra["backlog_at_end_max"]
+    backlog_s = backlog / col.per_second if col.per_second else math.inf
+    say(f"  median runs: reference {ref.per_second:,.0f} req/s, collector "
+        f"{col.per_second:,.0f} req/s, ratio {col.per_second / ref.per_second:.3f}"
+        if ref.per_second else "  the reference answered nothing")
+    say(f"  backlog when the load stopped (worst round): {backlog:,} jobs = "
+        f"{backlog_s:.3f} s of intake")
     h.report.add(Row(f"backlog at the end of the {h.plan.duration_s} s run", "s",
                      backlog_s, None, Target("max", 1.0, "< 1 s of intake")))
 
@@ -825,7 +861,7 @@ def figure_arrays(h: Harness) -> None:
 def figure_latency(h: Harness) -> None:
     c = h.plan.latency_connections
     ref, col, fast, _ = _load_figure(h, "latency", bodies=h.bodies_single, connections=c,
-                                     per_request=1)
+                                     per_request=1, key=lambda r: r.latency_us["p99"])
     h.report.add(Row(f"p99 latency, single-event POST, c{c}", "ms",
                      col.latency_us["p99"] / 1000, ref.latency_us["p99"] / 1000,
                      Target("max", 10.0, "≤ 10 ms"), "asyncio+json"))

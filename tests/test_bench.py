@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.bench import drain_rates, time_at
+from scripts.bench import LoadResult, drain_rates, median_run, time_at
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "scripts" / "bench.py"
@@ -46,6 +46,20 @@ def test_drain_rates_refuse_a_tenth_with_too_few_samples() -> None:
     rates = drain_rates([(0.0, 0), (0.1, 500), (0.2, 1000)], 1000)
     assert rates.overall == pytest.approx(5000)
     assert rates.last_vs_first is None
+
+
+def _run(requests: int, p99_us: float) -> LoadResult:
+    return LoadResult(requests=requests, duration_s=10.0, errors={}, latency_us={"p99": p99_us},
+                      statuses={})
+
+
+def test_median_run_takes_the_middle_run_by_the_given_key() -> None:
+    slow, middle, fast = _run(30_000, 9_000), _run(50_000, 4_000), _run(90_000, 2_000)
+    assert median_run([fast, slow, middle], lambda r: r.per_second) is middle
+    assert median_run([slow, fast, middle], lambda r: r.latency_us["p99"]) is middle
+    # An even count takes the lower of the two middle runs; one run is its own median.
+    assert median_run([fast, slow], lambda r: r.per_second) is slow
+    assert median_run([fast], lambda r: r.per_second) is fast
 
 
 @pytest.mark.slow
