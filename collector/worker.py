@@ -250,3 +250,4 @@ class Worker:
         log.error("job_dead_lettered", attempt=job.attempt, error=error, permanent=permanent)
         await self._queue.dead_letter(job, error)
         self.counters.dead_lettered += 1
+        self.counters.last_progress = time.monotonic()  # the line moved on

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -453,3 +454,38 @@ async def test_stop_of_an_idle_worker_returns(rig: Rig) -> None:
 
     assert not worker.running
     assert calls == []
+
+
+async def test_last_progress_moves_on_with_a_done_job_and_with_a_dead_letter(rig: Rig) -> None:
+    """The 'seconds since progress' metric reads last_progress: both a finished job and a
+    job moved to the dead letters move the line on."""
+    queue = rig.queue
+    assert queue is not None
+    release = asyncio.Event()
+
+    async def handler(job: Job) -> None:
+        await release.wait()
+        if job.payload.get("bad"):
+            raise PermanentError("refused")
+
+    worker = rig.start([("h", handler)], **FAST)
+    loop = asyncio.get_running_loop()
+    marks = []
+    for payload in ({"ok": 1}, {"bad": 1}):
+        mark = worker.counters.last_progress
+        await queue.put([payload])
+        await until(lambda: worker.busy_for is not None, "the handler runs")
+        await asyncio.sleep(0.02)  # the clock moves on while the job is held
+        before = loop.time()
+        release.set()
+        progressed = functools.partial(lambda m: worker.counters.last_progress != m, mark)
+        await until(progressed, "progress recorded")
+        release.clear()
+        marks.append((mark, worker.counters.last_progress, before))
+
+    assert worker.counters.processed == 1
+    assert worker.counters.dead_lettered == 1
+    for mark, progress, _before in marks:
+        assert progress > mark
+    # The dead letter's progress is recorded when it is buried, after the job was held.
+    assert marks[1][1] >= marks[1][2]
