@@ -87,13 +87,14 @@ def run_async(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from collector.handlers import resolve
     from collector.logs import configure_logging
-    from collector.server import serve
+    from collector.server import GIL_SWITCH_INTERVAL_S, serve
 
     settings = _settings_from(args)
     settings.token_value()  # a missing token file is a config error, before anything starts
     for spec in settings.worker.handlers:  # an unknown handler too
         resolve(spec)
     configure_logging(settings.log.level, settings.log.format)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     run_async(lambda: serve(settings))
     return 0
 
