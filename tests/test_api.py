@@ -411,6 +411,13 @@ async def test_not_found_and_method_not_allowed_are_json(client: Client) -> None
     resp = await client.get("/v1/events")
     await check_error(resp, 405, {"method_not_allowed"})
     assert "POST" in resp.headers.get("Allow", "")
+    # A path with a variable part: GET and DELETE exist, PATCH does not.
+    resp = await client.patch("/v1/dead/5")
+    await check_error(resp, 405, {"method_not_allowed"})
+    assert {"GET", "DELETE"} <= set(resp.headers.get("Allow", "").replace(" ", "").split(","))
+    await check_error(await client.put("/v1/nope/deeper"), 404, {"not_found"})
+    head = await client.head("/healthz")  # aiohttp adds HEAD to every GET route
+    assert head.status == 200
     before = await last_seq(client)
     await still_serving(client, before)
 
