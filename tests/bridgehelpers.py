@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import os
 import random
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,22 +62,6 @@ def unique_jobs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             assert {k: v for k, v in seen.items() if k != "attempt"} == {
                 k: v for k, v in rec.items() if k != "attempt"}, (seen, rec)
     return [by_seq[seq] for seq in sorted(by_seq)]
-
-
-async def wait_until(predicate: Callable[[], bool | Awaitable[bool]], *, timeout: float,
-                     what: str) -> None:
-    """Poll `predicate` every 20 ms; fail the test if it is not true within `timeout` s."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = predicate()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -147,3 +148,20 @@ def server_process(data_dir: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield factory
     for proc in started:
         proc.kill()
+
+
+async def wait_until(predicate: Callable[[], bool | Awaitable[bool]], *, timeout: float,
+                     what: str) -> None:
+    """Poll `predicate` (plain or async) every 20 ms; fail the test if it is not true
+    within `timeout` s. The one polling helper of the async tests."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = predicate()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)

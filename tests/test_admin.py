@@ -3,7 +3,6 @@ and `import` commands against a real daemon and against a stopped daemon's data 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ from aiohttp.test_utils import TestClient
 from collector import Job, PermanentError
 from collector.cli import main
 from tests.apihelpers import RECORDER
-from tests.conftest import ClientFactory, ServerProcess
+from tests.conftest import ClientFactory, ServerProcess, wait_until
 
 REPO = Path(__file__).parent.parent
 TOKEN = "admin-test-token-7c1e"
@@ -66,13 +65,9 @@ def fresh_state() -> Iterator[None]:
     RECORDER.gate.set()
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], *, tries: int = 500) -> None:
-    """Poll `check` (bounded: `tries` x 10 ms) until it holds."""
-    for _ in range(tries):
-        if await check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
+async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
+    """wait_until with this module's bound (it polled 500 times, 10 ms apart)."""
+    await wait_until(check, timeout=5.0, what=check.__name__)
 
 
 async def call(client: TestClient[Any, Any], method: str, path: str, *,

@@ -26,9 +26,8 @@ from tests.bridgehelpers import (
     Session,
     read_records,
     unique_jobs,
-    wait_until,
 )
-from tests.conftest import CAPTURE_JSONL, CAPTURE_STREAM, ServerProcess, free_port
+from tests.conftest import CAPTURE_JSONL, CAPTURE_STREAM, ServerProcess, free_port, wait_until
 
 STREAM = CAPTURE_STREAM.read_bytes()
 LINES = CAPTURE_JSONL.read_bytes().splitlines()

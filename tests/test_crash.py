@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from collector.queue import QUEUE_FILE
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, wait_until
 from tests.recorder import DELAY_ENV, FILE_ENV, Record, read_records
 
 pytestmark = pytest.mark.slow
@@ -82,13 +82,8 @@ def queue_head(data_dir: Path, *, read_only: bool) -> int | None:
 
 
 async def until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    """Poll `predicate` until it holds; fail the test after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"not reached within {timeout} s: {what}")
-        await asyncio.sleep(0.005)
+    """wait_until with this module's bound."""
+    await wait_until(predicate, timeout=timeout, what=what)
 
 
 async def drain_and_stop(server: ServerProcess) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -14,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from collector import Job
 from collector.handlers import builtin_handlers
 from tests.apihelpers import RECORDER
-from tests.conftest import CAPTURE_JSONL, ClientFactory
+from tests.conftest import CAPTURE_JSONL, ClientFactory, wait_until
 
 TOKEN = "metrics-test-token"
 JSON = {"Content-Type": "application/json"}
@@ -50,13 +49,9 @@ async def scrape(client: TestClient[Any, Any]) -> tuple[Samples, set[str], str]:
     return samples, helped, resp.headers["Content-Type"]
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], *, tries: int = 500) -> None:
-    """Poll `check` (bounded: `tries` x 10 ms) until it holds."""
-    for _ in range(tries):
-        if await check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
+async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
+    """wait_until with this module's bound (it polled 500 times, 10 ms apart)."""
+    await wait_until(check, timeout=5.0, what=check.__name__)
 
 
 async def post(client: TestClient[Any, Any], body: Any, **headers: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from collector import PermanentError
 from collector.jobs import Handler, Job
 from collector.queue import DurableQueue
 from collector.worker import Worker, backoff_delay
+from tests.conftest import wait_until
 
 FAST: dict[str, Any] = {"backoff_base": 0.01, "backoff_cap": 0.05}
 
@@ -71,13 +72,8 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
 
 
 async def until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Poll `predicate` until it holds; fail the test after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"not reached within {timeout} s: {what}")
-        await asyncio.sleep(0.005)
+    """wait_until with this module's bound."""
+    await wait_until(predicate, timeout=timeout, what=what)
 
 
 Calls = list[tuple[int, int]]
