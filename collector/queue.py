@@ -70,6 +70,7 @@ _PAGE_ROWS: Final = 64  # rows read from disk per executor call at most
 _PAGE_EVENTS: Final = 2048  # ... and jobs, roughly (whole rows are read)
 _ROW_MAX_EVENTS: Final = 1024  # jobs per row at most
 _INSERT_ROWS: Final = 64  # rows per INSERT statement at most (5 parameters each)
+_DELETE_KEYS: Final = 128  # row keys per DELETE statement (padded to it)
 _ROW_MAX_BYTES: Final = 1 << 20  # payload bytes per row at most (one event may exceed it)
 _SQLITE_FULL: Final = 13
 _SQLITE_DAMAGED: Final = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
@@ -252,6 +253,8 @@ class _JobTable(SQLiteBase):
         self._durability = durability
         self._max_bytes = max_bytes
         self._insert_sql: dict[int, str] = {}  # multi-row INSERT statements by row count
+        self._delete_sql = (f"DELETE FROM {_JOBS_TABLE} WHERE _id IN "
+                            f"({', '.join(['?'] * _DELETE_KEYS)})")
         self.next_seq = 1  # the seq the next committed event gets (set by state())
         _refuse_damaged(path / QUEUE_FILE)
         super().__init__(
@@ -401,9 +404,7 @@ class _JobTable(SQLiteBase):
 
     def _apply_acks(self, conn: sqlite3.Connection, acks: _Acks) -> None:
         if acks.rows:
-            conn.executemany(
-                f"DELETE FROM {self._table_name} WHERE _id = ?", [(r,) for r in acks.rows]
-            )
+            self._delete_rows(conn, acks.rows)
         if acks.partial is not None:
             key, done = acks.partial
             conn.execute(
@@ -510,6 +511,20 @@ class _JobTable(SQLiteBase):
                 sql = self._insert_sql[len(chunk)] = (
                     self._sql_insert.partition("VALUES")[0] + "VALUES " + values)
             conn.execute(sql, [value for row in chunk for value in row])
+
+    def _delete_rows(self, conn: sqlite3.Connection, keys: Sequence[int]) -> None:
+        """Delete the rows with these keys, _DELETE_KEYS at a time.
+
+        One statement per chunk, not one per row (executemany): each statement costs this
+        thread a wait for the GIL, which the busy event loop holds most of the time. A
+        chunk is padded to the full length by repeating its last key, so that there is
+        only one statement text to prepare and cache.
+        """
+        sql = self._delete_sql
+        for start in range(0, len(keys), _DELETE_KEYS):
+            chunk = list(keys[start:start + _DELETE_KEYS])
+            chunk += [chunk[-1]] * (_DELETE_KEYS - len(chunk))
+            conn.execute(sql, chunk)
 
     def fetch(self, after: int, limit_rows: int) -> _Page:
         """The regular rows whose last seq is > `after`, in order.

@@ -478,6 +478,33 @@ async def test_processed_jobs_leave_no_rows_behind(
     assert dead == 1
 
 
+@pytest.mark.parametrize("keys_per_statement", [3, 128])
+async def test_one_batch_of_acknowledgements_deletes_exactly_its_rows(
+    make_queue: QueueFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    keys_per_statement: int,
+) -> None:
+    """Acknowledged rows go by one DELETE per _DELETE_KEYS keys, a short chunk padded
+    with its last key: 8 rows in one batch are 3 + 3 + 2 (padded) with 3 per statement.
+    Exactly those rows go, and the count of processed jobs follows them."""
+    monkeypatch.setattr("collector.queue._DELETE_KEYS", keys_per_statement)
+    queue = await make_queue(ack_interval_ms=60_000)  # one batch, written at close
+    for r in range(10):
+        await queue.put([{"r": r, "k": k} for k in range(2)])  # one commit, one row each
+    await take_all(queue, 16)
+    await queue.close()
+    rows = table_rows(tmp_path / "queue", "SELECT count(*) FROM jobs_v1")
+
+    queue = await make_queue()
+    stats = await queue.stats()
+    rest = await take_all(queue, 4)
+
+    assert rows == 2
+    assert stats.processed_total == 16
+    assert [j.seq for j in rest] == [17, 18, 19, 20]
+    assert [j.payload for j in rest] == [{"r": 8, "k": 0}, {"r": 8, "k": 1},
+                                         {"r": 9, "k": 0}, {"r": 9, "k": 1}]
+
+
 @pytest.mark.parametrize("durability", ["normal", "full"])
 async def test_durability_setting_opens_a_wal_file(
     make_queue: QueueFactory, tmp_path: Path, durability: str
