@@ -296,7 +296,11 @@ async def post_events(request: web.Request) -> web.Response:
         raise ApiError(413, "too_large", f"body over {limit} bytes", close=True)
     try:
         if request.content.is_eof():
-            raw = await request.read()  # the whole body is in memory: nothing to wait for
+            # The whole body is in memory: take it as it is. request.read() would go
+            # twice through the reader's coroutine and its flow control, and copy it.
+            raw = request.content.read_nowait()
+            if len(raw) > limit:  # a chunked body has no Content-Length to check first
+                raise ApiError(413, "too_large", f"body over {limit} bytes", close=True)
         else:
             # aiohttp has no deadline of its own for a body that trickles in.
             async with asyncio.timeout(settings.read_timeout):

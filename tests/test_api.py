@@ -374,6 +374,32 @@ async def test_chunked_body_over_the_limit_is_too_large(client: Client) -> None:
     await still_serving(client, before)
 
 
+async def test_chunked_body_over_the_limit_in_one_piece_is_too_large(
+    make_client: ClientFactory, recorder: Recorder
+) -> None:
+    """A chunked body that is in memory whole before the handler runs (one small write)
+    is checked against the limit too: it is taken without request.read()'s own check."""
+    client = await make_client(worker__handlers=RECORD, server__max_body_bytes=2048)
+    body = orjson.dumps({"pad": "x" * 3000})
+    request = (b"POST /v1/events HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n"
+               + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
+    before = await last_seq(client)
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:")))
+        answer = orjson.loads(await reader.readexactly(length))
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 413 ")
+    assert answer["error"] == "too_large"
+    await still_serving(client, before)
+
+
 async def test_missing_content_type_is_not_a_500(client: Client) -> None:
     before = await last_seq(client)
     resp = await post(client, orjson.dumps(EVENT), ctype=None)
