@@ -1,6 +1,6 @@
 """Operator endpoints: /metrics, dead letters, a look at the line, export of pending jobs.
 
-Everything under /v1/ is behind the bearer token (api.request_middleware checks it);
+Everything under /v1/ is behind the bearer token (api.endpoint checks it);
 /metrics is open, like /healthz: it holds counts and timings, never event data.
 """
 

@@ -29,16 +29,15 @@ def create_app(settings: Settings) -> web.Application:
     factories = [(spec, resolve(spec)) for spec in settings.worker.handlers]
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
-        middlewares=[api.request_middleware],
         # Request bodies are decompressed by the API itself, with a cap (gzip bombs) and
         # a JSON 415 for encodings it does not take.
         handler_args={"auto_decompress": False},
     )
     app[SETTINGS] = settings
     app[STATE] = ServiceState(token=settings.token_value())
-    app.add_routes(api.routes)
-    app.add_routes(stats_api.routes)
-    app.add_routes(admin_api.routes)
+    # Every route is wrapped by api.endpoint (request_id, token, JSON errors), and a
+    # last route answers 404/405 in the same shape.
+    api.add_routes(app, api.routes, stats_api.routes, admin_api.routes)
 
     async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
         q = settings.queue

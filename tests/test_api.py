@@ -489,6 +489,20 @@ async def test_health_needs_no_token(make_client: ClientFactory) -> None:
     assert (await client.get("/readyz")).status == 200
 
 
+async def test_the_token_guards_every_v1_path_even_unknown_ones(make_client: ClientFactory
+                                                               ) -> None:
+    """The token is checked before routing's own answers: without it, a /v1/ path that
+    does not exist (or not for this method) is a 401 too, and tells nothing."""
+    client = await make_client(server__token=TOKEN)
+    await check_error(await client.get("/v1/nope"), 401, "unauthorized")
+    await check_error(await client.get("/v1/events"), 401, "unauthorized")
+    await check_error(await client.get("/v1/nope", headers=auth()), 404, {"not_found"})
+    resp = await client.get("/v1/events", headers=auth())
+    await check_error(resp, 405, {"method_not_allowed"})
+    assert resp.headers.get("Allow") == "POST"
+    await check_error(await client.get("/nope"), 404, {"not_found"})
+
+
 async def test_token_from_file(make_client: ClientFactory, tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("from-the-file-42\n", encoding="utf-8")
