@@ -37,7 +37,6 @@ import bisect
 import contextlib
 import dataclasses
 import os
-import queue
 import shutil
 import sqlite3
 import tempfile
@@ -47,7 +46,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal
 
 import orjson
 import structlog
@@ -64,8 +63,6 @@ from collector.jobs import Job
 from collector.serialization import OrjsonSerializer
 
 log = structlog.get_logger(__name__)
-
-_T = TypeVar("_T")
 
 QUEUE_FILE: Final = "queue.db"
 _MEMORY_WINDOW: Final = 4096  # jobs handed to the worker from memory at most
@@ -85,8 +82,7 @@ _WAL_LIMIT_BYTES: Final = 16 * 1024 * 1024
 # The page size applies to new files only; an older file keeps its own.
 _PAGE_SIZE: Final = 16384
 _CHECKPOINT_PAGES: Final = _WAL_LIMIT_BYTES // _PAGE_SIZE  # checkpoint when the WAL is this long
-_WRITER_LINGER_S: Final = 0.5  # how long the writer waits for more before it hands the
-# thread back (it hands it back at once when other executor work waits)
+_GROUPS_PER_RUN: Final = 16  # group commits per writer run before other executor work
 _ACKS_FORCE_FLUSH: Final = 10_000  # acknowledgements that trigger a commit of their own
 _RETRY_AFTER_FAILURE_S: Final = 1.0  # acknowledgements wait this long after a failed commit
 _SEQ_MARGIN_WHEN_UNKNOWN: Final = 1_000_000_000
@@ -1176,11 +1172,6 @@ class DurableQueue:
         # loop adds and the writer's thread takes without a lock.
         self._outbox: deque[_Put | _Acks] = deque()
         self._writer: asyncio.Future[None] | None = None  # the writer's run, while it runs
-        # While the outbox is empty the writer waits for a signal, without the GIL, instead
-        # of ending its run (see _write_outbox); other executor work waiting ends it.
-        self._signal: queue.SimpleQueue[None] = queue.SimpleQueue()
-        self._writer_waiting = False
-        self._others = 0  # executor calls other than the writer, submitted or waiting
         self._queued_events = 0  # events in puts not yet settled (counted against the bound)
         self._ack_batches = 0  # acknowledgement batches in the outbox or being written
         # Sequence bookkeeping (all on the loop).
@@ -1210,16 +1201,18 @@ class DurableQueue:
 
     async def open(self) -> None:
         """Open (or create) the queue file; jobs left from a crash come first, in order."""
+        loop = asyncio.get_running_loop()
         try:
-            self._table = await self._call(
+            self._table = await loop.run_in_executor(
+                self._executor,
                 lambda: _JobTable(self._dir, durability=self._durability,
                                   max_bytes=self._max_bytes),
             )
-            state = await self._call(self._table.state)
-            await self._call(self._table.mark_open)
+            state = await loop.run_in_executor(self._executor, self._table.state)
+            await loop.run_in_executor(self._executor, self._table.mark_open)
         except BaseException as exc:
             if self._table is not None:
-                await self._call(self._table.close_connection)
+                await loop.run_in_executor(self._executor, self._table.close_connection)
                 self._table = None
             self._executor.shutdown(wait=False)
             if isinstance(exc, sqlite3.Error):
@@ -1248,7 +1241,6 @@ class DurableQueue:
             return
         self._closing = True
         self._push_acks()
-        self._wake_writer()
         # The writer writes what is waiting; a batch that fails now is given up (its
         # callers get the error; lost acknowledgements only replay jobs).
         while self._writer is not None or self._outbox:
@@ -1259,9 +1251,10 @@ class DurableQueue:
             self._flush_timer.cancel()
         table = self._table
         assert table is not None
+        loop = asyncio.get_running_loop()
         with contextlib.suppress(sqlite3.Error):
-            await self._call(table.checkpoint)
-        await self._call(table.close)
+            await loop.run_in_executor(self._executor, table.checkpoint)
+        await loop.run_in_executor(self._executor, table.close)
         self._executor.shutdown(wait=True)
         self._open = False
         log.info("queue_closed", pending=self.pending, processed_total=self.processed_total)
@@ -1328,7 +1321,9 @@ class DurableQueue:
         loop = asyncio.get_running_loop()
         if self.pending + self._queued_events + n > self._max_pending:
             if key is not None and self._table is not None:
-                known = await self._call(self._table.lookup_key, key, self._ttl_s)
+                known = await loop.run_in_executor(
+                    self._executor, self._table.lookup_key, key, self._ttl_s
+                )
                 if known is not None:
                     return known
             raise QueueFullError(f"{self.pending} jobs pending (max {self._max_pending})")
@@ -1346,7 +1341,6 @@ class DurableQueue:
         )
         self._outbox.append(put)
         self._queued_events += n
-        self._wake_writer()
         self._kick()
         return await put.future
 
@@ -1359,45 +1353,27 @@ class DurableQueue:
             self._writer = loop.run_in_executor(self._executor, self._write_outbox, loop)
             self._writer.add_done_callback(self._writer_done)
 
-    def _wake_writer(self) -> None:
-        """Wake the writer if it waits for work (more to write, or its thread is wanted)."""
-        if self._writer_waiting:
-            self._writer_waiting = False
-            self._signal.put(None)
-
     def _writer_done(self, run: asyncio.Future[None]) -> None:
         self._writer = None
         if not run.cancelled() and run.exception() is not None:  # pragma: no cover - a bug
             log.error("queue_writer_failed", error=repr(run.exception()))
         self._kick()  # what came in after the writer found the outbox empty
 
-    async def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """Run `fn(*args)` in the queue's thread. A writer run that waits for work there
-        is woken and ends, so this call does not wait for its linger."""
-        self._others += 1
-        self._wake_writer()
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-        finally:
-            self._others -= 1
-
     def _write_outbox(self, loop: asyncio.AbstractEventLoop) -> None:
         """In the executor thread: commit everything in the outbox as one group, then
-        whatever came in meanwhile as the next, and so on.
+        whatever came in meanwhile as the next, until the outbox is empty.
 
         This is the group commit. The thread takes a group the moment it is ready for
-        one, so it never idles while the loop gathers requests. When the outbox is empty
-        it waits up to _WRITER_LINGER_S for more (without the GIL) instead of ending the
-        run: a new run would cost a round trip through the busy loop and a wait for the
-        GIL before the next group could start, and with 32 clients the next requests
-        arrive within a millisecond. It ends the run after a group when other executor
-        work waits (pages for the worker, dead letters), and when the queue closes.
-        Results go back to the loop through call_soon_threadsafe, group after group.
+        one, so it never idles while the loop gathers requests, and it keeps the GIL
+        between groups instead of waiting for it again at each start. After
+        _GROUPS_PER_RUN groups it returns so that other executor work (pages for the
+        worker, dead letters) gets a turn; _writer_done starts it again. Results go back
+        to the loop through call_soon_threadsafe, group after group, in order.
         """
         table = self._table
         assert table is not None
         outbox = self._outbox
-        while True:
+        for _ in range(_GROUPS_PER_RUN):
             puts: list[_Put] = []
             acks: list[_Acks] = []
             while outbox:
@@ -1406,33 +1382,17 @@ class DurableQueue:
                     puts.append(item)
                 else:
                     acks.append(item)
-            if puts or acks:
-                started = time.perf_counter()
-                try:
-                    results, spans = table.commit(
-                        puts, _Acks.merge(acks) if acks else _Acks(), self._ttl_s)
-                except Exception as exc:  # noqa: BLE001 - every failure goes back to the callers
-                    loop.call_soon_threadsafe(self._write_failed, puts, acks, exc)
-                else:
-                    loop.call_soon_threadsafe(self._written, puts, acks, results, spans,
-                                              time.perf_counter() - started)
-                if self._others:
-                    return
-                continue
-            if self._others or self._closing:
+            if not puts and not acks:
                 return
-            # Set before the last look at the outbox: a put after that look sees the flag
-            # and signals (the loop and this thread take turns under the GIL).
-            self._writer_waiting = True
-            if not outbox:
-                with contextlib.suppress(queue.Empty):
-                    self._signal.get(timeout=_WRITER_LINGER_S)
-            self._writer_waiting = False
-            with contextlib.suppress(queue.Empty):
-                while True:  # signals that came while the flag was being cleared
-                    self._signal.get_nowait()
-            if not outbox and not self._others:
-                return
+            started = time.perf_counter()
+            try:
+                results, spans = table.commit(puts, _Acks.merge(acks) if acks else _Acks(),
+                                              self._ttl_s)
+            except Exception as exc:  # noqa: BLE001 - every failure goes back to the callers
+                loop.call_soon_threadsafe(self._write_failed, puts, acks, exc)
+            else:
+                loop.call_soon_threadsafe(self._written, puts, acks, results, spans,
+                                          time.perf_counter() - started)
 
     def _written(self, puts: list[_Put], acks: list[_Acks], results: list[Accepted],
                  spans: list[_Span], seconds: float) -> None:
@@ -1473,7 +1433,6 @@ class DurableQueue:
             return
         self._outbox.append(self._take_acks())
         self._ack_batches += 1
-        self._wake_writer()
         self._kick()
 
     async def _acks_written(self) -> None:
@@ -1482,12 +1441,7 @@ class DurableQueue:
             self._kick()
             writer = self._writer
             assert writer is not None, "acknowledgements wait but the writer is not running"
-            self._others += 1  # the run ends once the outbox is written, without lingering
-            self._wake_writer()
-            try:
-                await asyncio.wait({writer})
-            finally:
-                self._others -= 1
+            await asyncio.wait({writer})
 
     def _committed(self, puts: list[_Put], results: list[Accepted], spans: list[_Span]) -> None:
         """Account for newly stored jobs and hand them to the worker from memory if we can."""
@@ -1526,6 +1480,7 @@ class DurableQueue:
 
     async def next_job(self) -> Job:
         """Wait for and return the job at the head of the line (strict seq order)."""
+        loop = asyncio.get_running_loop()
         table = self._table
         assert table is not None
         while True:
@@ -1533,7 +1488,9 @@ class DurableQueue:
             if job is not None:
                 return job
             if self._cursor < self._next_seq - 1:
-                page = await self._call(table.fetch, self._cursor, _PAGE_ROWS)
+                page = await loop.run_in_executor(
+                    self._executor, table.fetch, self._cursor, _PAGE_ROWS
+                )
                 for _seq, lost in page.set_aside:
                     self._stored -= lost
                     self._dead += 1
@@ -1598,11 +1555,14 @@ class DurableQueue:
     async def record_attempt(self, job: Job) -> None:
         """Persist that `job` failed `job.attempt` times, so max_attempts holds across restarts."""
         assert self._table is not None
+        loop = asyncio.get_running_loop()
         await self._acks_written()  # the row's progress must not overtake earlier acks
         acks = self._take_acks()
         try:
-            await self._call(self._table.set_attempts, self._row_key(job), job.seq,
-                             job.attempt, acks)
+            await loop.run_in_executor(
+                self._executor, self._table.set_attempts, self._row_key(job), job.seq,
+                job.attempt, acks,
+            )
         except BaseException:
             self._acks_settled(acks, committed=False)
             raise
@@ -1611,11 +1571,12 @@ class DurableQueue:
     async def dead_letter(self, job: Job, error: str) -> None:
         """Move `job` to the durable dead-letter store; the line moves on."""
         assert self._table is not None
+        loop = asyncio.get_running_loop()
         await self._acks_written()
         key = self._row_key(job)
         acks = self._take_acks()
         try:
-            await self._call(self._table.bury, job, key, error, acks)
+            await loop.run_in_executor(self._executor, self._table.bury, job, key, error, acks)
         except BaseException:
             self._acks_settled(acks, committed=False)
             raise
@@ -1629,12 +1590,14 @@ class DurableQueue:
     async def dead_letters(self, *, limit: int = 100, offset: int = 0) -> list[DeadJob]:
         """Dead-lettered jobs in seq order."""
         assert self._table is not None
-        return await self._call(self._table.dead, limit, offset)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._table.dead, limit, offset)
 
     async def dead_letter_get(self, seq: int) -> DeadJob | None:
         """One dead letter by seq, or None."""
         assert self._table is not None
-        return await self._call(self._table.dead_one, seq)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._table.dead_one, seq)
 
     async def retry_dead(self, seqs: Sequence[int], *, at_tail: bool = False) -> list[Job]:
         """Put dead letters back in line: in their old place (next up) or at the tail.
@@ -1648,10 +1611,13 @@ class DurableQueue:
             raise QueueClosedError("queue is closed")
         if at_tail:
             return await self._revive_at_tail(seqs)
+        loop = asyncio.get_running_loop()
         await self._acks_written()
         acks = self._take_acks()
         try:
-            revived = await self._call(self._table.revive, seqs, acks)
+            revived = await loop.run_in_executor(
+                self._executor, self._table.revive, seqs, acks
+            )
         except BaseException:
             self._acks_settled(acks, committed=False)
             raise
@@ -1690,7 +1656,8 @@ class DurableQueue:
     async def drop_dead(self, seqs: Sequence[int]) -> int:
         """Delete dead letters for good; returns how many were there."""
         assert self._table is not None
-        dropped = await self._call(self._table.drop_dead, seqs)
+        loop = asyncio.get_running_loop()
+        dropped = await loop.run_in_executor(self._executor, self._table.drop_dead, seqs)
         self._dead -= dropped
         return dropped
 
@@ -1706,6 +1673,7 @@ class DurableQueue:
     async def pending_jobs(self, page: int = _PAGE_ROWS) -> AsyncIterator[Job]:
         """Every job not yet done, in line order (the one in flight first), page by page."""
         assert self._table is not None
+        loop = asyncio.get_running_loop()
         if self._in_flight is not None:
             yield self._in_flight
         for job in list(self._revived):
@@ -1718,7 +1686,8 @@ class DurableQueue:
                 after_key = span.first - 1
                 break
         while True:
-            rows = await self._call(self._table.fetch, after_key, page)
+            rows = await loop.run_in_executor(self._executor, self._table.fetch, after_key,
+                                              page)
             if not rows.spans:
                 return
             for job in rows.jobs:
@@ -1729,8 +1698,9 @@ class DurableQueue:
     async def purge_idempotency_keys(self) -> int:
         """Forget Idempotency-Keys older than the retention; returns how many."""
         assert self._table is not None
+        loop = asyncio.get_running_loop()
         cutoff = time.time() - self._ttl_s
-        return await self._call(self._table.purge_keys, cutoff)
+        return await loop.run_in_executor(self._executor, self._table.purge_keys, cutoff)
 
     # -- numbers ---------------------------------------------------------------------------
 
@@ -1754,7 +1724,10 @@ class DurableQueue:
         elif self._window:
             oldest = self._window[0].received_at
         elif self.pending and self._table is not None:
-            oldest = await self._call(self._table.oldest_after, self._done_upto)
+            loop = asyncio.get_running_loop()
+            oldest = await loop.run_in_executor(
+                self._executor, self._table.oldest_after, self._done_upto
+            )
         in_flight = 1 if self._in_flight is not None else 0
         return QueueStats(
             pending=self.pending - in_flight,

@@ -478,32 +478,6 @@ async def test_processed_jobs_leave_no_rows_behind(
     assert dead == 1
 
 
-async def test_a_writer_waiting_for_work_wakes_for_puts_and_for_other_work(
-    make_queue: QueueFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With the outbox empty the writer waits in its thread for more instead of ending
-    its run. A put must wake it, and so must any other call that needs the thread, or a
-    close: with an hour's linger, a missed wake-up would hang these calls."""
-    monkeypatch.setattr("collector.queue._WRITER_LINGER_S", 3600.0)
-    queue = await make_queue(ack_interval_ms=0)
-
-    async def soon(call: Awaitable[Any]) -> Any:
-        return await asyncio.wait_for(call, timeout=10)
-
-    first = await soon(queue.put([{"n": 1}]))
-    second = await soon(queue.put([{"n": 2}]))  # the run that wrote the first one waits
-    assert (first.first_seq, second.first_seq) == (1, 2)
-    assert await soon(queue.dead_letters()) == []  # other work gets the thread
-    third = await soon(queue.put([{"n": 3}]))
-    jobs = await take_all(queue, 3)  # acknowledged one by one (ack_interval_ms=0)
-    stats = await soon(queue.stats())
-    await soon(queue.close())
-
-    assert third.first_seq == 3
-    assert [j.payload for j in jobs] == [{"n": 1}, {"n": 2}, {"n": 3}]
-    assert stats.processed_total == 3
-
-
 @pytest.mark.parametrize("keys_per_statement", [3, 128])
 async def test_one_batch_of_acknowledgements_deletes_exactly_its_rows(
     make_queue: QueueFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
