@@ -302,6 +302,11 @@ def _sequence_header(request: web.Request, count: int) -> int | None:
     return number
 
 
+def _too_large(limit: int) -> ApiError:
+    """The 413 for a body over `limit` bytes; the connection closes (any rest is unread)."""
+    return ApiError(413, "too_large", f"body over {limit} bytes", close=True)
+
+
 def _body_kind(request: web.Request) -> bool:
     """True for NDJSON, False for JSON; anything else is a 415."""
     if hdrs.CONTENT_TYPE not in request.headers:
@@ -334,14 +339,14 @@ async def post_events(request: web.Request) -> web.Response:
     limit = settings.max_body_bytes
     length = request.content_length
     if length is not None and length > limit:
-        raise ApiError(413, "too_large", f"body over {limit} bytes", close=True)
+        raise _too_large(limit)
     try:
         if request.content.is_eof():
             # The whole body is in memory: take it as it is. request.read() would go
             # twice through the reader's coroutine and its flow control, and copy it.
             raw = request.content.read_nowait()
             if len(raw) > limit:  # a chunked body has no Content-Length to check first
-                raise ApiError(413, "too_large", f"body over {limit} bytes", close=True)
+                raise _too_large(limit)
         else:
             # aiohttp has no deadline of its own for a body that trickles in.
             async with asyncio.timeout(settings.read_timeout):
@@ -351,7 +356,7 @@ async def post_events(request: web.Request) -> web.Response:
                        f"the body did not arrive within {settings.read_timeout:g} s",
                        close=True) from None
     except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, "too_large", f"body over {limit} bytes", close=True) from None
+        raise _too_large(limit) from None
     except (HttpProcessingError, web.RequestPayloadError, ValueError, EOFError) as exc:
         raise ApiError(400, "invalid_json", f"the body could not be read: {exc}",
                        close=True) from None
