@@ -113,8 +113,14 @@ class FakeGame:
                                                     seed=self.seed)
         return self
 
+    async def __aenter__(self) -> FakeGame:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
     async def stop(self) -> None:
-        """Stop listening and drop every connection."""
+        """Stop listening and drop every connection (again: nothing happens)."""
         if self._server is not None:
             self._server.close()
         for writer in list(self._writers):

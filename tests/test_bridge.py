@@ -56,7 +56,10 @@ def config(spool_dir: Path, game: FakeGame | int, url: str, **overrides: Any) ->
 
 
 class RunningBridge:
-    """`run_bridge` as a task of the test's loop, stopped like Ctrl-C would."""
+    """`run_bridge` as a task of the test's loop, stopped like Ctrl-C would.
+
+    As a context manager it stops the bridge on the way out unless the test did.
+    """
 
     def __init__(self, cfg: BridgeConfig) -> None:
         from collector.bridge import run_bridge
@@ -67,6 +70,13 @@ class RunningBridge:
     async def stop(self) -> BridgeSummary:
         self.stop_event.set()
         return await asyncio.wait_for(self.task, 30)
+
+    async def __aenter__(self) -> RunningBridge:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if not self.task.done():
+            await self.stop()
 
 
 async def queue_stats(session: aiohttp.ClientSession, server: ServerProcess) -> dict[str, Any]:
@@ -108,9 +118,8 @@ async def _relay_across_a_collector_kill(
     await asyncio.to_thread(server.start)
     before, during = Gate(offset_of(150)), Gate(offset_of(300))
     session = Session(STREAM, gates=[before, during])
-    game = await FakeGame([session], chunk_pause=0.002).start()
-    bridge = RunningBridge(config(spool_dir, game, server.url))
-    try:
+    async with (FakeGame([session], chunk_pause=0.002) as game,
+                RunningBridge(config(spool_dir, game, server.url)) as bridge):
         await wait_until(before.reached.is_set, timeout=20, what="150 messages sent")
 
         async def stored(n: int) -> bool:
@@ -134,10 +143,6 @@ async def _relay_across_a_collector_kill(
         await wait_until(drained, timeout=30, what="the collector to process everything")
         summary = await bridge.stop()
         stats = await queue_stats(http, server)
-    finally:
-        if not bridge.task.done():
-            await bridge.stop()
-        await game.stop()
     # The server stored each message once: nothing the bridge retried was stored twice.
     assert stats["last_seq"] == 438, stats
     assert stats["dead"] == 0, stats
@@ -228,16 +233,11 @@ async def test_the_spool_survives_a_killed_bridge_and_is_sent_first_in_order(
     # The collector is back; the restarted bridge meets a game playing something new.
     await asyncio.to_thread(server.start)
     second = Session(b"".join(LINES[:50]))
-    game = await FakeGame([second]).start()
-    bridge = RunningBridge(config(spool_dir, game, server.url))
-    try:
+    async with (FakeGame([second]) as game,
+                RunningBridge(config(spool_dir, game, server.url)) as bridge):
         await wait_until(lambda: len(unique_jobs(read_records(record_file))) >= 488,
                          timeout=30, what="488 messages handled")
         summary = await bridge.stop()
-    finally:
-        if not bridge.task.done():
-            await bridge.stop()
-        await game.stop()
     jobs = unique_jobs(read_records(record_file))
     assert [job["seq"] for job in jobs] == list(range(1, 489))
     old, new = jobs[:438], jobs[438:]
@@ -305,17 +305,13 @@ async def test_a_refused_event_is_set_aside_and_the_bridge_moves_on(
         deep = {"x": deep}
     bad = orjson.dumps({"Event": "Deep", "Data": deep})
     good = LINES[:120]
-    game = await FakeGame([Session(b"".join(good[:60]) + bad + b"".join(good[60:]))]).start()
-    bridge = RunningBridge(config(spool_dir, game, server.url, batch_max_events=200,
-                                  batch_max_delay=0.5))
-    try:
+    session = Session(b"".join(good[:60]) + bad + b"".join(good[60:]))
+    async with (FakeGame([session]) as game,
+                RunningBridge(config(spool_dir, game, server.url, batch_max_events=200,
+                                     batch_max_delay=0.5)) as bridge):
         await wait_until(lambda: len(unique_jobs(read_records(record_file))) >= 120,
                          timeout=30, what="the 120 good messages")
         summary = await bridge.stop()
-    finally:
-        if not bridge.task.done():
-            await bridge.stop()
-        await game.stop()
     jobs = unique_jobs(read_records(record_file))
     assert [job["payload"] for job in jobs] == MESSAGES[:120]
     assert [job["sequence"] for job in jobs] == [*range(1, 61), *range(62, 122)]
@@ -348,19 +344,14 @@ async def test_a_wrong_token_never_empties_the_spool(
                              env={"COLLECTOR_SERVER_TOKEN": "right-token"})
     await asyncio.to_thread(server.start)
     data = b"".join(LINES[:30])
-    game = await FakeGame([Session(data)]).start()
     with capture_logs() as logs:
-        bridge = RunningBridge(config(spool_dir, game, server.url, token="wrong-token",
-                                      backoff_cap=0.1))
-        try:
+        async with (FakeGame([Session(data)]) as game,
+                    RunningBridge(config(spool_dir, game, server.url, token="wrong-token",
+                                         backoff_cap=0.1)) as bridge):
             await wait_until(
                 lambda: sum(e["event"] == "collector_refuses" for e in logs) >= 3,
                 timeout=30, what="three refusals")
             summary = await bridge.stop()
-        finally:
-            if not bridge.task.done():
-                await bridge.stop()
-            await game.stop()
     refusal = next(e for e in logs if e["event"] == "collector_refuses")
     assert refusal["status"] == 401
     assert summary.set_aside == 0
@@ -391,20 +382,18 @@ async def test_the_bridge_reconnects_when_the_game_closes_and_reopens(
     torn = LINES[200][: len(LINES[200]) // 2]
     first = Session(b"".join(LINES[:200]) + torn)
     game = await FakeGame([first]).start()
-    bridge = RunningBridge(config(spool_dir, game, server.url))
     try:
-        await wait_until(first.done.is_set, timeout=20, what="the first game session")
-        await game.stop()  # the game quits: nothing listens on its port
-        await wait_until(lambda: len(unique_jobs(read_records(record_file))) >= 200,
-                         timeout=30, what="the first 200 messages")
-        second = Session(b"".join(LINES[200:]), hold=asyncio.Event())  # then stays open
-        game = await FakeGame([second], port=game.port).start()  # the game is back
-        await wait_until(lambda: len(unique_jobs(read_records(record_file))) >= 438,
-                         timeout=30, what="all 438 messages")
-        summary = await bridge.stop()
+        async with RunningBridge(config(spool_dir, game, server.url)) as bridge:
+            await wait_until(first.done.is_set, timeout=20, what="the first game session")
+            await game.stop()  # the game quits: nothing listens on its port
+            await wait_until(lambda: len(unique_jobs(read_records(record_file))) >= 200,
+                             timeout=30, what="the first 200 messages")
+            second = Session(b"".join(LINES[200:]), hold=asyncio.Event())  # then stays open
+            game = await FakeGame([second], port=game.port).start()  # the game is back
+            await wait_until(lambda: len(unique_jobs(read_records(record_file))) >= 438,
+                             timeout=30, what="all 438 messages")
+            summary = await bridge.stop()
     finally:
-        if not bridge.task.done():
-            await bridge.stop()
         await game.stop()
     jobs = unique_jobs(read_records(record_file))
     assert [job["payload"] for job in jobs] == MESSAGES
