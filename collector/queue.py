@@ -253,14 +253,15 @@ class _JobTable(SQLiteBase):
         self._durability = durability
         self._max_bytes = max_bytes
         self._insert_sql: dict[int, str] = {}  # multi-row INSERT statements by row count
-        self._delete_sql = (f"DELETE FROM {_JOBS_TABLE} WHERE _id IN "
-                            f"({', '.join(['?'] * _DELETE_KEYS)})")
         self.next_seq = 1  # the seq the next committed event gets (set by state())
         _refuse_damaged(path / QUEUE_FILE)
         super().__init__(
             str(path), name="v1", serializer=OrjsonSerializer, db_file_name=QUEUE_FILE,
             timeout=30.0,
         )
+        # persist-queue sets _table_name; every other statement here names it that way.
+        self._delete_sql = (f"DELETE FROM {self._table_name} WHERE _id IN "
+                            f"({', '.join(['?'] * _DELETE_KEYS)})")
 
     def _new_db_connection(self, path: str, multithreading: bool, timeout: float
                            ) -> sqlite3.Connection:
