@@ -6,6 +6,7 @@
     python3 scripts/bench.py --only single   # one figure (repeatable)
     python3 scripts/bench.py --json out.json # also write the results as JSON
     python3 scripts/bench.py --no-wrk        # use scripts/loadgen.py even if wrk exists
+    python3 scripts/bench.py --busy 1        # the same on a busy machine (context)
 
 Every server runs as a subprocess of its own: the reference (scripts/reference_server.py:
 aiohttp on asyncio's loop with the stdlib json, and, as context, on uvloop with orjson)
@@ -32,6 +33,11 @@ Figures (noop handler, the worker draining concurrently unless said otherwise):
            resident memory (VmRSS) of the daemon holding them
   cycles   fill/drain cycles on one data dir: the size of queue.db + -wal + -shm after
            each, third cycle against the first
+
+With --busy N, N processes spin on the CPUs for the whole run (each a program of its own,
+in a session of its own, at the default priority), as other services would on a home
+server, or another tenant on a shared VM's host. That is context, not a target: it shows
+what CPU contention does to a server that waits for its disk before answering.
 
 It prints each figure as it is measured, then a table (figure | collector | reference |
 ratio | target | result). A missed target is reported, not an error: the exit code is 0
@@ -78,6 +84,7 @@ READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 60.0
 POLL_S = 0.025  # /v1/queue sampling while a backlog drains
 MB = 1024 * 1024
+BUSY_LOOP = "while True: pass"  # what each --busy process runs
 
 
 class BenchError(Exception):
@@ -368,11 +375,13 @@ class Server:
 class Harness:
     """Owns the temporary directory, the servers and the load files; cleans everything up."""
 
-    def __init__(self, plan: Plan, *, use_wrk: bool, work_dir: Path | None, keep: bool) -> None:
+    def __init__(self, plan: Plan, *, use_wrk: bool, work_dir: Path | None, keep: bool,
+                 busy: int = 0) -> None:
         self.plan = plan
         self.use_wrk = use_wrk
         self.keep = keep
         self.servers: list[Server] = []
+        self.busy: list[subprocess.Popen[bytes]] = []
         self.report = Report()
         events = load_updatestates(CAPTURE)
         self.event_count = len(events)
@@ -386,14 +395,21 @@ class Harness:
             write_bodies(self.bodies_array, array_bodies(events, EVENTS_PER_ARRAY), array=True)
             self.lua = self.tmp / "rotate.lua"
             self.lua.write_text(WRK_LUA)
+            for _ in range(busy):
+                self.busy.append(spawn([sys.executable, "-c", BUSY_LOOP], env=base_env(),
+                                       cwd=self.tmp, out=subprocess.DEVNULL))
         except BaseException:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.close()
             raise
 
     def close(self) -> None:
         for server in self.servers:
             server.kill()
         self.servers.clear()
+        for proc in self.busy:
+            proc.kill()
+            proc.wait()
+        self.busy.clear()
         if self.keep:
             say(f"kept {self.tmp}")
         else:
@@ -1130,6 +1146,16 @@ def _interrupted(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _count(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number from 0 to 64 expected")
+    return number
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="bench.py", description=__doc__.split("\n\n")[0] if __doc__ else None,
@@ -1145,6 +1171,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="where to create the temporary directory (default: $TMPDIR)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (server logs, data dirs)")
+    parser.add_argument("--busy", type=_count, default=0, metavar="N",
+                        help="keep N processes spinning on the CPUs during the whole run "
+                             "(context: a busy machine; default 0)")
     return parser.parse_args(argv)
 
 
@@ -1163,6 +1192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"  machine: {info['cpus']} CPUs ({info['cpu']}), Python {info['python']}, aiohttp "
         f"{info['aiohttp']}, load average {info['load_average'][0]:.2f}")
     say(f"  load generator: {loader}")
+    if args.busy:
+        say(f"  busy machine: {args.busy} process(es) spinning on the CPUs for the whole run "
+            "(--busy; context, not the issue's figures)")
     try:
         source = collector_source()
     except BenchError as exc:
@@ -1172,7 +1204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"  messages: real UpdateState lines of {CAPTURE.relative_to(REPO)}")
     started = time.monotonic()
     try:
-        with Harness(plan, use_wrk=use_wrk, work_dir=args.work_dir, keep=args.keep) as h:
+        with Harness(plan, use_wrk=use_wrk, work_dir=args.work_dir, keep=args.keep,
+                     busy=args.busy) as h:
             say(f"  {h.event_count} UpdateState messages; temporary directory {h.tmp}")
             if not h.fast_reference:
                 say("  uvloop or orjson missing: no uvloop+orjson reference rows")
@@ -1192,9 +1225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     elapsed = time.monotonic() - started
     load_end = os.getloadavg()[0]
+    busy = f"; {args.busy} busy process(es)" if args.busy else ""
     say(f"\n== results ({elapsed:.0f} s; {info['cpus']}-CPU machine, load average "
         f"{info['load_average'][0]:.2f} at the start, {load_end:.2f} at the end; load generator: "
-        f"{loader})")
+        f"{loader}{busy})")
     say(table(report.rows))
     missed = [r.figure for r in report.rows if r.passed is False]
     if missed:
@@ -1210,6 +1244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({
             "quick": plan.quick, "plan": dataclasses.asdict(plan), "load_generator": loader,
+            "busy_processes": args.busy,
             "collector": source,
             "machine": info | {"load_average_end": os.getloadavg()},
             "rows": [r.as_json() for r in report.rows], "details": report.details,

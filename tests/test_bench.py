@@ -15,7 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from scripts.bench import LoadResult, drain_rates, median_run, time_at
+from scripts.bench import (
+    BUSY_LOOP,
+    Harness,
+    LoadResult,
+    Plan,
+    drain_rates,
+    median_run,
+    parse_args,
+    time_at,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "scripts" / "bench.py"
@@ -62,18 +71,55 @@ def test_median_run_takes_the_middle_run_by_the_given_key() -> None:
     assert median_run([fast], lambda r: r.per_second) is fast
 
 
+def test_busy_takes_a_small_count_and_refuses_anything_else() -> None:
+    assert parse_args([]).busy == 0
+    assert parse_args(["--busy", "2"]).busy == 2
+    for bad in ("-1", "65", "two"):
+        with pytest.raises(SystemExit):
+            parse_args(["--busy", bad])
+
+
+def _busy_loops() -> set[int]:
+    """Pids of the processes running the bench's --busy loop."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv[1:3] == [b"-c", BUSY_LOOP.encode()]:
+                found.add(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_the_harness_runs_the_busy_processes_until_it_closes(tmp_path: Path) -> None:
+    before = _busy_loops()
+    harness = Harness(Plan.make(quick=True), use_wrk=False, work_dir=tmp_path, keep=False,
+                      busy=2)
+    try:
+        started = _busy_loops() - before
+        assert len(started) == 2
+    finally:
+        harness.close()
+    assert not _busy_loops() & started  # killed and reaped, not left spinning
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_quick_single_run_with_the_own_load_generator(tmp_path: Path) -> None:
     out_json = tmp_path / "bench.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--only", "single", "--no-wrk",
+        [sys.executable, str(BENCH), "--quick", "--only", "single", "--no-wrk", "--busy", "1",
          "--json", str(out_json), "--work-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=100, env=env, cwd=REPO, check=False,
     )
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
     assert "load generator: scripts/loadgen.py" in out
+    assert "busy machine: 1 process(es) spinning" in out
     for line in ("reference, asyncio + json", "collector serve --handler noop",
                  "backlog when the load stopped"):
         assert line in out, out
@@ -83,6 +129,7 @@ def test_quick_single_run_with_the_own_load_generator(tmp_path: Path) -> None:
 
     data = json.loads(out_json.read_text())
     assert data["quick"] is True, data
+    assert data["busy_processes"] == 1, data
     assert not data["errors"], data
     rows = {row["figure"]: row for row in data["rows"]}
     single = rows["single-event POSTs, c32"]
