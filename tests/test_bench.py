@@ -20,8 +20,12 @@ from scripts.bench import (
     Harness,
     LoadResult,
     Plan,
+    Report,
+    Row,
+    Target,
     drain_rates,
     median_run,
+    median_value,
     parse_args,
     time_at,
 )
@@ -69,6 +73,31 @@ def test_median_run_takes_the_middle_run_by_the_given_key() -> None:
     # An even count takes the lower of the two middle runs; one run is its own median.
     assert median_run([fast, slow], lambda r: r.per_second) is slow
     assert median_run([fast], lambda r: r.per_second) is fast
+
+
+def test_median_value_skips_the_rounds_that_measured_nothing() -> None:
+    assert median_value([0.9, None, 1.2, 0.7]) == 0.9
+    assert median_value([1.1, 0.95]) == 0.95  # the lower middle one
+    assert median_value([None, None]) is None
+    assert median_value([]) is None
+
+
+def test_the_verdict_never_calls_an_unmeasured_figure_met() -> None:
+    at_least_one = Target("min", 1.0, "≥ 1")
+    report = Report()
+    report.add(Row("measured", "x", 2.0, target=at_least_one))
+    report.add(Row("context", "x", None))  # no target: nothing to meet
+    assert report.verdict() == ("every target met", True)
+
+    report.add(Row("missed", "x", 0.5, target=at_least_one))
+    assert report.verdict() == ("MISSED targets: missed", True)  # measured, so complete
+
+    report.add(Row("too few samples", "x", None, target=at_least_one))
+    text, complete = report.verdict()
+    assert not complete
+    assert "every target met" not in text
+    assert text.splitlines() == ["MISSED targets: missed",
+                                 "NOT MEASURED (see the lines above): too few samples"]
 
 
 def test_busy_takes_a_small_count_and_refuses_anything_else() -> None:
