@@ -18,8 +18,9 @@ ones per JSON array. Without wrk, scripts/loadgen.py (a Protocol-based closed-lo
 in a process of its own) sends the same requests. The load figures run each server three
 times (the single-event figure five times), in turns (reference, daemon, fast reference,
 again...), and take each one's median run: the speed of a shared VM drifts by up to 2x
-within minutes, and turns expose both servers to the same drift. The drain is measured three times too (each figure: the median
-drain), since one of its tenths lasts about a tenth of a second here.
+within minutes, and turns expose both servers to the same drift. The drain is measured
+three times too (each figure: the median drain), since one of its tenths lasts about a
+tenth of a second here.
 
 Figures (noop handler, the worker draining concurrently unless said otherwise):
 
