@@ -150,6 +150,57 @@ def server_process(data_dir: Path) -> Iterator[Callable[..., ServerProcess]]:
         proc.kill()
 
 
+# -- no silent skips in CI ----------------------------------------------------------------
+#: Skips that CI accepts, by test id prefix, each with the reason it cannot run on CI's
+#: machine. Anything else that skips while CI=true fails the run: a test that does not
+#: run guards nothing, and CI must say so rather than pass. `.ci/run` installs what the
+#: skipping tests need (strace, e2fsprogs, systemd-container, systemd-sysv, ...).
+ALLOWED_SKIPS_IN_CI: dict[str, str] = {}
+
+
+def unexpected_skips(skipped: list[tuple[str, str]],
+                     allowed: dict[str, str] = ALLOWED_SKIPS_IN_CI) -> list[tuple[str, str]]:
+    """The (test id, reason) pairs of `skipped` that no prefix in `allowed` covers."""
+    return [(nodeid, reason) for nodeid, reason in skipped
+            if not any(nodeid.startswith(prefix) for prefix in allowed)]
+
+
+class SkipGate:
+    """Counts skipped tests; with CI=true, a skip not on ALLOWED_SKIPS_IN_CI fails the run."""
+
+    def __init__(self, *, strict: bool) -> None:
+        self.strict = strict
+        self.skipped: list[tuple[str, str]] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.skipped and not hasattr(report, "wasxfail"):
+            reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else ""
+            self.skipped.append((report.nodeid, reason))
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.strict and unexpected_skips(self.skipped) \
+                and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.strict:
+            return
+        bad = unexpected_skips(self.skipped)
+        if bad:
+            terminalreporter.section("skipped in CI, not on ALLOWED_SKIPS_IN_CI: run failed",
+                                     red=True)
+            for nodeid, reason in bad:
+                terminalreporter.write_line(f"{nodeid}: {reason}")
+        else:
+            terminalreporter.write_line(
+                f"CI=true: every collected test ran ({len(self.skipped)} allowed skip(s))")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    strict = os.environ.get("CI", "").lower() == "true"
+    config.pluginmanager.register(SkipGate(strict=strict), "collector-skip-gate")
+
+
 async def wait_until(predicate: Callable[[], bool | Awaitable[bool]], *, timeout: float,
                      what: str) -> None:
     """Poll `predicate` (plain or async) every 20 ms; fail the test if it is not true

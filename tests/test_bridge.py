@@ -176,7 +176,6 @@ async def test_the_stats_store_ends_with_the_recordings_final_score(
     server_process: ServerFactory, record_file: Path, spool_dir: Path,
     http: aiohttp.ClientSession,
 ) -> None:
-    pytest.importorskip("collector.stats")
     server = recorder_server(server_process, record_file, "--handler", "stats")
     await _relay_across_a_collector_kill(server, record_file, spool_dir, http)
     async with http.get(f"{server.url}/v1/matches/{MATCH_GUID}") as resp:

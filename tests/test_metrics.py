@@ -11,7 +11,6 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from collector import Job
-from collector.handlers import builtin_handlers
 from tests.apihelpers import RECORDER
 from tests.conftest import CAPTURE_JSONL, ClientFactory, wait_until
 
@@ -176,8 +175,6 @@ async def test_openmetrics_when_asked(make_client: ClientFactory) -> None:
 
 
 async def test_stale_skips_are_counted(make_client: ClientFactory) -> None:
-    if "stats" not in builtin_handlers():
-        pytest.skip("the stats handler is not built in yet")
     client = await make_client(worker__handlers=("stats",))
     update = orjson.loads(CAPTURE_JSONL.read_text().splitlines()[0])
     await post(client, update, **{"X-Source": "pc", "X-Sequence": "10"})
