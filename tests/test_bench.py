@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -165,6 +166,27 @@ def test_quick_single_run_with_the_own_load_generator(tmp_path: Path) -> None:
     assert single["collector"] > 0, single
     assert single["reference"] > 0, single
     assert single["ratio"] > 0, single
-    assert single["passed"] in (True, False)
-    assert rows["backlog at the end of the 2 s run"]["collector"] >= 0
+    # Each figure is the median run's rate, and the verdict follows from the row itself.
+    median = data["details"]["single"]
+    col, ref = (_per_second(median[name]) for name in ("collector", "reference"))
+    assert (single["collector"], single["reference"]) == (col, ref), (single, median)
+    assert single["ratio"] == col / ref, single
+    assert single["target"] == "≥ 0.75x reference", single
+    assert single["passed"] is (single["ratio"] >= 0.75), single
+    backlog = rows["backlog at the end of the 2 s run"]
+    jobs = median["backlog_at_end_max"]
+    assert isinstance(jobs, int), median
+    assert jobs >= median["backlog_at_end"], median  # the worst round's
+    assert backlog["collector"] == jobs / col, (backlog, median)  # in seconds of intake
+    assert (backlog["reference"], backlog["ratio"], backlog["target"]) == (
+        None, None, "< 1 s of intake"), backlog
+    assert backlog["passed"] is (backlog["collector"] <= 1.0), backlog
     assert list(tmp_path.glob("collector-bench-*")) == []  # the temporary dir is gone
+
+
+def _per_second(run: dict[str, Any]) -> float:
+    """A LoadResult's rate from its JSON form: requests answered without an error status
+    over the run's duration."""
+    ok: int = run["requests"] - run["errors"].get("status", 0)
+    duration: float = run["duration_s"]
+    return ok / duration
