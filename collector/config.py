@@ -130,13 +130,21 @@ class Settings:
                 path = Path(creds) / "token"
         if path is None:
             return None
-        try:
-            token = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"server.token_file: cannot read {path}: {exc.strerror}") from exc
-        if not token:
-            raise ConfigError(f"server.token_file: {path} is empty")
-        return token
+        return read_token_file(path, "server.token_file")
+
+
+def read_token_file(path: Path, what: str) -> str:
+    """The token in `path` (whitespace around it ignored); `what` names the setting or
+    flag in the one-line error for a missing, unreadable or empty file."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what}: {path} is not a text file") from None
+    if not token:
+        raise ConfigError(f"{what}: {path} is empty")
+    return token
 
 
 _SECTIONS: dict[str, type[Any]] = {

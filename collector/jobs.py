@@ -25,4 +25,10 @@ class Job:
     sequence: int | None = None
 
 
+def job_json(job: Job) -> dict[str, Any]:
+    """A job as the API exports and peeks it (and `collector import` reads it back)."""
+    return {"seq": job.seq, "payload": job.payload, "received_at": job.received_at,
+            "attempt": job.attempt, "source": job.source, "sequence": job.sequence}
+
+
 Handler: TypeAlias = Callable[[Job], Awaitable[object]]

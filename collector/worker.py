@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -16,6 +15,7 @@ import structlog
 from collector.errors import PermanentError
 from collector.jobs import Handler, Job
 from collector.queue import DurableQueue
+from collector.retry import backoff_delay
 
 log = structlog.get_logger(__name__)
 
@@ -28,13 +28,6 @@ class WorkerCounters:
     retried: int = 0
     dead_lettered: int = 0
     last_progress: float = dataclasses.field(default_factory=time.monotonic)
-
-
-def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) -> float:
-    """Exponential backoff with "equal jitter": between half and all of min(cap, base*2**n)."""
-    # ldexp with a bounded exponent: base * 2**n overflows a float past n = 1023.
-    ceiling = min(cap, math.ldexp(base, min(attempt - 1, 1000)))
-    return float(ceiling / 2 + rng.uniform(0, ceiling / 2))
 
 
 _TAKE_RETRY_S = 1.0  # wait after the queue failed to hand out a job

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from collector.app import create_app
 from collector.config import Settings, load_settings
+from collector.server.app import create_app
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CAPTURE_JSONL = FIXTURES / "rl-stats-api" / "player-capture.jsonl"

@@ -16,9 +16,11 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
-from collector.bridge import Batcher, BridgeConfig, BridgeSummary, events_url, parse_host_port
+from collector.bridge.batcher import Batcher
+from collector.bridge.poster import events_url
+from collector.bridge.relay import BridgeConfig, BridgeSummary, parse_host_port
+from collector.bridge.spool import Batch, DeadLetter, Spool
 from collector.errors import StartupError
-from collector.spool import Batch, DeadLetter, Spool
 from tests.bridgehelpers import (
     RECORD_ENV,
     FakeGame,
@@ -62,7 +64,7 @@ class RunningBridge:
     """
 
     def __init__(self, cfg: BridgeConfig) -> None:
-        from collector.bridge import run_bridge
+        from collector.bridge.relay import run_bridge
 
         self.stop_event = asyncio.Event()
         self.task = asyncio.create_task(run_bridge(cfg, stop=self.stop_event))
@@ -415,7 +417,7 @@ async def test_retries_honour_retry_after_and_resend_the_same_request(
     """A stand-in collector answers 503, 507 (with Retry-After) and 500, then 202."""
     from aiohttp import web
 
-    from collector.bridge import Poster
+    from collector.bridge.poster import Poster
 
     answers = [(503, {"Retry-After": "0.15"}), (507, {"Retry-After": "0.1"}), (500, {}),
                (202, {})]
@@ -498,7 +500,7 @@ def test_the_bridge_path_does_not_import_uvloop() -> None:
         "import sys\n"
         "from collector.cli import build_parser\n"
         "build_parser()\n"
-        "import collector.bridge, collector.bridge_cli, collector.replay, collector.spool\n"
+        "import collector.bridge.relay, collector.cli.bridge, collector.bridge.replay\n"
         "assert 'uvloop' not in sys.modules, 'uvloop imported'\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from collector.datadir import locked_data_dir
+from collector.files import locked_data_dir
 from collector.queue import (
     QUEUE_FILE,
     DurableQueue,

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from collector import formats
-from collector.formats import (
+from collector.stats import formats
+from collector.stats.formats import (
     Generic,
     Goal,
     Ignored,

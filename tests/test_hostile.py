@@ -35,7 +35,7 @@ from aiohttp.test_utils import make_mocked_request
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collector.api import ApiError, _check_token
+from collector.server.http import ApiError, _check_token
 from tests.conftest import ServerProcess
 from tests.modelhelpers import post_events, request, wait_until
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collector.jsonstream import JsonStreamSplitter
+from collector.bridge.jsonstream import JsonStreamSplitter
 from tests.conftest import CAPTURE_JSONL, CAPTURE_STREAM
 
 STREAM = CAPTURE_STREAM.read_bytes()

@@ -486,7 +486,7 @@ async def test_one_batch_of_acknowledgements_deletes_exactly_its_rows(
     """Acknowledged rows go by one DELETE per _DELETE_KEYS keys, a short chunk padded
     with its last key: 8 rows in one batch are 3 + 3 + 2 (padded) with 3 per statement.
     Exactly those rows go, and the count of processed jobs follows them."""
-    monkeypatch.setattr("collector.queue._DELETE_KEYS", keys_per_statement)
+    monkeypatch.setattr("collector.queue.table._DELETE_KEYS", keys_per_statement)
     queue = await make_queue(ack_interval_ms=60_000)  # one batch, written at close
     for r in range(10):
         await queue.put([{"r": r, "k": k} for k in range(2)])  # one commit, one row each
@@ -567,8 +567,8 @@ async def test_a_group_commit_split_into_many_rows_keeps_order_and_content(
     """A group commit bigger than one row is written as several rows, by one multi-row
     INSERT or (beyond _INSERT_ROWS rows) by several in one transaction; either way the
     jobs come back complete and in order, also from the file after a reopen."""
-    monkeypatch.setattr("collector.queue._ROW_MAX_BYTES", 600)
-    monkeypatch.setattr("collector.queue._INSERT_ROWS", rows_per_statement)
+    monkeypatch.setattr("collector.queue.table._ROW_MAX_BYTES", 600)
+    monkeypatch.setattr("collector.queue.table._INSERT_ROWS", rows_per_statement)
     queue = await make_queue()
     bodies = [[{"r": r, "k": k, "pad": "x" * 100} for k in range(3)] for r in range(12)]
     # Created together, the puts wait for the same commit: 12 requests of ~400 bytes

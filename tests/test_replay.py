@@ -12,8 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from collector.bridge import StatusLine
-from collector.replay import detect_format, replay, unwrap, wrap
+from collector.bridge.replay import detect_format, replay, unwrap, wrap
+from collector.console import StatusLine
 from tests.bridgehelpers import RECORD_ENV, FakeGame, Session, read_records, unique_jobs
 from tests.conftest import CAPTURE_JSONL, CAPTURE_STREAM, ServerProcess
 

@@ -17,8 +17,9 @@ from aiohttp.test_utils import TestServer
 
 from collector.config import describe, load_settings
 from collector.errors import ConfigError, PermanentError
+from collector.handlers.archive import Archive, day_of
+from collector.handlers.forward import Forwarder, ForwardError
 from collector.jobs import Job
-from collector.sinks import Archive, Forwarder, ForwardError, day_of
 from tests.conftest import CAPTURE_JSONL, ClientFactory, free_port
 
 DAY = 86_400.0

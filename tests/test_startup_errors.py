@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.datadir import LOCK_FILE
+from collector.files import LOCK_FILE
 from collector.queue import QUEUE_FILE, inspect_file
 from tests.conftest import ServerProcess, free_port
 from tests.modelhelpers import one_line, post_events, run_cli

@@ -13,7 +13,8 @@ import pytest
 
 from collector.errors import StartupError
 from collector.jobs import Job
-from collector.stats import SCHEMA_VERSION, STATS_FILE, StatsStore
+from collector.stats.schema import SCHEMA_VERSION, STATS_FILE
+from collector.stats.store import StatsStore
 from tests.conftest import CAPTURE_JSONL
 
 GUID = "1F7ED23011F1435166EBAB919DB5566D"

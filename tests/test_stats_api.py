@@ -16,7 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from collector.jobs import Job
-from collector.stats import StatsStore
+from collector.stats.store import StatsStore
 from tests.conftest import CAPTURE_JSONL, ClientFactory, ServerProcess, SettingsFactory
 
 GUID = "1F7ED23011F1435166EBAB919DB5566D"

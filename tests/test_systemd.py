@@ -24,7 +24,7 @@ import pytest
 
 from collector import Job, PermanentError
 from collector.queue import DurableQueue
-from collector.systemd import (
+from collector.server.systemd import (
     Notifier,
     WorkerHealth,
     listen_sockets,

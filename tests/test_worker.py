@@ -15,7 +15,8 @@ import pytest
 from collector import PermanentError
 from collector.jobs import Handler, Job
 from collector.queue import DurableQueue
-from collector.worker import Worker, backoff_delay
+from collector.retry import backoff_delay
+from collector.worker import Worker
 from tests.conftest import wait_until
 
 FAST: dict[str, Any] = {"backoff_base": 0.01, "backoff_cap": 0.05}

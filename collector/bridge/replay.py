@@ -25,9 +25,11 @@ import aiohttp
 import orjson
 import structlog
 
-from collector.bridge import Batcher, Poster, StatusLine, events_url
-from collector.jsonstream import DEFAULT_MAX_OBJECT_BYTES, JsonStreamSplitter
-from collector.spool import Batch
+from collector.bridge.batcher import Batcher
+from collector.bridge.jsonstream import DEFAULT_MAX_OBJECT_BYTES, JsonStreamSplitter
+from collector.bridge.poster import Poster, events_url
+from collector.bridge.spool import Batch
+from collector.console import ProgressBar, StatusLine
 
 log = structlog.get_logger(__name__)
 
@@ -87,28 +89,9 @@ class ReplaySummary:
     seconds: float
 
 
-class _Progress:
-    """`replay FILE: 45% | 198 messages | sent 180 | 62.0 msg/s` on a terminal."""
-
-    def __init__(self, line: StatusLine, name: str, size: int) -> None:
-        self._line = line
-        self._name = name
-        self._size = max(size, 1)
-        self._shown = 0.0
-
-    def update(self, done_bytes: int, messages: int, sent: int, started: float,
-               *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._shown < _PROGRESS_EVERY_S:
-            return
-        self._shown = now
-        rate = messages / max(now - started, 1e-6)
-        percent = min(100.0, 100.0 * done_bytes / self._size)
-        width = 20
-        filled = round(width * percent / 100)
-        bar = "#" * filled + "-" * (width - filled)
-        self._line.show(f"{self._name} [{bar}] {percent:5.1f}% | {messages} messages | "
-                        f"sent {sent} | {rate:.1f} msg/s")
+def _progress_note(messages: int, sent: int, started: float) -> str:
+    rate = messages / max(time.monotonic() - started, 1e-6)
+    return f"{messages} messages | sent {sent} | {rate:.1f} msg/s"
 
 
 async def replay(
@@ -147,7 +130,7 @@ async def replay(
             poster = Poster(session, events_url(url), token=token, backoff_base=backoff_base,
                             backoff_cap=backoff_cap)
             sender = asyncio.create_task(_send_all(batches, poster), name="replay-sender")
-            progress = _Progress(status_line, path.name, size) if status_line else None
+            progress = ProgressBar(status_line, path.name, size) if status_line else None
             splitter = JsonStreamSplitter(max_object_bytes=DEFAULT_MAX_OBJECT_BYTES)
             messages = 0
             done_bytes = 0
@@ -177,8 +160,8 @@ async def replay(
                         if batches.qsize() >= _QUEUED_BATCHES:
                             await batches.join()
                         if progress:
-                            progress.update(done_bytes, messages,
-                                            poster.counters.sent_events, started)
+                            progress.update(done_bytes, _progress_note(
+                                messages, poster.counters.sent_events, started))
                     if not chunk:
                         break
                     chunk = await asyncio.to_thread(handle.read, _READ_SIZE)
@@ -189,10 +172,9 @@ async def replay(
                 sender.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await sender
-                if progress and status_line:
-                    progress.update(done_bytes, messages, poster.counters.sent_events,
-                                    started, force=True)
-                    status_line.done()
+                if progress:
+                    progress.done(done_bytes, _progress_note(
+                        messages, poster.counters.sent_events, started))
     summary = ReplaySummary(
         format=fmt, source=source, messages=messages, sent=poster.counters.sent_events,
         set_aside=poster.counters.set_aside_events, dropped_bytes=splitter.dropped_bytes,

@@ -34,12 +34,13 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final, Literal
+from typing import Any, Final, Literal
 
 import structlog
 from persistqueue.sqlbase import SQLiteBase
 
 from collector.errors import StartupError
+from collector.files import exclusive_lock
 from collector.serialization import OrjsonSerializer
 
 log = structlog.get_logger(__name__)
@@ -237,29 +238,12 @@ def default_spool_dir() -> Path:
     return Path.home() / ".local" / "state" / "collector-bridge"
 
 
-def _lock(directory: Path) -> IO[bytes]:
+def _lock(directory: Path) -> contextlib.ExitStack:
     """Take the spool dir's lock file (one bridge per spool), or raise StartupError."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        handle = (directory / LOCK_FILE).open("a+b")
-    except OSError as exc:
-        raise StartupError(f"spool dir {directory}: {exc.strerror or exc}") from None
-    try:
-        if sys.platform == "win32":
-            import msvcrt
-
-            handle.seek(0)
-            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-        else:
-            import fcntl
-
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        raise StartupError(
-            f"spool dir {directory} is in use by another bridge (lock {directory / LOCK_FILE})"
-        ) from None
-    return handle
+    held = contextlib.ExitStack()
+    held.enter_context(exclusive_lock(directory, LOCK_FILE, what="spool dir",
+                                      holder="another bridge"))
+    return held
 
 
 class Spool:
@@ -271,7 +255,7 @@ class Spool:
         self._durability: Literal["full", "normal"] = durability
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bridge-spool")
         self._table: _SpoolTable | None = None
-        self._lock: IO[bytes] | None = None
+        self._lock: contextlib.ExitStack | None = None
         self._wakeup = asyncio.Event()
         self._empty = asyncio.Event()
         self._batches = 0

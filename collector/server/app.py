@@ -9,14 +9,14 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from collector import admin_api, api, metrics, stats_api, systemd
 from collector.config import Settings
-from collector.datadir import locked_data_dir
+from collector.files import locked_data_dir
 from collector.handlers import HandlerContext, resolve
-from collector.keys import METRICS, NOTIFIER, QUEUE, SETTINGS, STATE, STATS, WORKER
 from collector.queue import DurableQueue
-from collector.state import ServiceState
-from collector.stats import StatsStore
+from collector.server import admin, http, ingest, metrics, stats_routes, systemd
+from collector.server.appkeys import METRICS, NOTIFIER, QUEUE, SETTINGS, STATE, STATS, WORKER
+from collector.server.state import ServiceState
+from collector.stats.store import StatsStore
 from collector.worker import Worker
 
 log = structlog.get_logger(__name__)
@@ -35,9 +35,9 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[STATE] = ServiceState(token=settings.token_value())
-    # Every route is wrapped by api.endpoint (request_id, token, JSON errors), and a
+    # Every route is wrapped by http.endpoint (request_id, token, JSON errors), and a
     # last route answers 404/405 in the same shape.
-    api.add_routes(app, api.routes, stats_api.routes, admin_api.routes)
+    http.add_routes(app, ingest.routes, stats_routes.routes, admin.routes)
 
     async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
         q = settings.queue

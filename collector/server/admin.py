@@ -13,11 +13,11 @@ import orjson
 import structlog
 from aiohttp import hdrs, web
 
-from collector.api import ApiError, json_response
 from collector.errors import QueueClosedError
-from collector.jobs import Job
-from collector.keys import METRICS, QUEUE
-from collector.queue import DeadJob, DurableQueue
+from collector.jobs import job_json
+from collector.queue import DurableQueue, dead_json
+from collector.server.appkeys import METRICS, QUEUE
+from collector.server.http import ApiError, json_response
 
 log = structlog.get_logger(__name__)
 
@@ -27,19 +27,6 @@ NDJSON: Final = "application/x-ndjson"
 _MAX_LIMIT: Final = 1000
 _PAGE: Final = 1000
 _EXPORT_CHUNK: Final = 256  # lines per write of the export stream
-
-
-def job_json(job: Job) -> dict[str, Any]:
-    """A pending job as exported, peeked and imported."""
-    return {"seq": job.seq, "payload": job.payload, "received_at": job.received_at,
-            "attempt": job.attempt, "source": job.source, "sequence": job.sequence}
-
-
-def dead_json(dead: DeadJob) -> dict[str, Any]:
-    """A dead letter as listed and shown."""
-    return {"seq": dead.seq, "payload": dead.payload, "received_at": dead.received_at,
-            "source": dead.source, "sequence": dead.sequence, "attempts": dead.attempts,
-            "error": dead.error, "failed_at": dead.failed_at}
 
 
 def _int_param(query: Mapping[str, str], name: str, default: int, *, lo: int, hi: int) -> int:
@@ -91,16 +78,6 @@ async def show_dead(request: web.Request) -> web.Response:
     return json_response(dead_json(dead))
 
 
-async def all_dead_seqs(queue: DurableQueue) -> list[int]:
-    """The seqs of every dead letter, in order."""
-    seqs: list[int] = []
-    while True:
-        page = await queue.dead_letters(limit=_PAGE, offset=len(seqs))
-        seqs.extend(d.seq for d in page)
-        if len(page) < _PAGE:
-            return seqs
-
-
 async def _retry(queue: DurableQueue, seqs: list[int], *, at_tail: bool) -> web.Response:
     try:
         revived = await queue.retry_dead(seqs, at_tail=at_tail)
@@ -139,7 +116,7 @@ async def _selection(request: web.Request) -> tuple[list[int], dict[str, Any]]:
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", 'a JSON object {"seqs": [...]} or {"all": true}')
     if body.get("all") is True:
-        return await all_dead_seqs(request.app[QUEUE]), body
+        return await request.app[QUEUE].dead_seqs(), body
     seqs = body.get("seqs")
     if not isinstance(seqs, list) or not seqs or not all(
         isinstance(s, int) and not isinstance(s, bool) and 0 < s < 2**63 for s in seqs

@@ -5,11 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from collector.config import Settings
-from collector.metrics import ServiceMetrics
 from collector.queue import DurableQueue
-from collector.state import ServiceState
-from collector.stats import StatsStore
-from collector.systemd import Notifier
+from collector.server.metrics import ServiceMetrics
+from collector.server.state import ServiceState
+from collector.server.systemd import Notifier
+from collector.stats.store import StatsStore
 from collector.worker import Worker
 
 SETTINGS = web.AppKey("settings", Settings)

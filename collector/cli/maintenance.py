@@ -16,14 +16,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
+from collector.cli.output import out
 from collector.config import load_settings
-from collector.datadir import locked_data_dir
 from collector.errors import QueueCorruptError, StartupError
+from collector.files import locked_data_dir
 from collector.queue import FileReport, NothingToRecoverError, inspect_file, recover_file
 
 EXIT_SOUND: Final = 0
@@ -37,11 +37,7 @@ def _data_dir(args: argparse.Namespace) -> Path:
     return load_settings(getattr(args, "config", None), overrides=overrides).server.data_dir
 
 
-def _out(text: str) -> None:
-    sys.stdout.write(text + "\n")
-
-
-def _when(timestamp: float | None) -> str | None:
+def _iso(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
     return dt.datetime.fromtimestamp(timestamp, tz=dt.UTC).isoformat(timespec="seconds")
@@ -52,7 +48,7 @@ def _check_json(report: FileReport) -> dict[str, Any]:
         "path": str(report.path), "exists": report.exists, "sound": not report.problems,
         "problems": report.problems, "pending": report.pending, "dead": report.dead,
         "last_seq": report.last_seq, "processed_total": report.processed_total,
-        "oldest_pending_at": _when(report.oldest_pending_at),
+        "oldest_pending_at": _iso(report.oldest_pending_at),
         "clean_shutdown": report.clean_shutdown,
     }
 
@@ -61,22 +57,22 @@ def _cmd_check(args: argparse.Namespace) -> int:
     data_dir = _data_dir(args)
     report = inspect_file(data_dir, full=args.full)
     if args.json:
-        _out(json.dumps(_check_json(report)))
+        out(json.dumps(_check_json(report)))
         return EXIT_DAMAGED if report.problems else EXIT_SOUND
     if not report.exists:
-        _out(f"no queue file {report.path} yet: nothing to check")
+        out(f"no queue file {report.path} yet: nothing to check")
         return EXIT_SOUND
     if report.problems:
         for problem in report.problems:
-            _out(f"  {problem}")
-        _out(f"queue file {report.path} is DAMAGED ({len(report.problems)} problem(s) "
+            out(f"  {problem}")
+        out(f"queue file {report.path} is DAMAGED ({len(report.problems)} problem(s) "
              f"above); nothing was changed. Stop the daemon and run "
              f"`collector recover --data-dir {data_dir}` to move it aside and salvage every "
              "readable job")
         return EXIT_DAMAGED
     kind = "full" if args.full else "quick"
     stop = "clean" if report.clean_shutdown else "unclean (or still running)"
-    _out(f"queue file {report.path} is sound ({kind} check): {report.pending} pending, "
+    out(f"queue file {report.path} is sound ({kind} check): {report.pending} pending, "
          f"{report.dead} dead letters, last seq {report.last_seq}, "
          f"{report.processed_total} processed, last stop {stop}")
     return EXIT_SOUND
@@ -94,7 +90,7 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     with locked_data_dir(data_dir):
         found = inspect_file(data_dir, full=True)
         if not found.problems and not args.force:
-            _out(f"queue file {found.path} is sound: nothing to recover "
+            out(f"queue file {found.path} is sound: nothing to recover "
                  "(--force rebuilds it anyway)")
             return 0
         try:
@@ -102,7 +98,7 @@ def _cmd_recover(args: argparse.Namespace) -> int:
         except NothingToRecoverError as exc:
             raise StartupError(str(exc)) from None
     if args.json:
-        _out(json.dumps({
+        out(json.dumps({
             "dry_run": report.dry_run, "damaged_moved_to": str(report.damaged_moved_to),
             "jobs_salvaged": report.jobs_salvaged, "dead_salvaged": report.dead_salvaged,
             "keys_salvaged": report.keys_salvaged, "unreadable_seqs": report.unreadable_ranges,
@@ -112,11 +108,11 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     lost = (f"; seqs that could not be read: {_ranges(report.unreadable_ranges)}"
             if report.unreadable_ranges else "; every job was readable")
     if report.dry_run:
-        _out(f"would move {found.path} to {report.damaged_moved_to} and salvage "
+        out(f"would move {found.path} to {report.damaged_moved_to} and salvage "
              f"{report.jobs_salvaged} jobs, {report.dead_salvaged} dead letters and "
              f"{report.keys_salvaged} Idempotency-Keys{lost}; nothing was changed")
         return 0
-    _out(f"moved the damaged queue file to {report.damaged_moved_to} (kept, not deleted); "
+    out(f"moved the damaged queue file to {report.damaged_moved_to} (kept, not deleted); "
          f"salvaged {report.jobs_salvaged} jobs in seq order, {report.dead_salvaged} dead "
          f"letters and {report.keys_salvaged} Idempotency-Keys into a fresh {found.path}"
          f"{lost}; new jobs start at seq {report.next_seq}")

@@ -24,50 +24,34 @@ client, persist-queue for the spool; no uvloop.
   spool's dead letters and the line moves on.
 """
 
-from __future__ import annotations
-
 import asyncio
 import contextlib
-import random
 import re
 import secrets
-import shutil
 import signal
 import socket
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, TextIO
+from typing import Final
 
 import aiohttp
-import orjson
 import structlog
 
-from collector.jsonstream import DEFAULT_MAX_OBJECT_BYTES, JsonStreamSplitter
-from collector.spool import Batch, DeadLetter, Spool
+from collector.bridge.batcher import Batcher
+from collector.bridge.jsonstream import DEFAULT_MAX_OBJECT_BYTES, JsonStreamSplitter
+from collector.bridge.poster import Poster, events_url
+from collector.bridge.spool import Batch, Spool
+from collector.console import StatusLine
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_GAME_PORT: Final = 49123
 _READ_SIZE: Final = 65536
-_MAX_RETRY_AFTER_S: Final = 600.0
-#: Statuses that say the bridge is misconfigured (token, URL) or speaks a format the
-#: server does not take (415: gzip or NDJSON): true of every batch, not of this one.
-_CONFIG_STATUSES: Final = frozenset({401, 403, 404, 405, 407, 415})
-#: Statuses that are retried as they are (the server is busy or failing).
-_RETRY_STATUSES: Final = frozenset({408, 425, 429})
-#: A refused batch with one of these statuses is split to find the event at fault.
-_SPLIT_STATUSES: Final = frozenset({400, 413})
 
 
-def events_url(base: str) -> str:
-    """`http://host:port` (or with a path prefix) -> the collector's /v1/events URL."""
-    url = base.strip().rstrip("/")
-    if not re.match(r"^https?://[^/]+", url):
-        raise ValueError(f"not an http(s) URL: {base!r}")
-    return url if url.endswith("/v1/events") else url + "/v1/events"
+log = structlog.get_logger(__name__)
 
 
 def parse_host_port(text: str, *, default_port: int = DEFAULT_GAME_PORT) -> tuple[str, int]:
@@ -84,269 +68,12 @@ def parse_host_port(text: str, *, default_port: int = DEFAULT_GAME_PORT) -> tupl
     return host, port
 
 
-def _one_line(raw: bytes) -> bytes:
-    """The object on one line (NDJSON); the bytes as received whenever they already are."""
-    if b"\n" in raw or b"\r" in raw:
-        return orjson.dumps(orjson.loads(raw))
-    return raw
-
-
 def _host_label() -> str:
     label = re.sub(r"[^A-Za-z0-9-]+", "-", socket.gethostname()).strip("-")[:32]
     return label.lower() or "host"
 
 
 # -- batching -------------------------------------------------------------------------------
-
-
-class Batcher:
-    """Gathers one source's events into batches bounded in count, bytes and age."""
-
-    def __init__(
-        self,
-        emit: Callable[[Batch], None],
-        *,
-        max_events: int = 200,
-        max_bytes: int = 512 * 1024,
-        max_delay: float = 0.25,
-    ) -> None:
-        self._emit = emit
-        self._max_events = max_events
-        self._max_bytes = max_bytes
-        self._max_delay = max_delay
-        self._source: str | None = None
-        self._next_sequence = 1
-        self._events: list[bytes] = []
-        self._bytes = 0
-        self._timer: asyncio.TimerHandle | None = None
-
-    @property
-    def next_sequence(self) -> int:
-        """The number the next event will get."""
-        return self._next_sequence
-
-    def start(self, source: str, *, first_sequence: int = 1) -> None:
-        """Close the open batch; number what follows as `source`, from `first_sequence`."""
-        self.flush()
-        self._source = source
-        self._next_sequence = first_sequence
-
-    def add(self, raw: bytes) -> None:
-        """Add one JSON object (bytes); may close and emit the open batch."""
-        if self._source is None:
-            raise RuntimeError("Batcher.start() first")
-        event = _one_line(raw)
-        if self._events and self._bytes + len(event) + 1 > self._max_bytes:
-            self.flush()
-        self._events.append(event)
-        self._bytes += len(event) + 1
-        if len(self._events) >= self._max_events or self._bytes >= self._max_bytes:
-            self.flush()
-        elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._max_delay, self.flush)
-
-    def flush(self) -> None:
-        """Close and emit the open batch, if it holds anything."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if not self._events or self._source is None:
-            return
-        batch = Batch(self._source, self._next_sequence, tuple(self._events))
-        self._next_sequence += len(self._events)
-        self._events = []
-        self._bytes = 0
-        self._emit(batch)
-
-
-# -- posting --------------------------------------------------------------------------------
-
-
-def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) -> float:
-    """Exponential backoff with equal jitter: between half and all of min(cap, base*2**n)."""
-    ceiling = min(cap, base * 2 ** min(attempt - 1, 30))
-    return float(ceiling / 2 + rng.uniform(0, ceiling / 2))
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None  # an HTTP date: fall back to our own backoff
-    return min(max(seconds, 0.0), _MAX_RETRY_AFTER_S)
-
-
-@dataclass(slots=True)
-class PostCounters:
-    """What the poster did since start."""
-
-    sent_events: int = 0
-    sent_batches: int = 0
-    failed_attempts: int = 0
-    set_aside_events: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    status: int  # 0: no answer (connection error, timeout)
-    error: str
-    detail: str
-    retry_after: float | None = None
-
-
-class Poster:
-    """Posts batches to the collector, one request at a time, until each is settled."""
-
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        url: str,
-        *,
-        token: str | None = None,
-        backoff_base: float = 0.5,
-        backoff_cap: float = 30.0,
-        request_timeout: float = 30.0,
-        rng: random.Random | None = None,
-    ) -> None:
-        self._session = session
-        self._url = url
-        self._token = token
-        self._base = backoff_base
-        self._cap = backoff_cap
-        self._timeout = aiohttp.ClientTimeout(total=request_timeout)
-        self._rng = rng or random.Random()
-        self.counters = PostCounters()
-        #: One word for the status line: "idle", "ok", "retrying", "refusing".
-        self.state = "idle"
-        #: Why, when the state is not "ok".
-        self.reason = ""
-
-    async def deliver(self, batch: Batch, body: bytes | None = None) -> list[DeadLetter]:
-        """Post `batch` until the collector takes it; return the parts it refused for good."""
-        payload = batch.encode() if body is None else body
-        attempt = 0
-        while True:
-            attempt += 1
-            answer = await self._post(batch, payload)
-            if 200 <= answer.status < 300:
-                self.state, self.reason = "ok", ""
-                self.counters.sent_events += len(batch.events)
-                self.counters.sent_batches += 1
-                return []
-            status = answer.status
-            refused = (400 <= status < 500 and status not in _CONFIG_STATUSES
-                       and status not in _RETRY_STATUSES)
-            if refused:
-                return await self._refused(batch, answer)
-            self.counters.failed_attempts += 1
-            if status in _CONFIG_STATUSES:
-                delay = self._cap
-                self.state = "refusing"
-                hint = {401: "check --token", 403: "check --token", 415: "upgrade the collector"
-                        }.get(status, "check --to")
-                log.error("collector_refuses", status=status, error=answer.error,
-                          detail=answer.detail, hint=hint, retry_in_s=delay,
-                          source=batch.source, sequence=batch.sequence)
-            else:
-                delay = (answer.retry_after if answer.retry_after is not None
-                         else backoff_delay(attempt, base=self._base, cap=self._cap,
-                                            rng=self._rng))
-                self.state = "retrying"
-                log.warning("post_failed", status=status or None, error=answer.error,
-                            detail=answer.detail, attempt=attempt,
-                            retry_in_s=round(delay, 3), source=batch.source,
-                            sequence=batch.sequence, events=len(batch.events))
-            self.reason = f"HTTP {status} {answer.error}" if status else answer.error
-            await asyncio.sleep(delay)
-
-    async def _refused(self, batch: Batch, answer: _Answer) -> list[DeadLetter]:
-        if len(batch.events) > 1 and answer.status in _SPLIT_STATUSES:
-            log.warning("batch_refused_splitting", status=answer.status, error=answer.error,
-                        detail=answer.detail, source=batch.source, sequence=batch.sequence,
-                        events=len(batch.events))
-            first, second = batch.halves()
-            return [*await self.deliver(first), *await self.deliver(second)]
-        log.error("batch_set_aside", status=answer.status, error=answer.error,
-                  detail=answer.detail, source=batch.source, sequence=batch.sequence,
-                  events=len(batch.events), key=batch.key)
-        self.counters.set_aside_events += len(batch.events)
-        detail = f"{answer.error}: {answer.detail}" if answer.error else answer.detail
-        return [DeadLetter(batch=batch, status=answer.status, detail=detail,
-                           failed_at=time.time())]
-
-    async def _post(self, batch: Batch, body: bytes) -> _Answer:
-        headers = {
-            "Content-Type": "application/x-ndjson",
-            "Content-Encoding": "gzip",
-            "X-Source": batch.source,
-            "X-Sequence": str(batch.sequence),
-            "Idempotency-Key": batch.key,
-        }
-        if self._token:
-            headers["Authorization"] = f"Bearer {self._token}"
-        try:
-            async with self._session.post(self._url, data=body, headers=headers,
-                                          timeout=self._timeout) as resp:
-                text = await resp.text(errors="replace")
-                status = resp.status
-                retry_after = _retry_after(resp.headers.get("Retry-After"))
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return _Answer(0, type(exc).__name__, str(exc) or type(exc).__name__)
-        error, detail = "", text[:500]
-        if status >= 300:
-            with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError):
-                data = orjson.loads(text)
-                error, detail = str(data.get("error", "")), str(data.get("detail", ""))
-        return _Answer(status, error or f"http_{status}", detail, retry_after)
-
-
-# -- status ---------------------------------------------------------------------------------
-
-
-class StatusLine:
-    """One line rewritten in place with \\r on a terminal."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-        self._width = 0
-
-    def show(self, text: str) -> None:
-        """Replace the line with `text` (cut to the terminal's width: a wrapped line
-        could not be rewritten)."""
-        text = text[: max(20, shutil.get_terminal_size().columns - 1)]
-        pad = " " * max(0, self._width - len(text))
-        self._stream.write("\r" + text + pad)
-        self._stream.flush()
-        self._width = len(text)
-
-    def clear(self) -> None:
-        """Blank the line (before a log line is written)."""
-        if self._width:
-            self._stream.write("\r" + " " * self._width + "\r")
-            self._stream.flush()
-            self._width = 0
-
-    def done(self) -> None:
-        """Leave the last text on screen and move to the next line."""
-        if self._width:
-            self._stream.write("\n")
-            self._stream.flush()
-            self._width = 0
-
-
-def status_line_filter(status: StatusLine) -> Callable[[object], bool]:
-    """A logging filter that blanks the status line before each record is written."""
-
-    def _filter(record: object) -> bool:
-        status.clear()
-        return True
-
-    return _filter
-
-
-# -- the bridge -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -8,11 +8,11 @@ import signal
 import structlog
 from aiohttp import web
 
-from collector.app import create_app
 from collector.config import Settings, describe
 from collector.errors import StartupError
-from collector.keys import NOTIFIER, QUEUE, STATE
-from collector.systemd import listen_sockets, queue_status
+from collector.server.app import create_app
+from collector.server.appkeys import NOTIFIER, QUEUE, STATE
+from collector.server.systemd import listen_sockets, queue_status
 
 #: The interpreter's GIL switch interval for the daemon (CPython's default is 5 ms).
 #: The queue's SQLite thread needs the GIL back after every fsync, and a busy event loop

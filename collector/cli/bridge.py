@@ -12,27 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from collector.cli import args as types
+from collector.config import read_token_file
 from collector.errors import ConfigError
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
 
 
 def _add_collector_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
@@ -43,7 +25,7 @@ def _add_collector_options(parser: argparse.ArgumentParser, *, required: bool) -
                                        "process list: prefer --token-file)")
     token.add_argument("--token-file", type=Path, metavar="FILE",
                        help="file holding the bearer token")
-    parser.add_argument("--max-backoff", type=_positive, default=30.0, metavar="SECONDS",
+    parser.add_argument("--max-backoff", type=types.positive_float, default=30.0, metavar="SECONDS",
                         help="longest wait between two tries of a failed request (default 30)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         default="info")
@@ -51,7 +33,7 @@ def _add_collector_options(parser: argparse.ArgumentParser, *, required: bool) -
 
 def register(subparsers: Any) -> None:
     """Add `bridge`, `replay` and `record` to the `collector` command line."""
-    from collector.replay import DEFAULT_RATE
+    from collector.bridge.replay import DEFAULT_RATE
 
     bridge = subparsers.add_parser(
         "bridge", help="relay the game's Stats API socket to a collector",
@@ -64,14 +46,16 @@ def register(subparsers: Any) -> None:
                         help="where messages wait for the collector (default "
                              r"%%LOCALAPPDATA%%\collector-bridge on Windows, "
                              "~/.local/state/collector-bridge elsewhere)")
-    bridge.add_argument("--reconnect-interval", type=_positive, default=3.0,
+    bridge.add_argument("--reconnect-interval", type=types.positive_float, default=3.0,
                         metavar="SECONDS", help="wait between tries to reach the game "
                                                 "(default 3)")
-    bridge.add_argument("--batch-max-events", type=_count, default=200, metavar="N",
+    bridge.add_argument("--batch-max-events", type=types.positive_int, default=200, metavar="N",
                         help="events per request at most (default 200)")
-    bridge.add_argument("--batch-max-delay", type=_positive, default=0.25, metavar="SECONDS",
+    bridge.add_argument("--batch-max-delay", type=types.positive_float, default=0.25,
+                        metavar="SECONDS",
                         help="how long an event may wait for its batch (default 0.25)")
-    bridge.add_argument("--status-interval", type=_positive, default=10.0, metavar="SECONDS",
+    bridge.add_argument("--status-interval", type=types.positive_float, default=10.0,
+                        metavar="SECONDS",
                         help="seconds between status log lines when not on a terminal")
     bridge.add_argument("--show-dead", action="store_true",
                         help="print the batches the collector refused (JSON lines) and exit")
@@ -84,10 +68,11 @@ def register(subparsers: Any) -> None:
     replay.add_argument("file", type=Path, metavar="FILE")
     _add_collector_options(replay, required=True)
     pace = replay.add_mutually_exclusive_group()
-    pace.add_argument("--speed", type=_positive, default=1.0, metavar="X",
+    pace.add_argument("--speed", type=types.positive_float, default=1.0, metavar="X",
                       help="a multiple of the recorded speed (default 1)")
     pace.add_argument("--fast", action="store_true", help="as fast as possible")
-    replay.add_argument("--rate", type=_positive, default=DEFAULT_RATE, metavar="PER_SECOND",
+    replay.add_argument("--rate", type=types.positive_float, default=DEFAULT_RATE,
+                        metavar="PER_SECOND",
                         help="messages per second of the recording when its lines carry no "
                              f"time (default {DEFAULT_RATE:g} = PacketSendRate 60 + events)")
     replay.add_argument("--source", metavar="NAME",
@@ -104,7 +89,7 @@ def register(subparsers: Any) -> None:
                      help="one message per line instead of the raw bytes")
     rec.add_argument("--timestamps", action="store_true",
                      help="with --jsonl: wrap each line as {recorded_at, message}")
-    rec.add_argument("--duration", type=_positive, metavar="SECONDS",
+    rec.add_argument("--duration", type=types.positive_float, metavar="SECONDS",
                      help="stop after this long")
     rec.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                      default="info")
@@ -115,19 +100,11 @@ def _token(args: argparse.Namespace) -> str | None:
     if args.token:
         return str(args.token).strip()
     path: Path | None = args.token_file
-    if path is None:
-        return None
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"--token-file: cannot read {path}: {exc.strerror}") from None
-    if not token:
-        raise ConfigError(f"--token-file: {path} is empty")
-    return token
+    return None if path is None else read_token_file(path, "--token-file")
 
 
 def _url(args: argparse.Namespace) -> str:
-    from collector.bridge import events_url
+    from collector.bridge.poster import events_url
 
     if not args.to:
         raise ConfigError("--to URL is required (the collector, e.g. http://homeserver:8765)")
@@ -139,7 +116,7 @@ def _url(args: argparse.Namespace) -> str:
 
 
 def _game(text: str) -> tuple[str, int]:
-    from collector.bridge import parse_host_port
+    from collector.bridge.relay import parse_host_port
 
     try:
         return parse_host_port(text)
@@ -149,7 +126,7 @@ def _game(text: str) -> tuple[str, int]:
 
 def _output(level: str) -> Any:
     """Logging to stdout; on a terminal also a status line that log lines do not garble."""
-    from collector.bridge import StatusLine, status_line_filter
+    from collector.console import StatusLine, status_line_filter
     from collector.logs import configure_logging
 
     configure_logging(level, "auto", stream=sys.stdout)
@@ -162,8 +139,8 @@ def _output(level: str) -> Any:
 
 
 def _cmd_bridge(args: argparse.Namespace) -> int:
-    from collector.bridge import BridgeConfig, run_bridge
-    from collector.spool import default_spool_dir
+    from collector.bridge.relay import BridgeConfig, run_bridge
+    from collector.bridge.spool import default_spool_dir
 
     host, port = _game(args.game)
     spool_dir: Path = args.spool_dir or default_spool_dir()
@@ -183,7 +160,7 @@ def _cmd_bridge(args: argparse.Namespace) -> int:
 def _show_dead(spool_dir: Path) -> int:
     import orjson
 
-    from collector.spool import Spool
+    from collector.bridge.spool import Spool
 
     async def dump() -> list[bytes]:
         spool = Spool(spool_dir)
@@ -208,7 +185,7 @@ def _show_dead(spool_dir: Path) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from collector.replay import replay
+    from collector.bridge.replay import replay
 
     path: Path = args.file
     if not path.is_file():
@@ -223,7 +200,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
-    from collector.replay import record
+    from collector.bridge.replay import record
 
     host, port = _game(args.game)
     if args.timestamps and not args.jsonl:

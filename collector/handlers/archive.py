@@ -1,15 +1,12 @@
-"""Handlers that send events elsewhere: a daily JSON-lines archive, and HTTP forwarding.
+"""The `archive` handler: every event as a JSON line in <data_dir>/archive/<UTC day>.jsonl.
 
-Both apply each job once across crashes:
-
-* the archive writes each event as one line with its ``seq`` and, on open, reads the
-  last ``seq`` of its newest file; a job at or below it is skipped. Files never go
-  back in time (a job is written to its UTC day or the newest file's, whichever is
-  later), so the newest file's last line is the archive's high-water mark. A dead
-  letter put back in its old place comes with a seq below the mark: it is looked for
-  in the newest file and written (marked ``"revived": true``) if it is not there;
-* forwarding sends ``Idempotency-Key: <key_prefix><seq>``, so a receiver that honours it
-  (another collector does) stores a re-sent event once.
+It applies each job once across crashes: each event is written as one line with its
+``seq`` and, on open, the last ``seq`` of the newest file is read; a job at or below it is
+skipped. Files never go back in time (a job is written to its UTC day or the newest
+file's, whichever is later), so the newest file's last line is the archive's
+high-water mark. A dead letter put back in its old place comes with a seq below the
+mark: it is looked for in the newest file and written (marked ``"revived": true``) if
+it is not there.
 """
 
 from __future__ import annotations
@@ -21,29 +18,27 @@ import gzip
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final
 
-import aiohttp
 import orjson
 import structlog
 
-from collector.errors import PermanentError
-from collector.jobs import Job
+from collector.files import fsync_path
+from collector.handlers.base import HandlerContext
+from collector.jobs import Handler, Job
 
 log = structlog.get_logger(__name__)
+
 
 ARCHIVE_DIR: Final = "archive"
 _DAY_FILE: Final = re.compile(r"^(\d{4}-\d{2}-\d{2})\.jsonl(\.gz)?$")
 _TAIL_CHUNK: Final = 64 * 1024
 _RETRYABLE_4XX: Final = frozenset({408, 429})
 _SEQ_PREFIX: Final = b'{"seq":'
-
-
-class ForwardError(Exception):
-    """Forwarding failed in a way worth retrying (connection, timeout, 408/429/5xx)."""
 
 
 def day_of(timestamp: float) -> str:
@@ -175,7 +170,7 @@ class Archive:
             created = not path.exists()
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             if created and self._durable:
-                _fsync_dir(self._dir)
+                fsync_path(self._dir)
             rolled = self._day is not None and day != self._day
             self._day = day
         record: dict[str, Any] = {"seq": job.seq}
@@ -257,7 +252,7 @@ def _gzip_file(path: Path, *, durable: bool) -> Path:
             os.fsync(out.fileno())
     os.replace(tmp, target)
     if durable:
-        _fsync_dir(path.parent)
+        fsync_path(path.parent)
     path.unlink()
     return target
 
@@ -344,58 +339,15 @@ def _mark(path: Path) -> int:
     return 0
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+@asynccontextmanager
+async def archive_handler(context: HandlerContext) -> AsyncIterator[Handler]:
+    """`archive`: every event as a JSON line in <data_dir>/archive/<UTC day>.jsonl."""
+    s = context.settings
+    archive = Archive(s.server.data_dir / ARCHIVE_DIR,
+                      compress_after_days=s.archive.compress_after_days,
+                      durable=s.queue.durability == "full")
+    await archive.open()
     try:
-        os.fsync(fd)
+        yield archive.write
     finally:
-        os.close(fd)
-
-
-class Forwarder:
-    """POST each event, in order, to a URL; non-2xx raises (4xx but 408/429: permanent)."""
-
-    def __init__(self, url: str, *, timeout: float = 10.0, token: str | None = None,
-                 key_prefix: str = "collector-") -> None:
-        self._url = url
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._token = token
-        self._prefix = key_prefix
-        self._session: aiohttp.ClientSession | None = None
-
-    async def open(self) -> None:
-        """Create the HTTP client session."""
-        self._session = aiohttp.ClientSession(timeout=self._timeout)
-
-    async def close(self) -> None:
-        """Close the session and its connections."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def send(self, job: Job) -> None:
-        """The handler: POST the event; return on 2xx, raise otherwise."""
-        if self._session is None:
-            raise ForwardError("the forwarder is not open")
-        headers = {"Content-Type": "application/json",
-                   "Idempotency-Key": f"{self._prefix}{job.seq}"}
-        if self._token:
-            headers["Authorization"] = f"Bearer {self._token}"
-        if job.source is not None:
-            headers["X-Source"] = job.source
-        if job.sequence is not None:
-            headers["X-Sequence"] = str(job.sequence)
-        try:
-            async with self._session.post(self._url, data=orjson.dumps(job.payload),
-                                          headers=headers, allow_redirects=False) as resp:
-                status = resp.status
-                reason = resp.reason or ""
-                await resp.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ForwardError(f"POST {self._url}: {type(exc).__name__}: {exc}") from exc
-        if 200 <= status < 300:
-            return
-        message = f"POST {self._url}: HTTP {status} {reason}".rstrip()
-        if 400 <= status < 500 and status not in _RETRYABLE_4XX:
-            raise PermanentError(message)
-        raise ForwardError(message)
+        await archive.close()

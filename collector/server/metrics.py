@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 
 from collector import __version__
 from collector.queue import DurableQueue, QueueStats
-from collector.state import ServiceState
+from collector.server.state import ServiceState
 from collector.worker import Worker
 
 #: Error codes of the contract, exported at 0 before the first one happens.

@@ -10,9 +10,9 @@ from typing import Final
 
 from aiohttp import web
 
-from collector.api import ApiError, json_response
-from collector.keys import STATS
-from collector.stats import parse_players_cursor
+from collector.server.appkeys import STATS
+from collector.server.http import ApiError, json_response
+from collector.stats.queries import parse_players_cursor
 
 routes = web.RouteTableDef()
 

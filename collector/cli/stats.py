@@ -1,76 +1,56 @@
 """`collector matches` and `collector players`: the statistics as readable tables.
 
-By default they read stats.db in the data dir (``--data-dir``, else the config's) in
-read-only mode, which works while the daemon runs. With ``--url`` they ask a running
-daemon's query API instead (the token comes from ``--token`` or the config).
+They find the data the way every command does (collector.cli.client): the running
+daemon's query API at ``--url`` or the configured address, else stats.db in the data
+dir, read-only (which works while the daemon runs).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
-import orjson
-
-from collector.config import Settings, load_settings
+from collector.cli import args as types
+from collector.cli.client import (
+    AdminError,
+    HttpAdmin,
+    connection_options,
+    daemon_or_data_dir,
+)
+from collector.cli.output import cell, out, print_json, table, when
+from collector.config import Settings
 from collector.logs import configure_logging
-from collector.stats import StatsStore, parse_players_cursor
+from collector.stats.queries import parse_players_cursor
+from collector.stats.store import StatsStore
 
 EXIT_NOT_FOUND = 1
 _MAX_LIMIT = 100
 
 
-class QueryError(Exception):
-    """The daemon answered with an error, or the thing asked for does not exist."""
+class QueryError(AdminError):
+    """The thing asked for does not exist, or a cursor is malformed."""
 
 
 def register(subparsers: Any) -> None:
     """Add the `matches` and `players` sub-commands."""
+    common = connection_options()
     for name, what, func in (
         ("matches", "list matches, newest first, or show one (ID or guid)", _cmd_matches),
         ("players", "list players with career totals, or show one (ID)", _cmd_players),
     ):
-        parser = subparsers.add_parser(name, help=what, description=what + ". " + (
-            "Reads stats.db in the data dir (read-only; fine while the daemon runs), "
-            "or asks a running daemon with --url."))
+        parser = subparsers.add_parser(name, parents=[common], help=what, description=what + (
+            ". Asks the running daemon (--url, default the configured address); when none "
+            "answers, or with --data-dir, reads stats.db in the data dir (read-only)."))
         parser.add_argument("id", nargs="?", help="show this one in detail")
-        parser.add_argument("--config", type=Path, metavar="FILE",
-                            help="TOML config file (for the data dir and the token)")
-        parser.add_argument("--data-dir", type=Path, metavar="DIR",
-                            help="data dir holding stats.db (default: as `serve` would use)")
-        parser.add_argument("--url", metavar="URL",
-                            help="query a running daemon, e.g. http://127.0.0.1:8765")
-        parser.add_argument("--token", help="bearer token for --url (default: the configured)")
-        parser.add_argument("--limit", type=_limit, default=20,
+        parser.add_argument("--limit", type=types.bounded_int(1, _MAX_LIMIT), default=20,
                             help=f"rows per page, 1 to {_MAX_LIMIT} (default 20)")
         parser.add_argument("--before", metavar="CURSOR",
                             help="the next page: the cursor the previous page printed")
-        parser.add_argument("--json", action="store_true", help="print the API's JSON")
         parser.set_defaults(func=func)
-
-
-def _limit(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= _MAX_LIMIT:
-        raise argparse.ArgumentTypeError(f"not a number from 1 to {_MAX_LIMIT}: {text!r}")
-    return value
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides: dict[str, Any] = {}
-    if args.data_dir is not None:
-        overrides["server.data_dir"] = args.data_dir
-    return load_settings(args.config, overrides=overrides)
 
 
 def _cmd_matches(args: argparse.Namespace) -> int:
@@ -90,56 +70,34 @@ Local = Callable[[StatsStore, argparse.Namespace], Awaitable[dict[str, Any]]]
 
 def _show(args: argparse.Namespace, path: str, local: Local,
           render: Callable[[dict[str, Any]], list[str]]) -> int:
-    settings = _settings(args)
     configure_logging("warning", "console", stream=sys.stderr)  # tables alone on stdout
-    try:
-        if args.url:
-            data = asyncio.run(_remote(args, settings, path))
-        else:
-            data = asyncio.run(_local(args, settings, local))
-    except QueryError as exc:
-        sys.stderr.write(f"collector: error: {exc}\n")
-        return EXIT_NOT_FOUND
-    if args.json:
-        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
-    else:
-        sys.stdout.write("\n".join(render(data)) + "\n")
-    return 0
-
-
-async def _local(args: argparse.Namespace, settings: Settings, local: Local
-                 ) -> dict[str, Any]:
-    store = StatsStore(settings.server.data_dir, readonly=True)
-    await store.open()
-    try:
-        return await local(store, args)
-    finally:
-        await store.close()
-
-
-async def _remote(args: argparse.Namespace, settings: Settings, path: str) -> dict[str, Any]:
-    token = args.token or settings.token_value()
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
     params: dict[str, str] = {}
     if args.id is None:
         params["limit"] = str(args.limit)
         if args.before:
             params["before"] = args.before
-    url = args.url.rstrip("/") + path
+
+    async def remote(admin: HttpAdmin) -> dict[str, Any]:
+        return await admin.get_json(path, params)
+
+    async def from_file(settings: Settings, _why: str | None) -> dict[str, Any]:
+        store = StatsStore(settings.server.data_dir, readonly=True)
+        await store.open()
+        try:
+            return await local(store, args)
+        finally:
+            await store.close()
+
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session, \
-                session.get(url, params=params, headers=headers) as resp:
-            body = await resp.json(content_type=None)
-            status = resp.status
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        raise QueryError(f"GET {url}: {exc}") from None
-    if status != 200:
-        detail = body.get("detail", "") if isinstance(body, dict) else ""
-        code = body.get("error", "") if isinstance(body, dict) else ""
-        raise QueryError(f"GET {url}: HTTP {status} {code}: {detail}".rstrip(": "))
-    if not isinstance(body, dict):
-        raise QueryError(f"GET {url}: not a JSON object")
-    return body
+        data = asyncio.run(daemon_or_data_dir(args, remote, from_file))
+    except AdminError as exc:
+        sys.stderr.write(f"collector: error: {exc}\n")
+        return EXIT_NOT_FOUND
+    if args.json:
+        print_json(data)
+    else:
+        out("\n".join(render(data)))
+    return 0
 
 
 async def _local_matches(store: StatsStore, args: argparse.Namespace) -> dict[str, Any]:
@@ -178,46 +136,13 @@ async def _local_player(store: StatsStore, args: argparse.Namespace) -> dict[str
 # -- rendering -----------------------------------------------------------------------------
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    """Rows under headers, columns padded; numbers right-aligned."""
-    cells = [[_cell(v) for v in row] for row in rows]
-    widths = [len(h) for h in headers]
-    for row in cells:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    numeric = [all(isinstance(row[i], int | float) or row[i] is None for row in rows)
-               and bool(rows) for i in range(len(headers))]
-
-    def line(values: Sequence[str]) -> str:
-        parts = [v.rjust(w) if num else v.ljust(w)
-                 for v, w, num in zip(values, widths, numeric, strict=True)]
-        return "  ".join(parts).rstrip()
-
-    return [line(list(headers)), *(line(row) for row in cells)]
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.1f}"
-    return str(value)
-
-
-def _when(timestamp: float | None) -> str:
-    if timestamp is None:
-        return "-"
-    return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M")
-
-
 def _score(match: dict[str, Any]) -> str:
     teams = match.get("teams") or []
     if len(teams) < 2:
         return "-"
     blue, orange = teams[0], teams[1]
-    return (f"{blue.get('name') or 'Blue'} {_cell(blue.get('score'))} - "
-            f"{_cell(orange.get('score'))} {orange.get('name') or 'Orange'}")
+    return (f"{blue.get('name') or 'Blue'} {cell(blue.get('score'))} - "
+            f"{cell(orange.get('score'))} {orange.get('name') or 'Orange'}")
 
 
 def _winner(match: dict[str, Any]) -> str:
@@ -241,7 +166,7 @@ def _more(page: dict[str, Any]) -> list[str]:
 
 
 def _render_matches(page: dict[str, Any]) -> list[str]:
-    rows = [(m["id"], _when(m.get("started_at")), m.get("arena"), _score(m), _winner(m),
+    rows = [(m["id"], when(m.get("started_at")), m.get("arena"), _score(m), _winner(m),
              "yes" if m.get("overtime") else "", _state(m)) for m in page["matches"]]
     if not rows:
         return ["no matches yet"]
@@ -254,7 +179,7 @@ def _render_match(match: dict[str, Any]) -> list[str]:
         f"match {match['id']}  {match['guid']}",
         f"arena {match.get('arena') or '-'}  playlist {match.get('playlist') or '-'}  "
         f"overtime {'yes' if match.get('overtime') else 'no'}",
-        f"started {_when(match.get('started_at'))}  ended {_when(match.get('ended_at'))}  "
+        f"started {when(match.get('started_at'))}  ended {when(match.get('ended_at'))}  "
         f"({_state(match)})",
         f"score {_score(match)}  winner {_winner(match)}",
         "",
@@ -292,7 +217,7 @@ def _render_player(player: dict[str, Any]) -> list[str]:
     ]
     out += table(
         ("MATCH", "STARTED", "ARENA", "TEAM", "WON", "SCORE", "GOALS", "ASSISTS", "SAVES"),
-        [(m["id"], _when(m.get("started_at")), m.get("arena"), m.get("team"), m.get("won"),
+        [(m["id"], when(m.get("started_at")), m.get("arena"), m.get("team"), m.get("won"),
           m.get("score"), m.get("goals"), m.get("assists"), m.get("saves"))
          for m in player.get("recent_matches", [])],
     )
