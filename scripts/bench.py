@@ -35,6 +35,10 @@ Figures (noop handler, the worker draining concurrently unless said otherwise):
            resident memory (VmRSS) of the daemon holding them
   cycles   fill/drain cycles on one data dir: the size of queue.db + -wal + -shm after
            each, third cycle against the first
+  token    the bearer-token check (collector.api._check_token, in this process) with a
+           256 KiB token: median time of a guess wrong only in its last character over
+           one wrong in its first, beside the same figure for a plain == measured in
+           the same run (which shows the harness can see an early exit here)
 
 With --busy N, N processes spin on the CPUs for the whole run (each a program of its own,
 in a session of its own, at the default priority), as other services would on a home
@@ -61,6 +65,7 @@ import platform
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -78,7 +83,7 @@ REFERENCE = REPO / "scripts" / "reference_server.py"
 GATE_HANDLER = "scripts.bench_handlers:gate"
 GATE_ENV = "BENCH_GATE_FILE"  # the variable scripts/bench_handlers.py reads
 QUEUE_FILES = ("queue.db", "queue.db-wal", "queue.db-shm")
-FIGURES = ("single", "arrays", "latency", "drain", "memory", "cycles")
+FIGURES = ("single", "arrays", "latency", "drain", "memory", "cycles", "token")
 HOST = "127.0.0.1"
 EVENTS_PER_ARRAY = 100
 REQUEST_TIMEOUT_S = 10  # a load-generator request slower than this counts as timed out
@@ -1104,6 +1109,83 @@ def figure_cycles(h: Harness) -> None:
                      ratio, None, Target("max", 1.10, "≤ 1.10")))
 
 
+TOKEN_ROUNDS = 300  # timings of each guess, alternated (ABBA)
+TOKEN_LEAK_SEEN = 1.4  # a plain == must measure at least this for the figure to mean much
+
+
+def _interleaved_medians(check: Callable[[str], None], first: str, second: str,
+                         rounds: int) -> tuple[float, float]:
+    """Median time of check(first) and check(second), measured alternately (ABBA) so
+    that drifts of the machine hit both the same way."""
+    a: list[int] = []
+    b: list[int] = []
+
+    def timed(arg: str) -> int:
+        started = time.perf_counter_ns()
+        check(arg)
+        return time.perf_counter_ns() - started
+
+    for n in range(rounds):
+        if n % 2:
+            a.append(timed(first))
+            b.append(timed(second))
+        else:
+            b.append(timed(second))
+            a.append(timed(first))
+    return statistics.median(a), statistics.median(b)
+
+
+def token_timing(rounds: int = TOKEN_ROUNDS) -> tuple[float, float]:
+    """(the daemon's check, a plain ==): each the median time of a guess wrong only in
+    its last character over that of a guess wrong in its first, with a 256 KiB token
+    (comparing it stops at the first differing byte or runs to the end). About 1.0 is
+    constant time; a plain == shows how far from 1.0 an early exit lands here."""
+    import secrets
+
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from aiohttp.test_utils import make_mocked_request
+
+    from collector.api import ApiError, _check_token
+
+    token = secrets.token_hex(128 * 1024)
+    flip = {"0": "1"}
+    nearly = token[:-1] + flip.get(token[-1], "0")
+    wrong = flip.get(token[0], "0") + token[1:]
+    requests = {g: make_mocked_request("POST", "/v1/events",
+                                       headers={"Authorization": f"Bearer {g}"})
+                for g in (nearly, wrong)}
+
+    def plain(guess: str) -> None:
+        _, _, given = requests[guess].headers["Authorization"].partition(" ")
+        if given.strip() == token:
+            raise AssertionError("a wrong guess matched")
+
+    def ours(guess: str) -> None:
+        with contextlib.suppress(ApiError):
+            _check_token(requests[guess], token)
+
+    near_plain, wrong_plain = _interleaved_medians(plain, nearly, wrong, rounds)
+    near, far = _interleaved_medians(ours, nearly, wrong, rounds)
+    return near / far, near_plain / wrong_plain
+
+
+def figure_token(h: Harness) -> None:
+    say(f"\n== token: the bearer-token check, a 256 KiB token, {TOKEN_ROUNDS} timings of "
+        "each guess (ABBA), in this process")
+    ours, plain = token_timing()
+    say(f"  nearly-right / all-wrong guess, median time: collector {ours:.3f}x, "
+        f"a plain == {plain:.3f}x (same run)")
+    h.report.details["token"] = {"collector_ratio": ours, "plain_eq_ratio": plain,
+                                 "rounds": TOKEN_ROUNDS, "token_bytes": 256 * 1024}
+    if plain < TOKEN_LEAK_SEEN:
+        h.report.problems.append(
+            f"token: a plain == measured only {plain:.2f}x (< {TOKEN_LEAK_SEEN}x): too noisy "
+            "here to see an early exit, so the token figure shows little")
+    h.report.add(Row("token check: nearly-right / all-wrong guess time", "x", ours, plain,
+                     Target("max", 1.25, "≤ 1.25x"), "plain =="))
+
+
 FIGURE_FUNCS: dict[str, Callable[[Harness], None]] = {
     "single": figure_single,
     "arrays": figure_arrays,
@@ -1111,12 +1193,13 @@ FIGURE_FUNCS: dict[str, Callable[[Harness], None]] = {
     "drain": figure_drain,
     "memory": figure_memory,
     "cycles": figure_cycles,
+    "token": figure_token,
 }
 
 FIGURE_ROWS = {  # the rows a figure adds, for the table when it could not be measured
     "single": "single-event POSTs", "arrays": "100-event array POSTs",
     "latency": "p99 latency", "drain": "drain", "memory": "memory and start-up",
-    "cycles": "fill/drain cycles",
+    "cycles": "fill/drain cycles", "token": "token check",
 }
 
 

@@ -18,6 +18,8 @@ import pytest
 
 from scripts.bench import (
     BUSY_LOOP,
+    FIGURE_FUNCS,
+    FIGURES,
     Harness,
     LoadResult,
     Plan,
@@ -25,10 +27,12 @@ from scripts.bench import (
     Row,
     Target,
     drain_rates,
+    figure_token,
     median_run,
     median_value,
     parse_args,
     time_at,
+    token_timing,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -99,6 +103,17 @@ def test_the_verdict_never_calls_an_unmeasured_figure_met() -> None:
     assert "every target met" not in text
     assert text.splitlines() == ["MISSED targets: missed",
                                  "NOT MEASURED (see the lines above): too few samples"]
+
+
+def test_the_token_figure_measures_both_checks() -> None:
+    """`--only token` measures the daemon's check and a plain == in the same run; the
+    figures are the bench's to report, not this test's to judge."""
+    ours, plain = token_timing(rounds=4)
+    assert ours > 0, ours  # a ratio of two medians of measured times
+    assert plain > 0, plain
+    assert FIGURES[-1] == "token"
+    assert FIGURE_FUNCS["token"] is figure_token
+    assert parse_args(["--only", "token"]).only == ["token"]
 
 
 def test_busy_takes_a_small_count_and_refuses_anything_else() -> None:

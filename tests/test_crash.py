@@ -171,7 +171,10 @@ async def run_under_load(server: ServerProcess, record_file: Path, rng: random.R
         await until(lambda: records_of(record_file, pid) > 0, "the server handles jobs")
         server.kill()
         stop.set()
-        await asyncio.wait_for(asyncio.gather(*senders), timeout=30)
+        try:  # a hang guard: each request has its own 20 s client timeout
+            await asyncio.wait_for(asyncio.gather(*senders), timeout=60)
+        except TimeoutError:
+            raise AssertionError("the senders did not finish within 60 s of the kill") from None
 
 
 async def test_kill_9_under_load_three_times_loses_nothing_and_keeps_order(

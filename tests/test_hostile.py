@@ -8,7 +8,8 @@
   connection closed. Hundreds of them at once do not hold up a normal client.
 * A crowd of 1,000 connections is held (or, with too few file descriptors, left waiting)
   with bounded memory, and the server still answers.
-* The bearer token check takes the same time whatever the guess.
+* The bearer token check compares the whole guess with the whole token through
+  hmac.compare_digest (its timing figure: scripts/bench.py --only token).
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ import resource
 import secrets
 import select
 import socket
-import statistics
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +115,10 @@ def collector_errors(server: ServerProcess) -> list[str]:
 
 
 def check_server_healthy(server: ServerProcess) -> None:
-    assert request(server.port, "GET", "/healthz", timeout=5).status == 200
-    assert request(server.port, "GET", "/readyz", timeout=5).status == 200
+    health = request(server.port, "GET", "/healthz")
+    assert (health.status, health.body) == (200, {"status": "ok"}), health
+    ready = request(server.port, "GET", "/readyz")
+    assert (ready.status, ready.body) == (200, {"status": "ready"}), ready
     log = server.output()
     for sign in ("request_failed", "internal_error"):  # the 500 path of the middleware
         assert sign not in log, f"{sign!r} in the server log"
@@ -219,8 +221,7 @@ def test_a_malformed_request_is_not_an_error_in_the_log(live: ServerProcess) -> 
                                  b"X-Bad: \x01\x02\r\nContent-Length: 2\r\n\r\n{}")
     assert answer is not None
     assert answer[0] == 400
-    wait_until(lambda: len(live.output().splitlines()) > before, "the server logs the request",
-               timeout=5)
+    wait_until(lambda: len(live.output().splitlines()) > before, "the server logs the request")
     new_lines = live.output().splitlines()[before:]
     assert not [line for line in new_lines if '"level":"error"' in line], new_lines
 
@@ -257,14 +258,34 @@ def answer_to_trickle(sock: socket.socket, data: bytes, *, interval: float,
             sock.send(bytes([byte]))
         except (BrokenPipeError, ConnectionResetError):
             return b""
-    readable, _, _ = select.select([sock], [], [], max(0.0, deadline - time.monotonic()))
-    if not readable:
-        return b""
-    try:
-        time.sleep(0.05)  # the rest of a short answer
-        return sock.recv(65536)
-    except ConnectionResetError:
-        return b""
+    return read_answer(sock, deadline)
+
+
+def read_answer(sock: socket.socket, deadline: float) -> bytes:
+    """What the server sends until its answer is complete (the head and Content-Length
+    bytes of body) or it closes the connection; a test failure if neither happens by
+    `deadline` (time.monotonic())."""
+    data = b""
+    while True:
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if sep:
+            lengths = [int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")]
+            if lengths and len(body) >= lengths[0]:
+                return data
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"neither a whole answer nor a close by the deadline: {data!r}")
+        readable, _, _ = select.select([sock], [], [], left)
+        if not readable:
+            continue
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
 
 
 BODY_HEAD = (b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -296,8 +317,9 @@ def test_a_head_trickled_byte_by_byte_is_cut_off(live: ServerProcess) -> None:
     try:
         head = b"POST /v1/events HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 500 + b"\r\n\r\n"
         received = answer_to_trickle(sock, head, interval=0.1)
-        # Cut off before the head was complete (it would take 50 s to send).
-        assert received == b"" or not received.startswith(b"HTTP/1.1 2"), received[:200]
+        # Cut off before the head was complete (it would take 50 s to send): closed
+        # without an answer.
+        assert received == b"", received[:200]
         wait_until(lambda: closed_by_peer(sock), "the server closed the connection")
     finally:
         sock.close()
@@ -463,80 +485,48 @@ def _guesses(token: str) -> tuple[str, str]:
 def test_the_token_check_compares_the_whole_token_in_constant_time(
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """What the code does: the full guess and the full token, as equal-length bytes,
-    through hmac.compare_digest (whose time does not depend on where they differ), and
-    no other comparison decides the answer."""
-    token = secrets.token_hex(32)
-    nearly, _ = _guesses(token)
+    """Constant time by construction: every guess, of every length and wrong anywhere,
+    is compared whole with the whole token, as bytes, by one hmac.compare_digest call
+    (whose time does not depend on where they differ), whatever the scheme; and that
+    call alone decides the answer. (The timing figure itself is measured by
+    `scripts/bench.py --only token`, beside a plain == in the same run.)"""
+    token = secrets.token_hex(8)
     calls: list[tuple[bytes, bytes]] = []
     real = hmac.compare_digest
+    verdict: list[bool] = []  # when set, what the patched compare_digest answers
 
     def recording(a: Any, b: Any) -> bool:
         calls.append((a, b))
-        return real(a, b)
+        return verdict[0] if verdict else real(a, b)
 
     monkeypatch.setattr(hmac, "compare_digest", recording)
-    wrong_request = make_mocked_request(
-        "POST", "/v1/events", headers={"Authorization": f"Bearer {nearly}"})
-    with pytest.raises(ApiError) as refused:
-        _check_token(wrong_request, token)
-    assert refused.value.status == 401
-    assert calls == [(nearly.encode(), token.encode())]
-    calls.clear()
-    _check_token(make_mocked_request("POST", "/v1/events",
-                                     headers={"Authorization": f"Bearer {token}"}), token)
-    assert calls == [(token.encode(), token.encode())]
 
+    def check(header: str) -> int:
+        """The status _check_token gives this Authorization header (200: let through)."""
+        calls.clear()
+        try:
+            _check_token(make_mocked_request("POST", "/v1/events",
+                                             headers={"Authorization": header}), token)
+        except ApiError as exc:
+            return exc.status
+        return 200
 
-def _interleaved_medians(check: Callable[[Any], None], first: Any, second: Any,
-                         rounds: int) -> tuple[float, float]:
-    """Median time of check(first) and check(second), measured alternately (ABBA) so
-    that drifts of the machine hit both the same way."""
-    a: list[int] = []
-    b: list[int] = []
-
-    def timed(arg: Any) -> int:
-        started = time.perf_counter_ns()
-        check(arg)
-        return time.perf_counter_ns() - started
-
-    for n in range(rounds):
-        if n % 2:
-            a.append(timed(first))
-            b.append(timed(second))
-        else:
-            b.append(timed(second))
-            a.append(timed(first))
-    return statistics.median(a), statistics.median(b)
-
-
-def test_the_token_check_takes_the_same_time_whatever_the_guess() -> None:
-    """Statistics, made sound: a long token makes any early exit visible (comparing
-    256 KiB stops at the first differing byte or runs to the end), guesses alternate,
-    and medians are compared with a wide band. The harness first shows it can see a leak
-    of that kind here (a plain ==); where it cannot, the machine is too noisy to tell and
-    the test says so instead of passing."""
-    token = secrets.token_hex(128 * 1024)
     nearly, wrong = _guesses(token)
-    requests = {g: make_mocked_request("POST", "/v1/events",
-                                       headers={"Authorization": f"Bearer {g}"})
-                for g in (nearly, wrong)}
-
-    def leaky(guess: str) -> None:
-        header = requests[guess].headers["Authorization"]
-        _, _, given = header.partition(" ")
-        assert given.strip() != token
-
-    def ours(guess: str) -> None:
-        with contextlib.suppress(ApiError):
-            _check_token(requests[guess], token)
-
-    near_leak, wrong_leak = _interleaved_medians(leaky, nearly, wrong, rounds=300)
-    if near_leak / wrong_leak < 1.4:
-        pytest.skip(f"timing too noisy here to see a leak: a plain == measured "
-                    f"{near_leak / wrong_leak:.2f}x")
-    near, far = _interleaved_medians(ours, nearly, wrong, rounds=300)
-    ratio = near / far
-    assert 0.8 < ratio < 1.25, (
-        f"nearly-right guesses take {ratio:.2f}x the time of all-wrong ones "
-        f"(a plain == here: {near_leak / wrong_leak:.2f}x)")
+    guesses = {token[:n] for n in range(len(token))}  # every shorter length, prefixes
+    guesses |= {token[:n] + "x" * (len(token) - n) for n in range(len(token))}  # wrong at n
+    guesses |= {token + "0", token + token, nearly, wrong, "x" * len(token)}
+    assert sorted({len(g) for g in guesses}) == [*range(len(token) + 2), 2 * len(token)]
+    for guess in sorted(guesses):
+        assert check(f"Bearer {guess}") == 401, guess
+        assert calls == [(guess.encode(), token.encode())], guess
+    for header in (f"Bearer {token}", f"bearer {token}", f"BEARER  {token} "):
+        assert check(header) == 200, header
+        assert calls == [(token.encode(), token.encode())], header
+    for header in (f"Basic {token}", token, f"Token {token}"):  # compared all the same
+        assert check(header) == 401, header
+        assert len(calls) == 1, header
+    # No other comparison decides: compare_digest's answer is the verdict.
+    verdict.append(True)
+    assert check(f"Bearer {wrong}") == 200
+    verdict[0] = False
+    assert check(f"Bearer {token}") == 401

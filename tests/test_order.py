@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.conftest import ClientFactory
+from tests.conftest import ClientFactory, wait_until
 from tests.recorder import FILE_ENV, Record, read_records
 
 REQUESTS = 64
@@ -59,13 +59,14 @@ async def test_concurrent_posts_are_handled_once_each_in_seq_order(
     answers = await asyncio.gather(*(send(body, ctype) for _, body, ctype in requests))
     total = sum(len(events) for events, _, _ in requests)
     records = await wait_for_records(record_file, total)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while True:  # the last job is acknowledged just after its handler returned
+    queue: dict[str, Any] = {}
+
+    async def acknowledged() -> bool:  # the last job is acknowledged just after its handler
+        nonlocal queue
         queue = await (await client.get("/v1/queue")).json()
-        if queue["processed_total"] >= total or loop.time() > deadline:
-            break
-        await asyncio.sleep(0.01)
+        return bool(queue["processed_total"] >= total)
+
+    await wait_until(acknowledged, timeout=30, what=f"processed_total {total}")
     records = read_records(record_file)
 
     assert [status for status, _ in answers] == [202] * REQUESTS

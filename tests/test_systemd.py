@@ -33,6 +33,8 @@ from collector.server.systemd import (
 )
 from collector.worker import Worker
 from tests.conftest import free_port
+from tests.conftest import wait_until as wait_until_async
+from tests.modelhelpers import wait_until
 
 REPO = Path(__file__).parent.parent
 UNITS = REPO / "systemd"
@@ -200,14 +202,18 @@ async def test_health_flags_a_handler_that_ignores_its_timeout(tmp_path: Path) -
         assert health.problem(worker, queue.pending) is None
         await queue.put([{"n": 1}])
         problem = None
-        for _ in range(200):  # bounded: 10 s
+
+        def flagged() -> bool:
+            nonlocal problem
             problem = health.problem(worker, queue.pending)
-            if problem is not None:
-                break
-            await asyncio.sleep(0.05)
+            return problem is not None
+
+        await wait_until_async(flagged, timeout=30, what="the health check flags the call")
         assert problem is not None
-        assert "handler call has run for" in problem
-        assert "0.2 s" in problem
+        assert re.fullmatch(r"a handler call has run for \d+ s "
+                            r"\(worker\.handler_timeout 0\.2 s\)", problem), problem
+        assert worker.busy_for is not None  # the call is still running: it ignored the timeout
+        assert worker.busy_for > 0.2 + 0.3
     finally:
         await worker.stop(0.1)
         await queue.close()
@@ -224,10 +230,8 @@ async def test_health_flags_a_dead_worker(tmp_path: Path) -> None:
     health = WorkerHealth(handler_timeout=1.0, backoff_cap=1.0, margin=1.0)
     worker.start()
     await queue.put([{"n": 1}])
-    for _ in range(200):
-        if worker.counters.processed:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until_async(lambda: worker.counters.processed >= 1, timeout=30,
+                           what="the worker processes the job")
     assert worker.counters.processed == 1
     assert health.problem(worker, queue.pending) is None
     await worker.stop(1.0)
@@ -266,8 +270,8 @@ def test_serve_notifies_ready_status_watchdog_stopping(
     ready = notify_socket.wait_for(lambda m: m.get("READY") == "1")
     # READY=1 is sent only after the site listens: the port must answer at once.
     assert port_answers(port)
-    assert http_json(f"http://127.0.0.1:{port}/readyz")[0] == 200
-    assert "pending" in ready["STATUS"]
+    assert http_json(f"http://127.0.0.1:{port}/readyz") == (200, {"status": "ready"})
+    assert ready == {"READY": "1", "STATUS": "queue: 0 pending, 0 dead, 0 processed"}
     before_ready = notify_socket.messages[: notify_socket.messages.index(ready)]
     assert not any(m.get("READY") for m in before_ready)
 
@@ -277,11 +281,20 @@ def test_serve_notifies_ready_status_watchdog_stopping(
     while pings < 3:
         message = notify_socket.wait_for(lambda m: "WATCHDOG" in m or "STATUS" in m)
         pings += message.get("WATCHDOG") == "1"
-    assert any("STATUS" in m and "queue:" in m["STATUS"] for m in notify_socket.messages)
+
+    def heartbeat_status(m: dict[str, str]) -> bool:
+        return set(m) == {"STATUS"} and m["STATUS"].startswith("queue: ")
+
+    # The heartbeat's own STATUS= (its first tick, then every 5 s), not only READY's.
+    if not any(heartbeat_status(m) for m in notify_socket.messages):
+        notify_socket.wait_for(heartbeat_status)
+    wait_until(lambda: http_json(f"http://127.0.0.1:{port}/v1/queue")[1]["processed_total"] == 2,
+               "the two events processed")
 
     proc.send_signal(signal.SIGTERM)
     stopping = notify_socket.wait_for(lambda m: m.get("STOPPING") == "1")
-    assert "draining" in stopping["STATUS"]
+    assert stopping == {"STOPPING": "1",
+                        "STATUS": "draining; queue: 0 pending, 0 dead, 2 processed"}
     assert proc.wait(30) == 0
 
 
@@ -301,18 +314,29 @@ def test_watchdog_pings_stop_when_the_worker_is_stuck(
     status, _ = http_json(f"http://127.0.0.1:{port}/v1/events", data=b'{"a": 1}')
     assert status == 202
     # handler_timeout 0.5 s + grace 1 s: then the daemon reports itself stuck ...
+    stuck_status = re.compile(r"STUCK: a handler call has run for \d+ s "
+                              r"\(worker\.handler_timeout 0\.5 s\); "
+                              r"queue: 1 pending, 0 dead, 0 processed, oldest \d+ s")
     stuck = notify_socket.wait_for(lambda m: m.get("STATUS", "").startswith("STUCK"))
-    assert "handler call has run for" in stuck["STATUS"]
-    # ... and no ping follows: five ping periods (0.2 s each) pass in silence.
-    deadline = time.monotonic() + 1.0
-    while (left := deadline - time.monotonic()) > 0:
-        message = notify_socket.receive(left)
-        assert message is None or "WATCHDOG" not in message, notify_socket.messages
+    assert set(stuck) == {"STATUS"}, stuck
+    assert stuck_status.fullmatch(stuck["STATUS"]), stuck
+    # ... and no ping follows: each of the next five heartbeat ticks (0.2 s apart) sends
+    # its STUCK status, alone; not one WATCHDOG=1 among them.
+    following = [notify_socket.wait_for(lambda m: True) for _ in range(5)]
+    assert [set(m) for m in following] == [{"STATUS"}] * 5, following
+    assert all(stuck_status.fullmatch(m["STATUS"]) for m in following), following
     assert proc.poll() is None
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
-    log_text = (tmp_path / "serve.log").read_text()
-    assert '"worker_stuck"' in log_text
+    events = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines()
+              if line.startswith("{")]
+    # Logged as an error when it starts, and again each time the reason's text changes
+    # (the seconds the call has run); the first line is the first STUCK status's reason.
+    reported = [e for e in events if e["event"] == "worker_stuck"]
+    assert reported, events
+    assert {(e["level"], e["watchdog"]) for e in reported} == {("error", True)}, reported
+    assert reported[0]["reason"] == stuck["STATUS"].removeprefix("STUCK: ").split("; ")[0]
+    assert len({e["reason"] for e in reported}) == len(reported), reported
 
 
 @pytest.mark.slow
@@ -333,22 +357,26 @@ def test_socket_activation_with_systemd_socket_activate(
             stdout=out, stderr=subprocess.STDOUT, env=serve_env(),
         )
     processes.append(proc)
-    for _ in range(200):  # bounded: 10 s for systemd-socket-activate to listen
-        if proc.poll() is not None or port_answers(port):
-            break
-        time.sleep(0.05)
+
+    def listening() -> bool:
+        assert proc.poll() is None, log.read_text()  # it exited: no point waiting
+        return port_answers(port)
+
+    wait_until(listening, "systemd-socket-activate listens")
     # The listener answers before the daemon exists; a connection starts it.
     status, body = http_json(f"http://127.0.0.1:{port}/v1/events", data=b'{"a": 1}', timeout=30)
     assert status == 202, body
     ready = notify_socket.wait_for(lambda m: m.get("READY") == "1")
-    assert "pending" in ready["STATUS"]
-    assert http_json(f"http://127.0.0.1:{port}/readyz")[0] == 200
+    # The request that started it is stored before or after READY=1, never lost.
+    assert ready["READY"] == "1"
+    assert re.fullmatch(r"queue: [01] pending, 0 dead, [01] processed", ready["STATUS"]), ready
+    assert http_json(f"http://127.0.0.1:{port}/readyz") == (200, {"status": "ready"})
     assert not port_answers(unused_port)  # the inherited socket replaced --port
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
-    listening = [line for line in lines if line["event"] == "listening"]
-    assert listening
-    assert listening[0]["inherited"] is True
-    assert listening[0]["sockets"] == [f"http://127.0.0.1:{port}"]
+    listened = [line for line in lines if line["event"] == "listening"]
+    assert len(listened) == 1, listened
+    assert listened[0]["inherited"] is True
+    assert listened[0]["sockets"] == [f"http://127.0.0.1:{port}"]
     proc.send_signal(signal.SIGTERM)  # systemd-socket-activate exec'd into the daemon
     notify_socket.wait_for(lambda m: m.get("STOPPING") == "1")
     assert proc.wait(30) == 0
@@ -376,18 +404,18 @@ def test_journald_priorities_and_ids_from_a_real_daemon(
             stdout=out, stderr=subprocess.STDOUT, env=env,
         )
     processes.append(proc)
-    for _ in range(200):  # bounded: 10 s
-        if port_answers(port):
-            break
-        time.sleep(0.05)
+
+    def answers() -> bool:
+        assert proc.poll() is None, log.read_text()  # it exited: no point waiting
+        return port_answers(port)
+
+    wait_until(answers, "the daemon listens")
     status, _ = http_json(f"http://127.0.0.1:{port}/v1/events", data=b'[{"a": 1}, {"a": 2}]')
     assert status == 202
     status, _ = http_json(f"http://127.0.0.1:{port}/v1/events", data=b"{broken")
     assert status == 400
-    for _ in range(200):
-        if http_json(f"http://127.0.0.1:{port}/v1/queue")[1]["dead"] == 2:
-            break
-        time.sleep(0.05)
+    wait_until(lambda: http_json(f"http://127.0.0.1:{port}/v1/queue")[1]["dead"] == 2,
+               "both events dead-lettered")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
 
@@ -402,9 +430,10 @@ def test_journald_priorities_and_ids_from_a_real_daemon(
     jobs = [e for prio, e in entries if e["event"] == "job"]
     assert [(e["seq"], e["payload"]) for e in jobs] == [(1, {"a": 1}), (2, {"a": 2})]
     assert all(prio == 6 for prio, e in entries if e["event"] == "job")
-    rejected = [e for _, e in entries if e["event"] == "request_rejected"]
-    assert len(rejected) == 1
-    assert rejected[0]["request_id"]
+    rejected = [(prio, e) for prio, e in entries if e["event"] == "request_rejected"]
+    assert [(prio, e["status"], e["error"]) for prio, e in rejected] == [
+        (6, 400, "invalid_json")], rejected
+    assert rejected[0][1]["request_id"]
 
 
 # -- the units booted for real under systemd-nspawn ----------------------------------------
@@ -520,6 +549,14 @@ def _post(port: int, token: str, body: bytes) -> None:
         assert resp.status == 202
 
 
+def _queue(port: int, token: str) -> dict[str, Any]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/queue",
+                                 headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        numbers: dict[str, Any] = json.loads(resp.read())
+        return numbers
+
+
 @pytest.mark.slow
 def test_units_boot_for_real_under_nspawn(tmp_path: Path) -> None:
     reason = nspawn_skip_reason()
@@ -567,17 +604,19 @@ def test_units_boot_for_real_under_nspawn(tmp_path: Path) -> None:
         assert port_answers(port)
         shown = container.show("ActiveState", "StatusText", "MainPID", "NRestarts")
         assert shown["ActiveState"] == "active"
-        assert "queue:" in shown["StatusText"]
+        assert shown["StatusText"] == "queue: 0 pending, 0 dead, 0 processed", shown
         first_pid = shown["MainPID"]
 
         # SIGSTOP: no more pings; the watchdog aborts, then kills, and systemd restarts it.
         container.run("kill", "-STOP", first_pid)
-        for _ in range(300):  # bounded: 30 s
+
+        def restarted() -> bool:
+            nonlocal shown
             shown = container.show("ActiveState", "MainPID", "NRestarts", "SubState")
-            if (shown["NRestarts"] != "0" and shown["ActiveState"] == "active"
-                    and shown["SubState"] == "running"):
-                break
-            time.sleep(0.1)
+            return (shown["NRestarts"] != "0" and shown["ActiveState"] == "active"
+                    and shown["SubState"] == "running")
+
+        wait_until(restarted, "systemd restarts the stopped daemon", timeout=60)
         assert shown["NRestarts"] == "1", shown
         assert shown["MainPID"] != first_pid
         journal = container.run("journalctl", "-u", "collector", "--no-pager").stdout
@@ -586,17 +625,22 @@ def test_units_boot_for_real_under_nspawn(tmp_path: Path) -> None:
         # Priorities reach the journal: `journalctl -p err` shows the dead letter, with its seq.
         post = functools.partial(_post, port, token)
         post(b'{"fail": true}')
-        for _ in range(100):  # bounded: 10 s
+        errors = ""
+
+        def dead_lettered() -> bool:
+            nonlocal errors
             errors = container.run("journalctl", "-u", "collector", "-p", "err", "--no-pager",
                                    "-o", "cat").stdout
-            if "job_dead_lettered" in errors:
-                break
-            time.sleep(0.1)
+            return "job_dead_lettered" in errors
+
+        wait_until(dead_lettered, "the dead letter in `journalctl -p err`", timeout=30)
         lines = [json.loads(line) for line in errors.splitlines() if line.startswith("{")]
         assert [(e["event"], e["seq"]) for e in lines] == [("job_dead_lettered", 1)]
 
         # A clean drain on `systemctl stop`: the job in flight finishes, the rest waits.
         post(b'[{"n":1},{"n":2},{"n":3}]')
+        wait_until(lambda: _queue(port, token)["in_flight"] == 1,
+                   "the worker amid the first of the three jobs")
         container.run("systemctl", "stop", "collector.service")
         shown = container.show("ActiveState", "Result", "ExecMainStatus")
         assert (shown["ActiveState"], shown["Result"], shown["ExecMainStatus"]) == (
@@ -605,7 +649,7 @@ def test_units_boot_for_real_under_nspawn(tmp_path: Path) -> None:
         closed = [json.loads(line) for line in journal.splitlines()
                   if line.startswith("{") and '"queue_closed"' in line]
         assert closed, journal[-2000:]
-        assert 0 < closed[-1]["pending"] < 3  # the first job done, the others kept
+        assert closed[-1]["pending"] == 2  # the first job done, the others kept
     finally:
         container.stop()
 
