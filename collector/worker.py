@@ -160,6 +160,9 @@ class Worker:
                 continue
             # This task's own context: binding replaces the previous job's seq.
             structlog.contextvars.bind_contextvars(seq=job.seq)
+            # Handlers that succeeded for this job, each applied once: a settle that
+            # fails and is tried again must not run them a second time.
+            self._applied = 0
             while True:
                 try:
                     await self._process(job)
@@ -173,7 +176,6 @@ class Worker:
                         return
 
     async def _process(self, job: Job) -> None:
-        self._applied = 0  # handlers that succeeded for this job: each is applied once
         while True:
             try:
                 started = await self._call_handlers(job)

@@ -35,7 +35,7 @@ Figures (noop handler, the worker draining concurrently unless said otherwise):
            resident memory (VmRSS) of the daemon holding them
   cycles   fill/drain cycles on one data dir: the size of queue.db + -wal + -shm after
            each, third cycle against the first
-  token    the bearer-token check (collector.api._check_token, in this process) with a
+  token    the bearer-token check (collector.server.http._check_token, in this process) with a
            256 KiB token: median time of a guess wrong only in its last character over
            one wrong in its first, beside the same figure for a plain == measured in
            the same run (which shows the harness can see an early exit here)
@@ -1146,7 +1146,7 @@ def token_timing(rounds: int = TOKEN_ROUNDS) -> tuple[float, float]:
         sys.path.insert(0, str(REPO))
     from aiohttp.test_utils import make_mocked_request
 
-    from collector.api import ApiError, _check_token
+    from collector.server.http import ApiError, _check_token
 
     token = secrets.token_hex(128 * 1024)
     flip = {"0": "1"}

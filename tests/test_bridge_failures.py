@@ -24,8 +24,8 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
-from collector.bridge import Bridge, BridgeConfig
-from collector.spool import LOCK_FILE, SPOOL_FILE, Spool
+from collector.bridge.relay import Bridge, BridgeConfig
+from collector.bridge.spool import LOCK_FILE, SPOOL_FILE, Spool
 from tests.bridgehelpers import RECORD_ENV, FakeGame, Session, read_records, unique_jobs
 from tests.conftest import CAPTURE_JSONL, CAPTURE_STREAM, ServerProcess, free_port, wait_until
 from tests.failurehelpers import fill, small_tmpfs

@@ -9,8 +9,8 @@ happen for real against real files, file systems and processes.
   worker lives on, logs it, the job keeps its place and is handled exactly as it
   should be once space returns, in order; /readyz answers 200 throughout (the worker
   runs).
-* The worker's settle failure with two handlers: the one that had succeeded is applied
-  again (a product bug, xfail strict).
+* The worker's settle failure with two handlers: the one that had succeeded is not
+  applied again (each handler is applied once per job unless the process dies).
 * The stats handler on a full disk: nothing of the job is applied, it is retried and
   applied once when space returns. (SQLite rolls back by itself a transaction whose
   COMMIT, or a cache spill inside it, fails with SQLITE_FULL or SQLITE_IOERR, so a
@@ -38,7 +38,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from collector.queue import QUEUE_FILE, DurableQueue, inspect_file, read_pending
-from collector.stats import STATS_FILE
+from collector.stats.schema import STATS_FILE
 from tests.conftest import ClientFactory, ServerProcess, wait_until
 from tests.failurehelpers import Verdicts, file_size_limit, fill, log_events, small_tmpfs
 from tests.modelhelpers import (
@@ -205,11 +205,6 @@ def test_the_worker_outlives_failed_settles_and_the_job_keeps_its_place(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: when recording a failed attempt (or a dead letter) fails, Worker._run "
-    "calls _process(job) again, which resets self._applied to 0, so the handlers that "
-    "had already succeeded for the job are applied again, without any crash (README: "
-    "a handler sees an event twice only if the process died)"))
 def test_a_handler_that_succeeded_is_not_run_again_when_a_settle_fails(
     server_process: ServerFactory, tmp_path: Path
 ) -> None:

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from collector.stats import formats
 from collector.stats.formats import (
     Generic,
     Goal,
@@ -19,6 +18,7 @@ from collector.stats.formats import (
     Snapshot,
     TeamLine,
 )
+from collector.stats import formats
 from tests.conftest import CAPTURE_JSONL
 
 GUID = "1F7ED23011F1435166EBAB919DB5566D"
