@@ -1,0 +1,207 @@
+"""scripts/bench.py: the drain arithmetic, and a smoke run of the harness.
+
+The smoke run uses the bench's own load generator (`--no-wrk`), so it needs no wrk and
+also covers that fallback. It checks the shape of what is printed and written, never the
+numbers: this machine is shared and its figures are noise at this size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scripts.bench import (
+    BUSY_LOOP,
+    FIGURE_FUNCS,
+    FIGURES,
+    Harness,
+    LoadResult,
+    Plan,
+    Report,
+    Row,
+    Target,
+    drain_rates,
+    figure_token,
+    median_run,
+    median_value,
+    parse_args,
+    time_at,
+    token_timing,
+)
+from tests.support.paths import REPO
+
+BENCH = REPO / "scripts" / "bench.py"
+
+
+def test_time_at_interpolates_between_samples() -> None:
+    samples = [(1.0, 0), (2.0, 100), (4.0, 300)]
+    assert time_at(samples, 0) == 1.0
+    assert time_at(samples, 50) == pytest.approx(1.5)
+    assert time_at(samples, 200) == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="never reach"):
+        time_at(samples, 301)
+
+
+def test_drain_rates_compare_the_first_and_last_tenths() -> None:
+    # 1,000 jobs: 200/s for the first 500, then 100/s; a sample every 0.1 s.
+    samples = [(t / 10, min(1000, 20 * t if t <= 25 else 500 + 10 * (t - 25)))
+               for t in range(76)]
+    rates = drain_rates(samples, 1000)
+    assert rates.seconds == pytest.approx(7.5)
+    assert rates.overall == pytest.approx(1000 / 7.5)
+    assert rates.first_tenth == pytest.approx(200)
+    assert rates.last_tenth == pytest.approx(100)
+    assert rates.last_vs_first == pytest.approx(0.5)
+
+
+def test_drain_rates_refuse_a_tenth_with_too_few_samples() -> None:
+    rates = drain_rates([(0.0, 0), (0.1, 500), (0.2, 1000)], 1000)
+    assert rates.overall == pytest.approx(5000)
+    assert rates.last_vs_first is None
+
+
+def _run(requests: int, p99_us: float) -> LoadResult:
+    return LoadResult(requests=requests, duration_s=10.0, errors={}, latency_us={"p99": p99_us},
+                      statuses={})
+
+
+def test_median_run_takes_the_middle_run_by_the_given_key() -> None:
+    slow, middle, fast = _run(30_000, 9_000), _run(50_000, 4_000), _run(90_000, 2_000)
+    assert median_run([fast, slow, middle], lambda r: r.per_second) is middle
+    assert median_run([slow, fast, middle], lambda r: r.latency_us["p99"]) is middle
+    # An even count takes the lower of the two middle runs; one run is its own median.
+    assert median_run([fast, slow], lambda r: r.per_second) is slow
+    assert median_run([fast], lambda r: r.per_second) is fast
+
+
+def test_median_value_skips_the_rounds_that_measured_nothing() -> None:
+    assert median_value([0.9, None, 1.2, 0.7]) == 0.9
+    assert median_value([1.1, 0.95]) == 0.95  # the lower middle one
+    assert median_value([None, None]) is None
+    assert median_value([]) is None
+
+
+def test_the_verdict_never_calls_an_unmeasured_figure_met() -> None:
+    at_least_one = Target("min", 1.0, "≥ 1")
+    report = Report()
+    report.add(Row("measured", "x", 2.0, target=at_least_one))
+    report.add(Row("context", "x", None))  # no target: nothing to meet
+    assert report.verdict() == ("every target met", True)
+
+    report.add(Row("missed", "x", 0.5, target=at_least_one))
+    assert report.verdict() == ("MISSED targets: missed", True)  # measured, so complete
+
+    report.add(Row("too few samples", "x", None, target=at_least_one))
+    text, complete = report.verdict()
+    assert not complete
+    assert "every target met" not in text
+    assert text.splitlines() == ["MISSED targets: missed",
+                                 "NOT MEASURED (see the lines above): too few samples"]
+
+
+def test_the_token_figure_measures_both_checks() -> None:
+    """`--only token` measures the daemon's check and a plain == in the same run; the
+    figures are the bench's to report, not this test's to judge."""
+    ours, plain = token_timing(rounds=4)
+    assert ours > 0, ours  # a ratio of two medians of measured times
+    assert plain > 0, plain
+    assert FIGURES[-1] == "token"
+    assert FIGURE_FUNCS["token"] is figure_token
+    assert parse_args(["--only", "token"]).only == ["token"]
+
+
+def test_busy_takes_a_small_count_and_refuses_anything_else() -> None:
+    assert parse_args([]).busy == 0
+    assert parse_args(["--busy", "2"]).busy == 2
+    for bad in ("-1", "65", "two"):
+        with pytest.raises(SystemExit):
+            parse_args(["--busy", bad])
+
+
+def _busy_loops() -> set[int]:
+    """Pids of the processes running the bench's --busy loop."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv[1:3] == [b"-c", BUSY_LOOP.encode()]:
+                found.add(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_the_harness_runs_the_busy_processes_until_it_closes(tmp_path: Path) -> None:
+    before = _busy_loops()
+    harness = Harness(Plan.make(quick=True), use_wrk=False, work_dir=tmp_path, keep=False,
+                      busy=2)
+    try:
+        started = _busy_loops() - before
+        assert len(started) == 2
+    finally:
+        harness.close()
+    assert not _busy_loops() & started  # killed and reaped, not left spinning
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_quick_single_run_with_the_own_load_generator(tmp_path: Path) -> None:
+    out_json = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--only", "single", "--no-wrk", "--busy", "1",
+         "--json", str(out_json), "--work-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=100, env=env, cwd=REPO, check=False,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert "load generator: scripts/loadgen.py" in out
+    assert "busy machine: 1 process(es) spinning" in out
+    for line in ("reference, asyncio + json", "collector serve --handler noop",
+                 "backlog when the load stopped"):
+        assert line in out, out
+    for cell in ("| figure", "| collector", "| reference", "| target", "| result",
+                 "| single-event POSTs, c32", "| backlog at the end"):
+        assert cell in out, out
+
+    data = json.loads(out_json.read_text())
+    assert data["quick"] is True, data
+    assert data["busy_processes"] == 1, data
+    assert not data["errors"], data
+    rows = {row["figure"]: row for row in data["rows"]}
+    single = rows["single-event POSTs, c32"]
+    assert single["collector"] > 0, single
+    assert single["reference"] > 0, single
+    assert single["ratio"] > 0, single
+    # Each figure is the median run's rate, and the verdict follows from the row itself.
+    median = data["details"]["single"]
+    col, ref = (_per_second(median[name]) for name in ("collector", "reference"))
+    assert (single["collector"], single["reference"]) == (col, ref), (single, median)
+    assert single["ratio"] == col / ref, single
+    assert single["target"] == "≥ 0.75x reference", single
+    assert single["passed"] is (single["ratio"] >= 0.75), single
+    backlog = rows["backlog at the end of the 2 s run"]
+    jobs = median["backlog_at_end_max"]
+    assert isinstance(jobs, int), median
+    assert jobs >= median["backlog_at_end"], median  # the worst round's
+    assert backlog["collector"] == jobs / col, (backlog, median)  # in seconds of intake
+    assert (backlog["reference"], backlog["ratio"], backlog["target"]) == (
+        None, None, "< 1 s of intake"), backlog
+    assert backlog["passed"] is (backlog["collector"] <= 1.0), backlog
+    assert list(tmp_path.glob("collector-bench-*")) == []  # the temporary dir is gone
+
+
+def _per_second(run: dict[str, Any]) -> float:
+    """A LoadResult's rate from its JSON form: requests answered without an error status
+    over the run's duration."""
+    ok: int = run["requests"] - run["errors"].get("status", 0)
+    duration: float = run["duration_s"]
+    return ok / duration
