@@ -82,8 +82,8 @@ def _show(args: argparse.Namespace, path: str, local: Local,
 
     async def from_file(settings: Settings, _why: str | None) -> dict[str, Any]:
         store = StatsStore(settings.server.data_dir, readonly=True)
-        await store.open()
-        try:
+        try:  # a damaged file: one line (StatsDamagedError), the thread stopped
+            await store.open()
             return await local(store, args)
         finally:
             await store.close()

@@ -1,11 +1,14 @@
 """Query API over the statistics: matches and players, JSON, paginated, newest first.
 
 Behind the same bearer token as every /v1/ route (the request middleware checks it).
-A cursor (``next``) is opaque to clients: pass it back as ``?before=``.
+A cursor (``next``) is opaque to clients: pass it back as ``?before=``. A damaged
+stats.db is ``503 stats_unavailable``, its detail naming the file and the fix.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 from aiohttp import web
@@ -13,6 +16,7 @@ from aiohttp import web
 from collector.server.appkeys import STATS
 from collector.server.http import ApiError, json_response
 from collector.stats.queries import parse_players_cursor
+from collector.stats.store import StatsDamagedError
 
 routes = web.RouteTableDef()
 
@@ -59,6 +63,7 @@ def _numeric_id(text: str) -> int | None:
 
 
 @routes.get("/v1/matches")
+@_reads_stats
 async def list_matches(request: web.Request) -> web.Response:
     """Matches, newest first: ``{"matches": [...], "next": cursor or null}``."""
     limit = _limit(request)
@@ -67,6 +72,7 @@ async def list_matches(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/matches/{id}")
+@_reads_stats
 async def get_match(request: web.Request) -> web.Response:
     """One match (by id, or by its guid) with its player lines and goals."""
     key = request.match_info["id"]
@@ -82,6 +88,7 @@ async def get_match(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/players")
+@_reads_stats
 async def list_players(request: web.Request) -> web.Response:
     """Players with career totals, most recently active first."""
     limit = _limit(request)
@@ -90,6 +97,7 @@ async def list_players(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/players/{id}")
+@_reads_stats
 async def get_player(request: web.Request) -> web.Response:
     """A player's career totals and their recent matches."""
     key = request.match_info["id"]

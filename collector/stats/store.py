@@ -20,6 +20,11 @@
   opened the match. A new one starts at MatchCreated/MatchInitialized, after the
   previous one was closed (MatchDestroyed), or when a player's numbers go down (a new
   game began without any start event).
+* A damaged file is refused, never changed: an open that meets SQLite's "malformed" or
+  "not a database" (or, after an unclean stop, a failing quick_check) raises
+  :class:`StatsDamagedError`, one line naming the file and `collector rebuild-stats`; a
+  read or an apply that meets it later raises the same error (the query API answers
+  503, the worker retries the job).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import structlog
 
@@ -44,6 +49,95 @@ from collector.stats.schema import SCHEMA_VERSION, STATS_FILE, migrate, schema_v
 log = structlog.get_logger(__name__)
 
 _T = TypeVar("_T")
+
+#: SQLite's primary result codes for a damaged file: SQLITE_CORRUPT, SQLITE_NOTADB.
+SQLITE_DAMAGED: Final = frozenset({11, 26})
+#: The command that replaces a damaged stats.db (named in every refusal).
+REBUILD_COMMAND: Final = "collector rebuild-stats"
+Check = Literal["reads", "quick", "full"]
+
+
+class StatsDamagedError(StartupError):
+    """stats.db cannot be read: SQLite finds it damaged. It is left as it is."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(
+            f"statistics database {path} is damaged ({problem}); nothing was changed. "
+            f"With the daemon stopped, run `{REBUILD_COMMAND} --data-dir {path.parent}` "
+            "to keep it aside and rebuild the statistics from the archive"
+        )
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether an exception is SQLite saying the file is damaged (not busy, not full)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (isinstance(exc, sqlite3.DatabaseError) and isinstance(code, int)
+            and code & 0xFF in SQLITE_DAMAGED)
+
+
+def unclean_stop(path: Path) -> bool:
+    """Whether the last writer left frames in the WAL (a crash, kill -9, power cut).
+
+    A clean close checkpoints the WAL and truncates it (SQLite deletes it when no reader
+    has the file open), so a WAL with frames means the file was not closed.
+    """
+    try:
+        return Path(f"{path}-wal").stat().st_size > 0
+    except OSError:
+        return False
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that cannot write: no checkpoint on close, nothing created beside the
+    file when there is no WAL (then the file is opened as immutable)."""
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    if not Path(f"{path}-wal").exists():
+        uri += "&immutable=1"
+    return sqlite3.connect(uri, uri=True, timeout=5.0, isolation_level=None)
+
+
+#: What an open reads first, besides the schema (the right edge of the big tables too).
+_FIRST_READS: Final = (
+    ("schema_version", "SELECT max(version) FROM schema_version"),
+    ("applied", "SELECT last_seq FROM applied"),
+    ("counters", "SELECT name, value FROM counters"),
+    ("feeds", "SELECT count(*) FROM feeds"),
+    ("matches", "SELECT max(id) FROM matches"),
+    ("players", "SELECT max(id) FROM players"),
+)
+
+
+def find_damage(path: Path, check: Check = "reads") -> list[str]:
+    """What is wrong with an existing stats.db, read-only; [] when nothing was found.
+
+    `reads`: what an open reads (the schema, the small tables, the right edge of the big
+    ones). `quick`: plus SQLite's quick_check (every page, as after an unclean stop).
+    `full`: plus integrity_check (indexes against tables too). Only damage counts: a
+    missing table or a busy file is left to the regular open. Nothing is written, not
+    even a checkpoint, so a damaged file stays byte for byte as it was.
+    """
+    try:
+        conn = _connect_read_only(path)
+    except sqlite3.Error as exc:
+        return [str(exc)] if is_damage(exc) else []
+    try:
+        try:
+            tables = {name for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            for table, sql in _FIRST_READS:
+                if table in tables:
+                    conn.execute(sql).fetchall()
+            if check == "reads":
+                return []
+            pragma = "integrity_check" if check == "full" else "quick_check"
+            found = [str(row[0]) for row in conn.execute(f"PRAGMA {pragma}(20)")]
+        except sqlite3.Error as exc:
+            return [str(exc)] if is_damage(exc) else []
+        return [] if found == ["ok"] else found
+    finally:
+        conn.close()
 
 
 @dataclass(slots=True)
@@ -72,6 +166,7 @@ class StatsStore:
         self._readonly = readonly
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collector-stats")
         self._db: _Db | None = None
+        self._damage_logged = False
         self.counters = StatsCounters()
 
     @property
@@ -88,11 +183,35 @@ class StatsStore:
             raise RuntimeError("the stats store is not open")
         return self._db
 
+    async def _guarded(self, func: Callable[..., _T], *args: Any) -> _T:
+        """`func` in the thread; SQLite's "damaged" becomes StatsDamagedError."""
+        try:
+            return await self._run(func, *args)
+        except sqlite3.DatabaseError as exc:
+            if not is_damage(exc):
+                raise
+            raise self._damaged(str(exc)) from None
+
+    def _damaged(self, problem: str) -> StatsDamagedError:
+        error = StatsDamagedError(self._path, problem)
+        if self._db is not None and not self._damage_logged:
+            # Once, with what to do; each failing request or job says it again in its own
+            # line (request_rejected, job_failed).
+            self._damage_logged = True
+            log.error("stats_damaged", path=str(self._path), error=problem,
+                      fix=f"{REBUILD_COMMAND} --data-dir {self._path.parent}")
+        return error
+
     async def open(self) -> None:
-        """Open (create, migrate) the database; read-only opens never write."""
-        self._db = await self._run(_Db, self._path, self._durability, self._readonly)
+        """Open (create, migrate) the database; read-only opens never write.
+
+        A damaged file raises StatsDamagedError and is left as it is: before a writable
+        open, the file is read through a read-only connection (with a quick_check after
+        an unclean stop).
+        """
+        self._db = await self._guarded(_Db, self._path, self._durability, self._readonly)
         db = self._db
-        self.counters.stale_skipped, self.counters.bogus_goals = await self._run(
+        self.counters.stale_skipped, self.counters.bogus_goals = await self._guarded(
             db.stored_counters
         )
         log.info("stats_opened", path=str(self._path), schema_version=db.version,
@@ -112,7 +231,7 @@ class StatsStore:
 
     async def apply(self, job: Job) -> Outcome:
         """Apply one job's effect (exactly once); returns what happened."""
-        outcome = await self._run(self._require().apply, job)
+        outcome = await self._guarded(self._require().apply, job)
         c = self.counters
         if outcome == "applied":
             c.applied += 1
@@ -130,20 +249,20 @@ class StatsStore:
     async def matches_page(self, *, limit: int = 20, before: int | None = None
                            ) -> dict[str, Any]:
         """``{"matches": [...], "next": cursor}``, newest first."""
-        return await self._run(queries.matches_page, self._require().conn, limit, before)
+        return await self._guarded(queries.matches_page, self._require().conn, limit, before)
 
     async def match(self, match_id: int | str) -> dict[str, Any] | None:
         """One match with its player lines and goals (by id or guid), or None."""
-        return await self._run(queries.match, self._require().conn, match_id)
+        return await self._guarded(queries.match, self._require().conn, match_id)
 
     async def players_page(self, *, limit: int = 20, before: tuple[int, int] | None = None
                            ) -> dict[str, Any]:
         """``{"players": [...], "next": cursor}``, most recently active first."""
-        return await self._run(queries.players_page, self._require().conn, limit, before)
+        return await self._guarded(queries.players_page, self._require().conn, limit, before)
 
     async def player(self, player_id: int) -> dict[str, Any] | None:
         """A player's career totals and recent matches, or None."""
-        return await self._run(queries.player, self._require().conn, player_id)
+        return await self._guarded(queries.player, self._require().conn, player_id)
 
 
 class _Db:
@@ -152,6 +271,12 @@ class _Db:
     def __init__(self, path: Path, durability: str, readonly: bool) -> None:
         self.path = path
         self.readonly = readonly
+        if not readonly and path.exists():
+            # Read-only first: a damaged file is refused before anything may write to it
+            # (a writable open of a file with a WAL checkpoints it on close).
+            found = find_damage(path, "quick" if unclean_stop(path) else "reads")
+            if found:
+                raise StatsDamagedError(path, found[0])
         if readonly:
             if not path.exists():
                 raise StartupError(f"no statistics database at {path}")
