@@ -56,6 +56,20 @@ def _player_cursor(request: web.Request) -> tuple[int, int] | None:
     return cursor
 
 
+def _reads_stats(handler: Callable[[web.Request], Awaitable[web.Response]]
+                 ) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A damaged stats.db is a 503 in the error shape, not a 500 (it is no bug)."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request) -> web.Response:
+        try:
+            return await handler(request)
+        except StatsDamagedError as exc:
+            raise ApiError(503, "stats_unavailable", str(exc)) from None
+
+    return wrapped
+
+
 def _numeric_id(text: str) -> int | None:
     if text.isascii() and text.isdigit() and len(text) <= 19 and int(text) <= _MAX_ID:
         return int(text)
