@@ -5,6 +5,10 @@
 * `recover` (the daemon stopped) moves a damaged queue file aside, never deleting it,
   and salvages every readable job into a fresh file, in order, with their seqs; it says
   how many and which seqs could not be read.
+* `rebuild-stats` (the daemon stopped) keeps stats.db aside, never deleting it, and
+  builds a fresh one from the archive handler's day files: every archived event, in seq
+  order, through the stats store's own apply. Without an archive it says so, and starts
+  an empty file only when told (`--empty`, or yes on a terminal).
 * `serve --check` runs the full check before the daemon starts. Without it the daemon
   checks the file itself only after an unclean stop (a quick check, which keeps a clean
   start fast); with it, a file damaged while the daemon was stopped (a bad copy, a
@@ -14,17 +18,36 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import datetime as dt
+import gzip
+import heapq
 import json
-from collections.abc import Callable
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
+
+import orjson
 
 from collector.cli.output import out
 from collector.config import load_settings
 from collector.errors import QueueCorruptError, StartupError
-from collector.files import locked_data_dir
+from collector.files import fsync_path, locked_data_dir
+from collector.handlers.archive import ARCHIVE_DIR
+from collector.jobs import Job
+from collector.logs import configure_logging
 from collector.queue import FileReport, NothingToRecoverError, inspect_file, recover_file
+from collector.stats.schema import STATS_FILE
+from collector.stats.store import StatsStore, find_damage
 
 EXIT_SOUND: Final = 0
 EXIT_DAMAGED: Final = 1
@@ -119,6 +142,285 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- rebuild-stats ---------------------------------------------------------------------------
+
+#: A day file of the archive handler (collector/handlers/archive.py writes them).
+_DAY_FILE: Final = re.compile(r"^(\d{4}-\d{2}-\d{2})\.jsonl(\.gz)?$")
+_REVIVED: Final = re.compile(rb'^\{"seq":(\d+),"revived":true')
+_SHOWN_PROBLEMS: Final = 5
+
+
+@dataclass(slots=True)
+class _Replay:
+    """What reading (and replaying) the archive found."""
+
+    files: int = 0
+    events: int = 0
+    first_seq: int | None = None
+    last_seq: int = 0
+    skipped: int = 0  # lines whose seq was already replayed (both forms of a day, ...)
+    unreadable: int = 0
+    problems: list[str] = field(default_factory=list)
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+    def problem(self, text: str) -> None:
+        self.unreadable += 1
+        if len(self.problems) < _SHOWN_PROBLEMS:
+            self.problems.append(text)
+
+
+def archive_files(directory: Path) -> list[Path]:
+    """The archive's day files, oldest day first; of a day kept in both forms (a
+    compression cut short), the .jsonl.gz before the .jsonl that was appended after it."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.iterdir():
+        day = _DAY_FILE.match(path.name)
+        if day:
+            found.append((day.group(1), 0 if day.group(2) else 1, path))
+    return [path for _day, _form, path in sorted(found)]
+
+
+def _lines(path: Path, seen: _Replay) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of a day file; a file that cannot be read to its end is a
+    problem, and the lines before the failure still count."""
+    number = 0
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as fh:
+            for number, line in enumerate(fh, start=1):
+                if line.strip():
+                    yield number, line
+    except (OSError, EOFError, zlib.error) as exc:
+        seen.problem(f"{path.name}: unreadable after line {number} ({exc})")
+
+
+def _job(path: Path, number: int, line: bytes, seen: _Replay) -> Job | None:
+    """The Job an archive line holds (as the worker handed it over), or None if damaged."""
+    try:
+        record = orjson.loads(line)
+        seq, received_at = record["seq"], record["received_at"]
+        source, sequence = record.get("source"), record.get("sequence")
+        if not (isinstance(seq, int) and seq > 0 and isinstance(received_at, int | float)
+                and (source is None or isinstance(source, str))
+                and (sequence is None or isinstance(sequence, int))):
+            raise ValueError("bad field types")
+        return Job(seq, record["payload"], float(received_at), source=source,
+                   sequence=sequence)
+    except (ValueError, KeyError, TypeError) as exc:  # orjson's errors are ValueErrors
+        seen.problem(f"{path.name} line {number}: {exc}")
+        return None
+
+
+def archived_jobs(files: list[Path], seen: _Replay) -> Iterator[Job]:
+    """Every archived job once, in seq order.
+
+    The archive writes in seq order across its days, except a dead letter put back in
+    its old place (a line marked revived, with a seq below the ones before it): those
+    few are read first and merged in at their place. A seq already given (a day kept in
+    both forms) is skipped and counted.
+    """
+    revived: list[tuple[int, int, Job]] = []
+    for path in files:
+        for number, line in _lines(path, _Replay()):  # problems are counted once, below
+            if _REVIVED.match(line):
+                job = _job(path, number, line, _Replay())
+                if job is not None:
+                    heapq.heappush(revived, (job.seq, len(revived), job))
+    last = 0
+    for path in files:
+        seen.files += 1
+        for number, line in _lines(path, seen):
+            if _REVIVED.match(line):
+                continue
+            job = _job(path, number, line, seen)
+            if job is None:
+                continue
+            while revived and revived[0][0] < job.seq:
+                early = heapq.heappop(revived)[2]
+                if early.seq > last:
+                    last = early.seq
+                    yield early
+                else:
+                    seen.skipped += 1
+            if job.seq <= last:
+                seen.skipped += 1
+                continue
+            last = job.seq
+            yield job
+    while revived:
+        early = heapq.heappop(revived)[2]
+        if early.seq > last:
+            last = early.seq
+            yield early
+        else:
+            seen.skipped += 1
+
+
+async def _replay(build_dir: Path, jobs: Iterator[Job] | None, seen: _Replay) -> None:
+    """A fresh stats.db in `build_dir` with every job applied by the store's own code."""
+    # Built aside and only moved into place when complete, so a crash loses nothing:
+    # commits need no fsync of their own; the file is synced once at the end.
+    store = StatsStore(build_dir, durability="normal")
+    try:
+        await store.open()
+        for job in jobs or ():
+            outcome = await store.apply(job)
+            seen.outcomes[outcome] = seen.outcomes.get(outcome, 0) + 1
+            seen.events += 1
+            if seen.first_seq is None:
+                seen.first_seq = job.seq
+            seen.last_seq = job.seq
+    finally:
+        await store.close()
+
+
+def _aside(path: Path, kind: str) -> Path:
+    """A name for the old stats.db that no earlier rebuild used."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    aside = path.with_name(f"{path.name}.{kind}-{stamp}")
+    n = 1
+    while any(Path(f"{aside}{s}").exists() for s in ("", "-wal", "-shm")):
+        n += 1
+        aside = path.with_name(f"{path.name}.{kind}-{stamp}-{n}")
+    return aside
+
+
+def _confirm_empty(archive: Path) -> bool:
+    """On a terminal, ask before starting an empty stats.db; elsewhere, never assume."""
+    if not sys.stdin.isatty():
+        return False
+    answer = input(f"there is no archive in {archive}: keep stats.db aside and start an "
+                   "empty one? [y/N] ")
+    return answer.strip().lower() in {"y", "yes"}
+
+
+def _queue_note(data_dir: Path, after: int, *, empty: bool) -> str:
+    """What the daemon does with the queue at its next start, in words."""
+    try:
+        queue = inspect_file(data_dir)
+    except Exception as exc:  # noqa: BLE001 - a note, never a reason to fail the rebuild
+        return f"queue.db could not be read ({exc})"
+    if not queue.exists:
+        return "there is no queue.db: new events start a new line"
+    if queue.problems:
+        return (f"queue.db is damaged too ({queue.problems[0]}): see `collector check` "
+                "and `collector recover`")
+    note = (f"queue.db holds {queue.pending} pending jobs (last seq {queue.last_seq}): "
+            "the daemon applies them at its next start"
+            + ("" if empty else f", after seq {after}"))
+    finished = queue.last_seq - queue.pending - queue.dead
+    if finished > after and not empty:
+        note += (f"; the queue finished jobs up to about seq {finished}, beyond the archive: "
+                 "what they did is not in the rebuilt statistics")
+    return note
+
+
+def _cmd_rebuild_stats(args: argparse.Namespace) -> int:
+    data_dir = _data_dir(args)
+    if not data_dir.is_dir():
+        raise StartupError(f"data dir {data_dir} does not exist: nothing to rebuild")
+    configure_logging("warning", "console", stream=sys.stderr)  # the report alone on stdout
+    path = data_dir / STATS_FILE
+    archive = data_dir / ARCHIVE_DIR
+    with contextlib.ExitStack() as stack:
+        # The lock: no daemon may apply jobs to the file while it is moved and rebuilt.
+        try:
+            stack.enter_context(locked_data_dir(data_dir))
+        except StartupError as exc:
+            raise StartupError(f"{exc}: stop the daemon first") from None
+        return _rebuild(args, data_dir, path, archive)
+
+
+def _rebuild(args: argparse.Namespace, data_dir: Path, path: Path, archive: Path) -> int:
+    exists = path.exists()
+    problems = find_damage(path, "full") if exists else []
+    files = [] if args.empty else archive_files(archive)
+    if exists and not problems and not args.force:
+        out(f"statistics database {path} is sound: nothing to rebuild (--force rebuilds "
+            "it from the archive anyway)")
+        return 0
+    if not files and not args.empty:
+        if not exists:
+            raise StartupError(f"no statistics database {path} and no archive in {archive}: "
+                               "nothing to rebuild (the daemon creates an empty one)")
+        if args.dry_run or not _confirm_empty(archive):
+            raise StartupError(
+                f"no archive in {archive} (the `archive` handler never ran here): the "
+                "statistics cannot be rebuilt; run `collector rebuild-stats --empty "
+                f"--data-dir {data_dir}` to keep {path.name} aside and start an empty one, "
+                "which fills with new matches")
+    kind = "damaged" if problems else "old"
+    aside = _aside(path, kind)
+    seen = _Replay()
+    state = f"damaged: {problems[0]}" if problems else ("sound" if exists else "missing")
+    if args.dry_run:
+        for job in archived_jobs(files, seen):
+            seen.events += 1
+            seen.first_seq = job.seq if seen.first_seq is None else seen.first_seq
+            seen.last_seq = job.seq
+        _report(args, path, state, None if not exists else aside, seen, data_dir,
+                dry_run=True)
+        return 0
+    build = Path(tempfile.mkdtemp(prefix=".rebuild-stats-", dir=data_dir))
+    try:
+        asyncio.run(_replay(build, archived_jobs(files, seen) if files else None, seen))
+        built = build / STATS_FILE
+        fsync_path(built)
+        if exists:
+            with contextlib.suppress(OSError):  # rebuilt as root: the daemon's user keeps it
+                owner = path.stat()
+                os.chown(built, owner.st_uid, owner.st_gid)
+            # The WAL first: a fresh stats.db beside the old WAL would read its frames.
+            for suffix in ("-wal", "-shm", ""):
+                old = Path(f"{path}{suffix}")
+                if old.exists():
+                    old.rename(Path(f"{aside}{suffix}"))
+        built.rename(path)
+        fsync_path(data_dir)
+    finally:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(build)
+    _report(args, path, state, aside if exists else None, seen, data_dir, dry_run=False)
+    return 0
+
+
+def _report(args: argparse.Namespace, path: Path, state: str, aside: Path | None,
+            seen: _Replay, data_dir: Path, *, dry_run: bool) -> None:
+    empty = args.empty or not seen.files
+    queue = _queue_note(data_dir, seen.last_seq, empty=empty)
+    if args.json:
+        out(json.dumps({
+            "dry_run": dry_run, "path": str(path), "state": state,
+            "moved_to": None if aside is None else str(aside), "empty": args.empty,
+            "archive_files": seen.files, "events": seen.events, "first_seq": seen.first_seq,
+            "last_seq": seen.last_seq, "skipped": seen.skipped, "unreadable": seen.unreadable,
+            "problems": seen.problems, "outcomes": seen.outcomes, "queue": queue,
+        }))
+        return
+    seqs = f"seqs {seen.first_seq}-{seen.last_seq}" if seen.events else "no events"
+    what = (f"an empty {path}" if empty else
+            f"{seen.events} archived events ({seqs}, from {seen.files} day file"
+            f"{'' if seen.files == 1 else 's'}) into a fresh {path}")
+    if dry_run:
+        moved = "" if aside is None else f"move {path} ({state}) to {aside}, "
+        verb = "start" if empty else "replay"
+        out(f"would {moved}{verb} {what}; nothing was changed")
+    else:
+        moved = "" if aside is None else f"moved {path} ({state}) to {aside} (kept, not deleted); "
+        verb = "started" if empty else "replayed"
+        out(f"{moved}{verb} {what}")
+    if seen.skipped:
+        out(f"  {seen.skipped} archive lines repeat a seq already replayed: skipped")
+    if seen.unreadable:
+        out(f"  {seen.unreadable} archive lines could not be read and are not in the "
+            f"statistics: {'; '.join(seen.problems)}")
+    if empty:
+        out("  the statistics before now cannot be rebuilt without an archive; the new "
+            "file fills with new matches")
+    out(f"  {queue}")
+
+
 def _serve_checked(serve: Callable[[argparse.Namespace], int],
                    args: argparse.Namespace) -> int:
     """`serve --check`: the full check first; a damaged file stops the start."""
@@ -137,7 +439,7 @@ def _where(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: Any) -> None:
-    """Add `check` and `recover`, and `--check` to `serve`."""
+    """Add `check`, `recover` and `rebuild-stats`, and `--check` to `serve`."""
     check = subparsers.add_parser(
         "check", help="is the queue file sound? (exit 0 sound, 1 damaged)",
         description="Read the queue file (read-only; the daemon may run) and report whether "
@@ -159,6 +461,23 @@ def register(subparsers: Any) -> None:
     recover.add_argument("--force", action="store_true",
                          help="rebuild even a file that passes the full check")
     recover.set_defaults(func=_cmd_recover)
+
+    rebuild = subparsers.add_parser(
+        "rebuild-stats", help="keep stats.db aside, build a fresh one from the archive",
+        description="With the daemon stopped: keep stats.db (damaged or not) under a new "
+                    "name, never deleted, and build a fresh one by replaying every event of "
+                    "the archive handler's files (archive/*.jsonl, *.jsonl.gz) in seq order. "
+                    "Jobs still pending in queue.db are applied by the daemon at its next "
+                    "start. Exit 0 done (or nothing to do), 1 refused.")
+    _where(rebuild)
+    rebuild.add_argument("--dry-run", action="store_true",
+                         help="say what would be replayed; change nothing")
+    rebuild.add_argument("--force", action="store_true",
+                         help="rebuild even a stats.db that passes the integrity check")
+    rebuild.add_argument("--empty", action="store_true",
+                         help="start an empty stats.db instead (needed when there is no "
+                              "archive: the old statistics cannot be rebuilt)")
+    rebuild.set_defaults(func=_cmd_rebuild_stats)
 
     serve = subparsers.choices.get("serve")
     if serve is not None:
