@@ -33,8 +33,33 @@ _SOS_STARTS: Final = frozenset({"game:match_created", "game:initialized"})
 
 
 @dataclass(frozen=True, slots=True)
+class Car:
+    """A car as one Stats API UpdateState shows it, when the feed can see it.
+
+    The game leaves zero and false values out: a visible car with no ``Boost`` key has
+    0 boost, with no ``Speed`` key stands still, with no flag key has that flag false.
+    ``speed_kmh`` is as sent (km/h; uu/s = km/h / 0.036); ``boost`` is 0-100.
+    """
+
+    boost: float = 0.0
+    speed_kmh: float = 0.0
+    has_car: bool = False
+    demolished: bool = False
+    boosting: bool = False
+    on_ground: bool = False
+    on_wall: bool = False
+    powersliding: bool = False
+    supersonic: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class PlayerLine:
-    """One player's cumulative numbers in one match; None = this format does not say."""
+    """One player's cumulative numbers in one match; None = this format does not say.
+
+    ``car`` is the car's state when the feed can see it (the Stats API from a
+    spectator's seat, or a player's own team); None when it cannot (an opponent seen
+    from a player's seat: only the scoreboard fields come) or the format never says.
+    """
 
     name: str
     primary_id: str | None = None
@@ -46,6 +71,7 @@ class PlayerLine:
     saves: int | None = None
     touches: int | None = None
     demos: int | None = None
+    car: Car | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +102,7 @@ class Snapshot:
     winner: int | None = None  # team number, once the game names a winner
     replay: bool = False
     timestamp: int | None = None  # the 2023 plugin's last_update_timestamp (whole seconds)
+    ball_team: int | None = None  # the team that last touched the ball; 255 = nobody yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,9 +165,62 @@ class Generic:
     data: Any = None
 
 
+PhaseKind: TypeAlias = Literal["round_started", "countdown", "paused", "unpaused", "replay",
+                              "podium"]
+
+
+@dataclass(frozen=True, slots=True)
+class Phase(Generic):
+    """A Stats API event that starts or stops live play (RoundStarted, CountdownBegin,
+    MatchPaused, MatchUnpaused, the goal replay's events, PodiumStart).
+
+    A :class:`Generic` event for the scoreboard (nothing to store), typed for the
+    derived statistics.
+    """
+
+    kind: PhaseKind = "countdown"
+
+
+@dataclass(frozen=True, slots=True)
+class Clock(Generic):
+    """ClockUpdatedSeconds: the game clock shows a new whole second (a Generic event)."""
+
+    time_seconds: int | None = None
+    overtime: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Demolition(Generic):
+    """StatfeedEvent ``Demolish``: ``attacker`` destroyed ``victim`` (a Generic event).
+
+    The statfeed is global: it names players the feed cannot otherwise see.
+    """
+
+    attacker: str = ""
+    victim: str = ""
+    attacker_team: int | None = None
+    victim_team: int | None = None
+    attacker_id: str | None = None
+    victim_id: str | None = None
+
+
 Event: TypeAlias = (
     Snapshot | Goal | MatchStarted | MatchEnded | MatchClosed | Ignored | Generic
 )
+
+_PHASES: Final[dict[str, PhaseKind]] = {
+    "RoundStarted": "round_started",
+    "CountdownBegin": "countdown",
+    "MatchPaused": "paused",
+    "MatchUnpaused": "unpaused",
+    "GoalReplayStart": "replay",
+    "GoalReplayWillEnd": "replay",
+    "GoalReplayEnd": "replay",
+    "PodiumStart": "podium",
+}
+#: Any of these keys on a Stats API player says the feed can see that car.
+_CAR_KEYS: Final = ("bHasCar", "bDemolished", "Boost", "Speed", "bBoosting", "bOnGround",
+                    "bOnWall", "bPowersliding", "bSupersonic")
 
 
 def parse(payload: Any) -> Event:
@@ -206,7 +286,47 @@ def _stats_api(name: str, raw: Any) -> Event:
         return MatchEnded("stats_api", guid, _int(data.get("WinnerTeamNum")))
     if name == "MatchDestroyed":
         return MatchClosed("stats_api", guid)
+    if name in _PHASES:
+        return Phase("stats_api", name, data, kind=_PHASES[name])
+    if name == "ClockUpdatedSeconds":
+        return Clock("stats_api", name, data, time_seconds=_int(data.get("TimeSeconds")),
+                     overtime=data.get("bOvertime") is True)
+    if name == "StatfeedEvent" and data.get("EventName") == "Demolish":
+        return _demolition(data)
     return Generic("stats_api", name, data)
+
+
+def _demolition(data: Mapping[str, Any]) -> Generic:
+    """A Demolish statfeed event; a plain Generic when it does not name both cars."""
+    main, secondary = _mapping(data.get("MainTarget")), _mapping(data.get("SecondaryTarget"))
+    attacker, victim = _text(main.get("Name")), _text(secondary.get("Name"))
+    if not attacker or not victim:
+        return Generic("stats_api", "StatfeedEvent", data)
+    return Demolition(
+        "stats_api", "StatfeedEvent", data, attacker=attacker, victim=victim,
+        attacker_team=_int(main.get("TeamNum")), victim_team=_int(secondary.get("TeamNum")),
+        attacker_id=_primary_id(main.get("PrimaryId")),
+        victim_id=_primary_id(secondary.get("PrimaryId")),
+    )
+
+
+def _car(player: Mapping[str, Any]) -> Car | None:
+    """The car's state, or None when the message does not show it (not visible)."""
+    if not any(key in player for key in _CAR_KEYS):
+        return None
+    boost = _float(player.get("Boost"))
+    speed = _float(player.get("Speed"))
+    return Car(
+        boost=0.0 if boost is None else min(max(boost, 0.0), 100.0),
+        speed_kmh=0.0 if speed is None else abs(speed),
+        has_car=player.get("bHasCar") is True,
+        demolished=player.get("bDemolished") is True,
+        boosting=player.get("bBoosting") is True,
+        on_ground=player.get("bOnGround") is True,
+        on_wall=player.get("bOnWall") is True,
+        powersliding=player.get("bPowersliding") is True,
+        supersonic=player.get("bSupersonic") is True,
+    )
 
 
 def _stats_update(data: Mapping[str, Any], guid: str | None) -> Snapshot:
@@ -222,6 +342,7 @@ def _stats_update(data: Mapping[str, Any], guid: str | None) -> Snapshot:
             p.get("Name"), p.get("PrimaryId"), team=p.get("TeamNum"), score=p.get("Score"),
             goals=p.get("Goals"), shots=p.get("Shots"), assists=p.get("Assists"),
             saves=p.get("Saves"), touches=p.get("Touches"), demos=p.get("Demos"),
+            car=_car(p),
         )) is not None
     )
     return Snapshot(
@@ -231,6 +352,7 @@ def _stats_update(data: Mapping[str, Any], guid: str | None) -> Snapshot:
         overtime=game.get("bOvertime") is True,
         winner=_winner(game.get("bHasWinner"), game.get("Winner"), teams),
         replay=game.get("bReplay") is True,
+        ball_team=_int(_mapping(game.get("Ball")).get("TeamNum")),
     )
 
 
@@ -394,7 +516,9 @@ def _goal(
                 last_touch=last_touch)
 
 
-def _player(name: Any, primary_id: Any, **numbers: Any) -> PlayerLine | None:
+def _player(
+    name: Any, primary_id: Any, *, car: Car | None = None, **numbers: Any
+) -> PlayerLine | None:
     text = _text(name)
     pid = _primary_id(primary_id)
     if not text:
@@ -402,7 +526,7 @@ def _player(name: Any, primary_id: Any, **numbers: Any) -> PlayerLine | None:
             return None  # nobody to attach the numbers to
         text = pid
     values = {key: _int(value) for key, value in numbers.items()}
-    return PlayerLine(name=text, primary_id=pid, **values)
+    return PlayerLine(name=text, primary_id=pid, car=car, **values)
 
 
 def _primary_id(value: Any) -> str | None:
