@@ -308,3 +308,15 @@ def describe(settings: Settings) -> dict[str, dict[str, Any]]:
             values["token"] = "***" if values["token"] else None
         out[f.name] = {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
     return out
+
+
+def describe_changes(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Only the settings that differ from the embedded defaults, as plain data for the
+    start-up log line (secrets masked)."""
+    defaults = describe(Settings())
+    out: dict[str, dict[str, Any]] = {}
+    for section, values in describe(settings).items():
+        changed = {k: v for k, v in values.items() if defaults[section].get(k) != v}
+        if changed:
+            out[section] = changed
+    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -32,6 +33,8 @@ def exclusive_lock(directory: Path, lock_file: str, *, what: str, holder: str) -
     """
     try:
         directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise StartupError(f"{what} {directory} is a file, not a folder") from None
     except OSError as exc:
         raise StartupError(f"{what} {directory}: cannot create it: {exc.strerror}") from None
     path = directory / lock_file
@@ -63,11 +66,58 @@ def exclusive_lock(directory: Path, lock_file: str, *, what: str, holder: str) -
 LOCK_FILE = "collector.lock"
 
 
+def refuse_unusable_dir(path: Path, what: str) -> None:
+    """A one-line StartupError when `path` exists but cannot hold our files: a file, not
+    a folder; on a read-only file system; or not writable by this user."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise StartupError(f"{what} {path} is a file, not a folder")
+    if not os.access(path, os.W_OK | os.X_OK):
+        if hasattr(os, "statvfs") and os.statvfs(path).f_flag & os.ST_RDONLY:
+            raise StartupError(f"{what} {path} is on a read-only file system")
+        raise StartupError(f"{what} {path}: not writable by this user")
+
+
 @contextlib.contextmanager
 def locked_data_dir(path: Path) -> Iterator[Path]:
     """Hold the data dir for one daemon (or one offline command): created if missing,
     checked writable, locked until exit."""
-    if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
-        raise StartupError(f"data dir {path}: not writable by this user")
+    refuse_unusable_dir(path, "data dir")
     with exclusive_lock(path, LOCK_FILE, what="data dir", holder="another collector"):
         yield path
+
+
+DAEMON_FILE = "daemon.json"
+
+
+def record_daemon(data_dir: Path, urls: list[str]) -> None:
+    """Write where the running daemon answers (its pid and URLs) into the data dir, for
+    `collector status --data-dir` and the other commands that look for it there."""
+    path = data_dir / DAEMON_FILE
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"pid": os.getpid(), "urls": urls}) + "\n",
+                         encoding="utf-8")
+    temporary.replace(path)
+
+
+def forget_daemon(data_dir: Path) -> None:
+    """Remove the record at a clean stop (a stale one after kill -9 is harmless: the
+    data dir's lock tells whether a daemon runs)."""
+    with contextlib.suppress(OSError):
+        (data_dir / DAEMON_FILE).unlink()
+
+
+def read_daemon(data_dir: Path) -> tuple[int | None, list[str]]:
+    """(pid, urls) of the daemon recorded in the data dir; (pid from the lock, []) when
+    there is no record."""
+    try:
+        record = json.loads((data_dir / DAEMON_FILE).read_text(encoding="utf-8"))
+        return int(record["pid"]), [str(url) for url in record["urls"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        text = (data_dir / LOCK_FILE).read_text(encoding="utf-8").strip()
+        return (int(text) if text.isdigit() else None), []
+    except OSError:
+        return None, []

@@ -22,6 +22,7 @@ import orjson
 
 from collector.cli import args as types
 from collector.cli.client import (
+    Admin,
     AdminError,
     ImportBatch,
     LocalAdmin,
@@ -29,10 +30,12 @@ from collector.cli.client import (
     connection_options,
     daemon_holds,
     daemon_or_data_dir,
+    http_session,
 )
 from collector.cli.output import clip, out, print_json, when
 from collector.config import Settings
 from collector.console import ProgressBar, StatusLine
+from collector.files import read_daemon
 from collector.logs import configure_logging
 from collector.queue import inspect_file
 
@@ -90,7 +93,23 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 async def _status(args: argparse.Namespace) -> int:
     async def local(settings: Settings, why: str | None) -> dict[str, Any]:
-        report = _file_status(settings.server.data_dir)
+        data_dir = settings.server.data_dir
+        if daemon_holds(data_dir):
+            # A daemon runs on this data dir (the healthy case): ask it where it said it
+            # answers; if it cannot be asked, its lock still says it runs.
+            pid, urls = read_daemon(data_dir)
+            for url in urls:
+                try:
+                    async with http_session(args, settings, url=url) as admin:
+                        return await admin.status()
+                except AdminError as exc:
+                    why = f"asked at {url}: {exc}"
+            report = _file_status(data_dir)
+            report["state"] = f"running (pid {pid if pid is not None else '?'})"
+            if why is not None:
+                report["note"] = why
+            return report
+        report = _file_status(data_dir)
         if why is not None:
             report["not_ready"] = why
         return report
@@ -102,7 +121,7 @@ async def _status(args: argparse.Namespace) -> int:
         _print_status(report)
     if report.get("problems"):
         return EXIT_FAILED
-    return 0 if report.get("ready") else EXIT_NOT_READY
+    return 0 if report.get("ready") or report.get("running") else EXIT_NOT_READY
 
 
 def _file_status(data_dir: Path) -> dict[str, Any]:
@@ -113,7 +132,7 @@ def _file_status(data_dir: Path) -> dict[str, Any]:
     age = None if file.oldest_pending_at is None else max(0.0, time.time() -
                                                           file.oldest_pending_at)
     return {"source": str(file.path), "running": running, "ready": False,
-            "not_ready": "a daemon holds the data dir" if running else "the daemon is stopped",
+            "not_ready": "the daemon is running" if running else "the daemon is stopped",
             "pending": file.pending, "in_flight": 0, "dead": file.dead,
             "processed_total": file.processed_total, "last_seq": file.last_seq,
             "oldest_pending_age_s": age, "clean_shutdown": file.clean_shutdown,
@@ -121,7 +140,8 @@ def _file_status(data_dir: Path) -> dict[str, Any]:
 
 
 def _print_status(report: dict[str, Any]) -> None:
-    state = "ready" if report.get("ready") else f"not ready: {report.get('not_ready')}"
+    state = report.get("state") or (
+        "ready" if report.get("ready") else f"not ready: {report.get('not_ready')}")
     age = report.get("oldest_pending_age_s")
     rows = [
         ("from", report["source"]),
@@ -132,8 +152,12 @@ def _print_status(report: dict[str, Any]) -> None:
         ("last seq", report["last_seq"]),
         ("oldest pending", "-" if age is None else f"{age:.1f} s"),
     ]
-    if "clean_shutdown" in report:
+    if "clean_shutdown" in report and not report.get("running"):
         rows.append(("clean shutdown", "yes" if report["clean_shutdown"] else "NO"))
+    if report.get("note"):
+        rows.append(("note", report["note"]))
+    for warning in report.get("warnings") or []:
+        rows.append(("WARNING", warning))
     for problem in report.get("problems") or []:
         rows.append(("PROBLEM", problem))
     for name, value in rows:
@@ -154,6 +178,8 @@ async def _dead(args: argparse.Namespace) -> int:
     action = args.dead_command
     seqs = _seqs(args) if action in {"retry", "drop"} else None
     async with connect(args) as admin:
+        if seqs:
+            await _all_dead(admin, seqs, "retried" if action == "retry" else "dropped")
         if action == "list":
             page = await admin.dead_list(args.limit, args.offset)
             if args.json:
@@ -180,9 +206,23 @@ async def _dead(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _all_dead(admin: Admin, seqs: list[int], verb: str) -> None:
+    """Refuse, before changing anything, seqs that are not dead letters."""
+    missing: list[int] = []
+    for seq in sorted(set(seqs)):
+        try:
+            await admin.dead_show(seq)
+        except AdminError as exc:
+            if str(exc) != f"no dead letter with seq {seq}":
+                raise
+            missing.append(seq)
+    if missing:
+        raise AdminError(f"no dead letter with seq {_ranges(missing)}; nothing was {verb}")
+
+
 def _print_dead(page: dict[str, Any]) -> None:
     dead = page["dead"]
-    out(f"{'seq':>10}  {'failed at (UTC)':<19}  {'tries':>5}  {'source#seq':<16}  error")
+    out(f"{'seq':>10}  {'failed at':<19}  {'tries':>5}  {'source#seq':<16}  error")
     for d in dead:
         out(f"{d['seq']:>10}  {when(d['failed_at']):<19}  {d['attempts']:>5}  "
              f"{clip(_origin(d), 16):<16}  {clip(d['error'], 60)}")
@@ -218,7 +258,7 @@ async def _peek(args: argparse.Namespace) -> int:
     if args.json:
         print_json(jobs)
         return 0
-    out(f"{'seq':>10}  {'received (UTC)':<19}  {'try':>3}  {'source#seq':<16}  payload")
+    out(f"{'seq':>10}  {'received':<19}  {'try':>3}  {'source#seq':<16}  payload")
     for job in jobs:
         out(f"{job['seq']:>10}  {when(job['received_at']):<19}  {job['attempt']:>3}  "
              f"{clip(_origin(job), 16):<16}  {clip(job['payload'], 80)}")

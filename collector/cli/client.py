@@ -384,6 +384,9 @@ async def daemon_or_data_dir(args: argparse.Namespace,
     configured address, read the data dir instead. `local` gets the settings and, on a
     fallback, why the daemon was not asked."""
     settings = settings_for(args)
+    data_dir = settings.server.data_dir
+    if data_dir.exists() and not data_dir.is_dir():
+        raise AdminError(f"data dir {data_dir} is a file, not a folder")
     if args.data_dir is not None and args.url is None:
         return await local(settings, None)
     try:
@@ -396,12 +399,13 @@ async def daemon_or_data_dir(args: argparse.Namespace,
 
 
 @contextlib.asynccontextmanager
-async def http_session(args: argparse.Namespace, settings: Settings
+async def http_session(args: argparse.Namespace, settings: Settings, *, url: str | None = None
                        ) -> AsyncIterator[HttpAdmin]:
-    """The daemon at --url or the configured address, with the token."""
+    """The daemon at `url`, --url or the configured address, with the token."""
     timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=60)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        yield HttpAdmin(session, args.url or daemon_url(settings), token_for(args, settings))
+        yield HttpAdmin(session, url or args.url or daemon_url(settings),
+                        token_for(args, settings))
 
 
 def connection_options() -> argparse.ArgumentParser:

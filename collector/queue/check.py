@@ -28,31 +28,34 @@ from collector.queue.rows import (
 SQLITE_DAMAGED: Final = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
 
 
-def refuse_damaged(path: Path) -> None:
-    """Raise QueueCorruptError if a file left by an unclean stop fails its check.
+def refuse_damaged(path: Path) -> bool:
+    """Raise QueueCorruptError if a file left by an unclean stop fails its check; return
+    True when the last run did not stop cleanly (and the file passed its check).
 
     Runs on a read-only connection BEFORE persist-queue opens the file, so a refused
     start changes nothing in it (no table created, no WAL checkpointed on close).
     """
     if not path.exists():
-        return
+        return False
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
     except sqlite3.Error:
-        return  # the regular open reports it
+        return False  # the regular open reports it
     try:
         try:
             row = conn.execute("SELECT value FROM meta WHERE key = 'clean_shutdown'").fetchone()
         except sqlite3.DatabaseError as exc:
             if getattr(exc, "sqlite_errorcode", None) in SQLITE_DAMAGED:
                 raise QueueCorruptError(path, [str(exc)]) from None
-            return  # no meta table yet: a new or foreign file, the regular open decides
-        if row is not None and not row[0]:
-            # The last run did not close the file (crash, kill -9, power loss): check it
-            # before trusting it. A clean run skips this, so start-up stays fast.
-            problems = integrity_problems(conn)
-            if problems:
-                raise QueueCorruptError(path, problems)
+            return False  # no meta table yet: a new or foreign file, the regular open decides
+        if row is None or row[0]:
+            return False
+        # The last run did not close the file (crash, kill -9, power loss): check it
+        # before trusting it. A clean run skips this, so start-up stays fast.
+        problems = integrity_problems(conn)
+        if problems:
+            raise QueueCorruptError(path, problems)
+        return True
     finally:
         conn.close()
 

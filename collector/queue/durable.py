@@ -136,6 +136,11 @@ class DurableQueue:
         self._revived.extend(state.revived.jobs)
         self._revived_seqs.update(job.seq for job in state.revived.jobs)
         self._open = True
+        if self._table.unclean_stop:
+            # One line for the operator after a crash, kill -9 or power loss.
+            log.info("unclean_stop_found", path=str(self.path), check="quick_check passed",
+                     jobs_to_replay=state.pending, replay_from_seq=self._done_upto + 1
+                     if state.pending else None)
         log.info("queue_opened", path=str(self.path), pending=state.pending, dead=state.dead,
                  last_seq=state.last_seq, durability=self._durability)
 

@@ -134,7 +134,8 @@ class JobTable(SQLiteBase):
         self._max_bytes = max_bytes
         self._insert_sql: dict[int, str] = {}  # multi-row INSERT statements by row count
         self.next_seq = 1  # the seq the next committed event gets (set by state())
-        refuse_damaged(path / QUEUE_FILE)
+        #: The last run did not stop cleanly; the file passed its quick check.
+        self.unclean_stop = refuse_damaged(path / QUEUE_FILE)
         super().__init__(
             str(path), name="v1", serializer=OrjsonSerializer, db_file_name=QUEUE_FILE,
             timeout=30.0,

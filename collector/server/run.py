@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import signal
 
 import structlog
 from aiohttp import web
 
-from collector.config import Settings, describe
+from collector import __version__
+from collector.config import Settings, describe_changes
 from collector.errors import StartupError
+from collector.files import forget_daemon, record_daemon
 from collector.server.app import create_app
 from collector.server.appkeys import NOTIFIER, QUEUE, STATE
 from collector.server.systemd import listen_sockets, queue_status
@@ -40,7 +43,8 @@ async def serve(settings: Settings) -> None:
         keepalive_timeout=settings.server.read_timeout,
     )
     inherited = listen_sockets()  # socket activation: systemd already listens for us
-    log.info("starting", settings=describe(settings))
+    log.info("starting", version=__version__, data_dir=str(settings.server.data_dir),
+             settings_changed=describe_changes(settings))
     await runner.setup()  # opens the queue, replays nothing yet, starts the worker
     try:
         sites: list[web.BaseSite] = (
@@ -56,6 +60,12 @@ async def serve(settings: Settings) -> None:
                 f"cannot listen on {settings.server.host}:{settings.server.port}: "
                 f"{exc.strerror or exc}"
             ) from None
+        addresses = [(str(a[0]), int(a[1])) for a in runner.addresses]
+        state = app[STATE]
+        state.warnings = open_without_token(addresses, has_token=state.token is not None)
+        for warning in state.warnings:
+            log.warning("listening_without_token", detail=warning)
+        record_daemon(settings.server.data_dir, [daemon_url(a) for a in addresses])
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -75,5 +85,30 @@ async def serve(settings: Settings) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     finally:
+        forget_daemon(settings.server.data_dir)
         await runner.cleanup()
     log.info("stopped")
+
+
+def open_without_token(addresses: list[tuple[str, int]], *, has_token: bool) -> list[str]:
+    """A warning for each address other machines can reach when no token is set."""
+    if has_token:
+        return []
+    return [f"listening on {daemon_url(a)} without a token: anyone who can reach it can "
+            "post events and drop dead letters (set server.token_file)"
+            for a in addresses if not _loopback(a[0])]
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def daemon_url(address: tuple[str, int]) -> str:
+    """http://host:port for a bound address (IPv6 in brackets)."""
+    host, port = address
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

@@ -17,6 +17,9 @@ class ServiceState:
     stopping: bool = False
     rejected: Counter[str] = field(default_factory=Counter)
     accepted_events: int = 0
+    #: What an operator should know about how the daemon runs (shown by /v1/queue and
+    #: `collector status`), e.g. listening on the network without a token.
+    warnings: list[str] = field(default_factory=list)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _boot: str = field(default_factory=lambda: secrets.token_hex(3))
 

@@ -32,7 +32,8 @@ def _limit(request: web.Request) -> int:
         return DEFAULT_LIMIT
     text = raw.strip()
     if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_LIMIT:
-        raise ApiError(400, "invalid_query", f"limit: an integer from 1 to {MAX_LIMIT} expected")
+        raise ApiError(400, "invalid_parameter",
+                       f"limit: an integer from 1 to {MAX_LIMIT} expected")
     return int(text)
 
 
@@ -42,7 +43,7 @@ def _match_cursor(request: web.Request) -> int | None:
         return None
     text = raw.strip()
     if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) > _MAX_ID:
-        raise ApiError(400, "invalid_query", "before: a cursor from a previous page expected")
+        raise ApiError(400, "invalid_parameter", "before: a cursor from a previous page expected")
     return int(text)
 
 
@@ -52,7 +53,7 @@ def _player_cursor(request: web.Request) -> tuple[int, int] | None:
         return None
     cursor = parse_players_cursor(raw.strip()) if raw.isascii() else None
     if cursor is None or max(cursor) > _MAX_ID:
-        raise ApiError(400, "invalid_query", "before: a cursor from a previous page expected")
+        raise ApiError(400, "invalid_parameter", "before: a cursor from a previous page expected")
     return cursor
 
 

@@ -104,7 +104,8 @@ def test_data_dir_that_is_a_file(tmp_path: Path) -> None:
     not_a_dir.write_text("I am a file")
     result = serve(not_a_dir, tmp_path)
     assert result.returncode == 1
-    assert str(not_a_dir) in one_line(result.stderr)
+    assert one_line(result.stderr) == (
+        f"collector: error: data dir {not_a_dir} is a file, not a folder")
     assert not_a_dir.read_text() == "I am a file"
 
 
@@ -130,9 +131,8 @@ def test_data_dir_on_a_read_only_file_system(tmp_path: Path, read_only_fs: Path)
     """Even root cannot write there: no capability trick needed."""
     result = serve(read_only_fs, tmp_path)
     assert result.returncode == 1
-    line = one_line(result.stderr)
-    assert str(read_only_fs) in line
-    assert "not writable" in line
+    assert one_line(result.stderr) == (
+        f"collector: error: data dir {read_only_fs} is on a read-only file system")
 
 
 def serve_and_stop(data_dir: Path, tmp_path: Path) -> int:

@@ -381,9 +381,10 @@ def test_commands_on_a_stopped_daemons_data_dir(
     assert refused.returncode == 1
     assert "in use by another collector" in refused.stderr
     assert "--url" in refused.stderr
-    running = cli("status", *offline, cwd=tmp_path)
-    assert running.returncode == 3
-    assert "a daemon holds the data dir" in running.stdout
+    running = cli("status", *offline, cwd=tmp_path)  # the healthy case: it asks the daemon
+    assert running.returncode == 0
+    assert running.stdout.splitlines()[:2] == [f"from            {server.url}",
+                                               "state           ready"]
     assert server.terminate() == 0
 
     assert main(["status", *offline, "--json"]) == 3

@@ -24,8 +24,9 @@ Client = TestClient[Any, Any]
 RECORD = ("tests.support.api:record",)
 BLOCK = ("tests.support.api:block",)
 TOKEN = "t0ken-Sh0uld-N3ver-Leak"
+#: The contract's fields, and `warnings` (an addition: on loopback it is always empty).
 QUEUE_KEYS = {"pending", "in_flight", "dead", "processed_total", "last_seq",
-              "oldest_pending_age_s"}
+              "oldest_pending_age_s", "warnings"}
 EVENT: dict[str, Any] = {
     "Event": "GoalScored",
     "Data": {"MatchGuid": "", "GoalSpeed": 87.1, "Scorer": {"Name": "Zoë ⚽", "Shortcut": 3},
@@ -115,6 +116,7 @@ async def queue_stats(client: Client, headers: Mapping[str, str] | None = None) 
     assert resp.status == 200
     body = await json_of(resp)
     assert set(body) == QUEUE_KEYS
+    assert body["warnings"] == []
     return dict(body)
 
 

@@ -227,7 +227,7 @@ async def test_bad_query_parameters_are_400(make_client: ClientFactory, path: st
                                             query: str) -> None:
     client = await make_client()
     body = await get_json(client, f"{path}?{query}", status=400)
-    assert body["error"] == "invalid_query"
+    assert body["error"] == "invalid_parameter"
 
 
 async def test_pages_follow_next_newest_first(make_client: ClientFactory) -> None:
