@@ -8,19 +8,9 @@
     python3 scripts/bench.py --no-wrk        # use scripts/loadgen.py even if wrk exists
     python3 scripts/bench.py --busy 1        # the same on a busy machine (context)
 
-Every server runs as a subprocess of its own: the reference (scripts/reference_server.py:
-aiohttp on asyncio's loop with the stdlib json, and, as context, on uvloop with orjson)
-and the real daemon, `python -m collector serve` on a fresh data dir with its default
-settings (durability "full"). Each gets the same load: wrk -t1 (one core drives the load,
-the other serves) with a Lua script that rotates through the real UpdateState messages
-of tests/fixtures/rl-stats-api/player-capture.jsonl, one per request or 100 consecutive
-ones per JSON array. Without wrk, scripts/loadgen.py (a Protocol-based closed-loop client
-in a process of its own) sends the same requests. The load figures run each server three
-times (the single-event figure five times), in turns (reference, daemon, fast reference,
-again...), and take each one's median run: the speed of a shared VM drifts by up to 2x
-within minutes, and turns expose both servers to the same drift. The drain is measured
-three times too (each figure: the median drain), since one of its tenths lasts about a
-tenth of a second here.
+How it measures (servers as subprocesses, the same load for each, runs in turns and
+medians) is written once, in docs/performance.md, with the current figures and how to
+reproduce them.
 
 Figures (noop handler, the worker draining concurrently unless said otherwise):
 
@@ -35,10 +25,10 @@ Figures (noop handler, the worker draining concurrently unless said otherwise):
            resident memory (VmRSS) of the daemon holding them
   cycles   fill/drain cycles on one data dir: the size of queue.db + -wal + -shm after
            each, third cycle against the first
-  token    the bearer-token check (collector.server.http._check_token, in this process) with a
-           256 KiB token: median time of a guess wrong only in its last character over
-           one wrong in its first, beside the same figure for a plain == measured in
-           the same run (which shows the harness can see an early exit here)
+  token    the bearer-token check (collector.server.http._check_token, in this
+           process) with a 256 KiB token: median time of a guess wrong only in its last
+           character over one wrong in its first, beside the same figure for a plain ==
+           measured in the same run (which shows the harness can see an early exit here)
 
 With --busy N, N processes spin on the CPUs for the whole run (each a program of its own,
 in a session of its own, at the default priority), as other services would on a home

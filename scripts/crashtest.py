@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Crash loop: load, kill -9 at a random moment, restart; then count what was kept.
 
-    python3 scripts/crashtest.py --cycles 50          # the figures in README
+    python3 scripts/crashtest.py --cycles 50          # the figures in docs/guarantees.md
     python3 scripts/crashtest.py --cycles 3 --json    # what CI runs (tests/test_crashtest.py)
 
 Each cycle starts `python -m collector serve` on one data dir with the handler

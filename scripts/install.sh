@@ -70,6 +70,8 @@ if [ ! -x "$PREFIX/venv/bin/python" ]; then
 fi
 "$PREFIX/venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "$SRC"
 install -m 0644 "$SRC/README.md" "$PREFIX/README.md"
+install -d -m 0755 "$PREFIX/docs"
+install -m 0644 "$SRC"/docs/*.md "$PREFIX/docs/"
 
 say "config in $CONF_DIR"
 install -d -m 0755 "$CONF_DIR"
