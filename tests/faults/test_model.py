@@ -22,16 +22,30 @@ What the model holds, and what is checked:
 * Dead letters, `processed_total`, `last_seq`, Idempotency-Key replays (across restarts
   too), and the queue numbers of GET /v1/queue after every step.
 * At the end: every event that got a 202 was handled to success or is a dead letter.
+
+How the random programs explore: one rule, `step`, draws the next action from a weighted
+list that depends on the state (handler verdicts are common, enqueues stop once
+MAX_BACKLOG jobs wait, restarts stop after MAX_RESTARTS), because Hypothesis' swarm
+testing over separate rules turned many programs into 25 enqueues in a row. A kill
+comes at a step boundary (`restart`) or right after a handler verdict, before its
+acknowledgement, failed attempt or dead letter is known to be committed (`kill_after`).
+Each class run prints what it reached (`model reach (...)`: kills, clean restarts,
+redeliveries of acknowledged jobs, retries, dead letters) in the terminal summary, and
+fails if a class that can redeliver acknowledged jobs at random never did.
+COLLECTOR_MODEL_MINUTES=10 turns the examples up until the file takes about that long.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import shutil
+import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +53,13 @@ import pytest
 from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
 from tests.support.model import (
     CONTROL_ENV,
@@ -57,8 +77,20 @@ from tests.support.server import ServerProcess
 pytestmark = pytest.mark.slow
 
 MAX_ATTEMPTS = 3
-MAX_RESTARTS = 3  # per example: each restart costs a server start (about a second)
-MIN_STEPS_BETWEEN = 3  # steps between restarts
+MAX_RESTARTS = 5  # per random example: each restart costs a server start (~0.3-1 s)
+MAX_BACKLOG = 8  # a random program enqueues only while fewer jobs than this wait
+
+#: The arguments of each action a random step can take.
+_ARGUMENTS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
+    "enqueue": st.fixed_dictionaries({
+        "count": st.integers(1, 4), "as_array": st.booleans(),
+        "key": st.sampled_from(["none", "none", "new", "again"])}),
+    "process": st.just({}),
+    "handler_fails": st.just({}),
+    "dead_letter": st.just({}),
+    "restart": st.fixed_dictionaries({"how": st.sampled_from(["kill", "kill", "term"])}),
+    "kill_after": st.fixed_dictionaries({"verdict": st.sampled_from(["ok", "ok", "fail", "perm"])}),
+}
 
 
 @dataclass
@@ -89,6 +121,43 @@ class Model:
     succeeded: set[str] = field(default_factory=set)  # event ids a handler returned for
 
 
+@dataclass
+class Reach:
+    """What the random programs of one class run reached (printed, and checked)."""
+
+    examples: int = 0
+    examples_with_kill: int = 0
+    examples_with_redelivery: int = 0
+    steps: int = 0
+    kills: int = 0
+    kills_after_verdict: int = 0  # of `kills`: right after a handler verdict
+    clean_restarts: int = 0
+    acked_back: int = 0  # acknowledged jobs a kill left in the file
+    redeliveries: int = 0  # of those: handed to the handler again
+    in_flight_back: int = 0  # jobs whose handler was waiting at the kill
+    retries: int = 0  # handler failures that put the job back at the head
+    dead_letters: int = 0
+    dead_back: int = 0  # dead letters whose commit a kill beat: back in line
+
+    def add(self, other: Reach) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def summary(self, name: str) -> str:
+        return (f"model reach ({name}): {self.examples} examples "
+                f"({self.examples_with_kill} with a kill, {self.examples_with_redelivery} "
+                f"with a redelivery), {self.steps} steps, {self.kills} kills "
+                f"({self.kills_after_verdict} right after a verdict), "
+                f"{self.clean_restarts} clean restarts, {self.redeliveries} redeliveries "
+                f"({self.acked_back} acknowledged jobs back), {self.in_flight_back} in-flight "
+                f"jobs back, {self.retries} retries, {self.dead_letters} dead letters "
+                f"({self.dead_back} back after a kill)")
+
+
+#: The tally the random programs add to; None outside a random class run (named cases).
+_reach: Reach | None = None
+
+
 def _note(text: str) -> None:
     """A Hypothesis event (see --hypothesis-show-statistics), outside a test a no-op."""
     if currently_in_test_context():
@@ -101,7 +170,6 @@ def _step(method: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(method)
     def wrapper(self: QueueMachine, *args: Any, **kwargs: Any) -> None:
         with self._marking_failure():
-            self.steps_since_start += 1
             method(self, *args, **kwargs)
 
     return wrapper
@@ -111,6 +179,8 @@ class QueueMachine(RuleBasedStateMachine):
     """Drives a real server and the model with the same steps."""
 
     ack_interval_ms = 50
+    #: Whether a random run must redeliver an acknowledged job (see the classes).
+    must_redeliver = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -122,9 +192,10 @@ class QueueMachine(RuleBasedStateMachine):
         self.model = Model()
         self.awaiting: tuple[str, int] | None = None  # (call, seq) the handler waits on
         self.restarts = 0
-        self.steps_since_start = 0
         self.events = 0
         self.broken = False
+        self.reach = Reach(examples=1)  # this example's; added to _reach at teardown
+        self.redelivery_due: set[int] = set()  # acknowledged jobs a kill brought back
         self.server = self._start()
 
     # -- the server ----------------------------------------------------------------------
@@ -161,8 +232,26 @@ class QueueMachine(RuleBasedStateMachine):
         """Start with work in the line."""
         self.enqueue(count=count, as_array=True, key="none")
 
-    @rule(count=st.integers(1, 4), as_array=st.booleans(),
-          key=st.sampled_from(["none", "none", "new", "again"]))
+    @rule(data=st.data())
+    def step(self, data: st.DataObject) -> None:
+        """One action, drawn with weights from those that make sense now; printed as
+        `(name, arguments)`, the form of a named case's step."""
+        name, arguments = data.draw(self._actions(), label="action")
+        self.reach.steps += 1
+        getattr(self, name)(**arguments)
+
+    def _actions(self) -> st.SearchStrategy[tuple[str, dict[str, Any]]]:
+        m = self.model
+        names: list[str] = []
+        if m.line:  # first: the simplest program handles jobs
+            names += ["process"] * 6 + ["handler_fails"] * 2 + ["dead_letter"]
+        if len(m.line) < MAX_BACKLOG:
+            names += ["enqueue"] * 3
+        if self.restarts < MAX_RESTARTS:
+            names += ["restart"] * 2 + (["kill_after"] if m.line else [])
+        return st.sampled_from(names).flatmap(
+            lambda name: st.tuples(st.just(name), _ARGUMENTS[name]))
+
     @_step
     def enqueue(self, count: int, as_array: bool, key: str) -> None:
         """POST one event or a batch, with or without an Idempotency-Key."""
@@ -205,20 +294,17 @@ class QueueMachine(RuleBasedStateMachine):
             # or before the request's own transaction.
             self._acks_durable()
 
-    @rule()
     @_step
     def process(self) -> None:
         """The handler call on the head job returns: the job is done."""
         self._handle("ok")
 
-    @rule()
     @_step
     def handler_fails(self) -> None:
         """The handler call on the head job raises: retried at the head, or dead-lettered
         once it reached worker.max_attempts."""
         self._handle("fail")
 
-    @rule()
     @_step
     def dead_letter(self) -> None:
         """The handler raises PermanentError: dead-lettered at once, the line moves on."""
@@ -244,10 +330,11 @@ class QueueMachine(RuleBasedStateMachine):
             m.line.pop(0)
             m.dead.add(head.seq)
             m.dead_unsure = head.seq
+            self.reach.dead_letters += 1
         else:
             head.attempt += 1
+            self.reach.retries += 1
 
-    @rule(how=st.sampled_from(["kill", "kill", "term"]))
     @_step
     def restart(self, how: str) -> None:
         """SIGKILL (or SIGTERM) the server at this point, check what the file kept against
@@ -257,21 +344,37 @@ class QueueMachine(RuleBasedStateMachine):
         committed). A clean stop commits every acknowledgement, so it keeps only the job
         whose handler was still waiting (cancelled after the grace period).
         """
-        if self.restarts >= MAX_RESTARTS or self.steps_since_start < MIN_STEPS_BETWEEN:
-            return  # bounded cost; and give acknowledgements time to pile up first
+        self._stop_and_start(how)
+
+    @_step
+    def kill_after(self, verdict: str) -> None:
+        """The handler call on the head job ends with `verdict` and the server is killed
+        at once: its acknowledgement, failed attempt or dead letter may not be committed
+        (with ack_interval_ms = 0 too), and the worker may have begun the next call."""
+        self._handle(verdict)
+        self.reach.kills_after_verdict += 1
+        self._stop_and_start("kill")
+
+    def _stop_and_start(self, how: str) -> None:
         self.restarts += 1
         if how == "kill":
             self.server.kill()
+            self.reach.kills += 1
         else:
-            code = self.server.terminate()
+            try:
+                code = self.server.terminate()
+            except subprocess.TimeoutExpired:
+                self.server.kill()
+                raise AssertionError("a clean stop did not end within 30 s; the server said:\n"
+                                     + self.server.output()[-2000:]) from None
             assert code == 0, self.server.output()[-2000:]
+            self.reach.clean_restarts += 1
         self.reader.drop_unread()  # a call that was waiting for its verdict is gone
         self.awaiting = None
         state = read_queue_file(self.data_dir)
         assert state.clean_shutdown == (how == "term")
         self._resolve_after_stop(state, clean=how == "term")
         self.server = self._start()
-        self.steps_since_start = 0
 
     # -- checks --------------------------------------------------------------------------
 
@@ -284,6 +387,9 @@ class QueueMachine(RuleBasedStateMachine):
             assert start.seq == head.seq, (
                 f"handler got seq {start.seq}, the head of the line is {head.seq}")
             assert start.rest == (str(head.attempt), head.eid), (start, head)
+            if start.seq in self.redelivery_due:
+                self.redelivery_due.discard(start.seq)
+                self.reach.redeliveries += 1
             # This call began after the previous attempt's failure was recorded.
             head.attempts_on_disk_min = head.attempt - 1
             if self.model.dead_unsure is not None:
@@ -323,6 +429,10 @@ class QueueMachine(RuleBasedStateMachine):
         acked_back = [s for s in extra if s != dead_back]
         _note(f"{'clean stop' if clean else 'kill'}: {len(acked_back)} acknowledged "
               f"job(s) back, in flight {'yes' if m.line else 'no'}")
+        self.redelivery_due.update(acked_back)
+        self.reach.acked_back += len(acked_back)
+        self.reach.dead_back += dead_back is not None
+        self.reach.in_flight_back += bool(m.line)
         m.processed_durable += len(m.acked) - len(acked_back)
         assert state.processed_total == m.processed_durable, (
             state.processed_total, m.processed_durable)
@@ -392,7 +502,13 @@ class QueueMachine(RuleBasedStateMachine):
         """A failure skips the final drain in teardown (it would only fail again)."""
         try:
             yield
-        except BaseException:
+        except BaseException as exc:
+            if not self.broken:  # say once what the server was doing (teardown removes its log)
+                proc = self.server.proc
+                code = None if proc is None else proc.poll()
+                exc.add_note(f"server on port {self.port}: "
+                             f"{'running' if code is None else f'exited with {code}'}; "
+                             f"its log ends:\n{self.server.output()[-1500:]}")
             self.broken = True
             raise
 
@@ -403,6 +519,11 @@ class QueueMachine(RuleBasedStateMachine):
         finally:
             self.server.kill()
             shutil.rmtree(self.tmp, ignore_errors=True)
+            reach = self.reach
+            reach.examples_with_kill = int(reach.kills > 0)
+            reach.examples_with_redelivery = int(reach.redeliveries > 0)
+            if _reach is not None:
+                _reach.add(reach)
 
     def _drain_and_verify(self) -> None:
         """Let every remaining job succeed, then check nothing accepted went missing."""
@@ -430,14 +551,6 @@ class QueueMachine(RuleBasedStateMachine):
 
 
 
-# No shrinking: every replay of a failing program costs server starts, and a real server's
-# timing makes replays differ (Hypothesis would call it flaky). The failing program is
-# printed in full, step by step, which is short enough to read.
-_SETTINGS = settings(max_examples=5, stateful_step_count=25, deadline=None,
-                     phases=[Phase.explicit, Phase.reuse, Phase.generate],
-                     report_multiple_bugs=False, suppress_health_check=[HealthCheck.too_slow])
-
-
 class AckedInGroups(QueueMachine):
     """Acknowledgements committed in groups, once a second: a kill lands between two
     groups often, and the replay is a run of jobs. (The default 50 ms behaves the same,
@@ -447,21 +560,94 @@ class AckedInGroups(QueueMachine):
 
 
 class AckedOneByOne(QueueMachine):
-    """ack_interval_ms = 0: each acknowledgement committed before the next request's."""
+    """ack_interval_ms = 0: each acknowledgement committed before the next request's.
+
+    An acknowledged job comes back only if a kill beats the commit that follows its
+    handler's return by a millisecond or so (`kill_after`): possible, and checked when it
+    happens, but not something every run can promise."""
 
     ack_interval_ms = 0
+    must_redeliver = False
 
 
 class AckedRarely(QueueMachine):
-    """Acknowledgements that stay uncommitted for the whole of a short program."""
+    """Acknowledgements that stay uncommitted for the whole of a short program (only a
+    failed attempt, a dead letter or a clean stop commits them)."""
 
     ack_interval_ms = 60_000
 
 
-TestAckedInGroups = AckedInGroups.TestCase
-TestAckedInGroups.settings = _SETTINGS
-TestAckedOneByOne = AckedOneByOne.TestCase
-TestAckedOneByOne.settings = _SETTINGS
+# -- random programs -----------------------------------------------------------------------
+
+# The CI budget, per class: 8 programs of 40 steps, about 30-60 s on a 2-core machine.
+CI_EXAMPLES = 8
+STEPS = 40
+#: COLLECTOR_MODEL_MINUTES=N: run batches of CI_EXAMPLES until the file took about N min.
+LONG_MINUTES = float(os.environ.get("COLLECTOR_MODEL_MINUTES", "0") or 0)
+RANDOM_CLASSES: list[type[QueueMachine]] = [AckedInGroups, AckedOneByOne, AckedRarely]
+NAMED_CASES_S = 15  # what the named cases take, left out of a long run's budget
+
+# No shrinking: every replay of a failing program costs server starts, and a real server's
+# timing makes replays differ (Hypothesis would call it flaky). The failing program is
+# printed in full, step by step, which is short enough to read.
+_SETTINGS = settings(max_examples=CI_EXAMPLES, stateful_step_count=STEPS, deadline=None,
+                     phases=[Phase.explicit, Phase.reuse, Phase.generate],
+                     report_multiple_bugs=False, suppress_health_check=[HealthCheck.too_slow])
+
+
+_run_machine: Callable[..., None] = run_state_machine_as_test  # typed (Hypothesis's is not)
+
+
+class _ReachReport:
+    """A plugin that prints the reach of each class run in the terminal summary."""
+
+    name = "collector-model-reach"
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.lines:
+            terminalreporter.section("model reach")
+            for line in self.lines:
+                terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="module")
+def reach_report(request: pytest.FixtureRequest) -> _ReachReport:
+    manager = request.config.pluginmanager
+    plugin = manager.get_plugin(_ReachReport.name)
+    if plugin is None:
+        plugin = _ReachReport()
+        manager.register(plugin, _ReachReport.name)
+    assert isinstance(plugin, _ReachReport)
+    return plugin
+
+
+@pytest.mark.timeout(120 + 60 * LONG_MINUTES)
+@pytest.mark.parametrize("machine_class", RANDOM_CLASSES, ids=lambda c: c.__name__)
+def test_random_programs(machine_class: type[QueueMachine], reach_report: _ReachReport) -> None:
+    """Random programs against the model; then what they reached is printed and checked."""
+    global _reach
+    reach = _reach = Reach()
+    deadline = None
+    if LONG_MINUTES > 0:
+        share = max(60 * LONG_MINUTES - NAMED_CASES_S, 0) / len(RANDOM_CLASSES)
+        deadline = time.monotonic() + share
+    try:
+        while True:
+            # _min_steps: without it Hypothesis ends about a third of the programs after
+            # a step or none (it explores the "stop here" branch like any other choice),
+            # and each costs a server start all the same.
+            _run_machine(machine_class, settings=_SETTINGS, _min_steps=STEPS - 1)
+            if deadline is None or time.monotonic() >= deadline:
+                break
+    finally:
+        _reach = None
+        reach_report.lines.append(reach.summary(machine_class.__name__))
+    if machine_class.must_redeliver:
+        assert reach.redeliveries > 0, (
+            f"no acknowledged job came back after a kill: {reach.summary(machine_class.__name__)}")
 
 
 # -- named cases ---------------------------------------------------------------------------
@@ -533,7 +719,6 @@ def test_named_case(name: str) -> None:
     try:
         machine.agrees_with_the_model()
         for rule_name, arguments in program:
-            machine.steps_since_start = MIN_STEPS_BETWEEN  # the program decides restarts
             getattr(machine, rule_name)(**arguments)
             machine.agrees_with_the_model()
     finally:
