@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 import orjson
 import structlog
@@ -28,6 +28,8 @@ from collector.queue.rows import QUEUE_FILE, Accepted, DeadJob, Span
 from collector.queue.table import Acks, JobTable, Put, translate_error
 
 log = structlog.get_logger(__name__)
+
+_T = TypeVar("_T")
 
 _MEMORY_WINDOW: Final = 4096  # jobs handed to the worker from memory at most
 _DEAD_PAGE: Final = 1000  # dead letters per read when all are wanted
@@ -464,37 +466,46 @@ class DurableQueue:
     async def record_attempt(self, job: Job) -> None:
         """Persist that `job` failed `job.attempt` times, so max_attempts holds across restarts."""
         assert self._table is not None
-        loop = asyncio.get_running_loop()
         await self._acks_written()  # the row's progress must not overtake earlier acks
         acks = self._take_acks()
-        try:
-            await loop.run_in_executor(
-                self._executor, self._table.set_attempts, self._row_key(job), job.seq,
-                job.attempt, acks,
-            )
-        except BaseException:
-            self._acks_settled(acks, committed=False)
-            raise
-        self._acks_settled(acks, committed=True)
+        await self._write_with_acks(acks, self._table.set_attempts, self._row_key(job),
+                                    job.seq, job.attempt, acks)
 
     async def dead_letter(self, job: Job, error: str) -> None:
         """Move `job` to the durable dead-letter store; the line moves on."""
         assert self._table is not None
-        loop = asyncio.get_running_loop()
         await self._acks_written()
         key = self._row_key(job)
         acks = self._take_acks()
-        try:
-            await loop.run_in_executor(self._executor, self._table.bury, job, key, error, acks)
-        except BaseException:
-            self._acks_settled(acks, committed=False)
-            raise
-        self._acks_settled(acks, committed=True)
+        await self._write_with_acks(acks, self._table.bury, job, key, error, acks)
         self._stored -= 1
         self._dead += 1
         self._finish(job)
         if self._done_rows and self._done_rows[-1] == key:
             self._done_rows.pop()  # bury already deleted that row
+
+    async def _write_with_acks(self, acks: Acks, func: Callable[..., _T], *args: Any) -> _T:
+        """Run a write that also commits `acks` in the queue's thread; settle the
+        acknowledgements by what the write did.
+
+        A cancellation (SIGTERM while the worker waits here) does not stop the write,
+        which runs on in the thread and commits or fails by itself: the acknowledgements
+        are settled when it ends, never put back for a second commit that would count
+        them twice in processed_total.
+        """
+        loop = asyncio.get_running_loop()
+        write = loop.run_in_executor(self._executor, func, *args)
+        try:
+            result = await asyncio.shield(write)
+        except asyncio.CancelledError:
+            write.add_done_callback(lambda done: self._acks_settled(
+                acks, committed=not done.cancelled() and done.exception() is None))
+            raise
+        except BaseException:
+            self._acks_settled(acks, committed=False)
+            raise
+        self._acks_settled(acks, committed=True)
+        return result
 
     async def dead_letters(self, *, limit: int = 100, offset: int = 0) -> list[DeadJob]:
         """Dead-lettered jobs in seq order."""
@@ -529,17 +540,9 @@ class DurableQueue:
             raise QueueClosedError("queue is closed")
         if at_tail:
             return await self._revive_at_tail(seqs)
-        loop = asyncio.get_running_loop()
         await self._acks_written()
         acks = self._take_acks()
-        try:
-            revived = await loop.run_in_executor(
-                self._executor, self._table.revive, seqs, acks
-            )
-        except BaseException:
-            self._acks_settled(acks, committed=False)
-            raise
-        self._acks_settled(acks, committed=True)
+        revived = await self._write_with_acks(acks, self._table.revive, seqs, acks)
         self._stored += len(revived)
         self._dead -= len(revived)
         self._revived.extend(revived)

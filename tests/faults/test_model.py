@@ -709,6 +709,15 @@ REGRESSIONS: dict[str, tuple[type[QueueMachine], Program]] = {
         ("handler_fails", {}),
         ("restart", {"how": "kill"}),  # job 1 is done on disk, processed_total says 0
     ]),
+    # SIGTERM cancelled the worker while record_attempt's write (carrying job 1's
+    # acknowledgement) ran in the queue's thread: the write committed, the cancellation
+    # put the acknowledgement back, close() committed it again: processed_total 2, not 1.
+    "a_stop_during_record_attempt_counts_its_acks_once": (AckedRarely, [
+        ("first_events", {"count": 3}),
+        ("process", {}),
+        ("handler_fails", {}),
+        ("restart", {"how": "term"}),
+    ]),
 }
 
 
