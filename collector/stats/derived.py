@@ -299,7 +299,7 @@ class MatchStats:
             s["whole_ticks"] += n
             s["whole_seconds"] += 1
         else:
-            _add_bucket(s["partial"], bucket)
+            _add_bucket(s["partial"], {**bucket, "counts": {}})  # counts went in above
 
     def _tick(self, snap: formats.Snapshot) -> None:
         """Gather one live tick into the second under way."""
