@@ -390,3 +390,52 @@ def test_the_real_recording_gives_plausible_figures_and_none_for_the_unseen() ->
     # Orange (Zone Killa) touched the ball last all along.
     assert stats.teams()[1]["possession_s"] == pytest.approx(stats.duration_s)
     assert stats.teams()[0]["possession_s"] == 0.0
+
+
+# -- what formats.py reads for them ------------------------------------------------------------
+
+
+def test_a_car_is_visible_by_any_of_its_keys_and_what_is_left_out_is_zero_or_false() -> None:
+    event = formats.parse({"Event": "UpdateState", "Data": json.dumps({
+        "MatchGuid": "G", "Players": [
+            {"Name": "seen", "PrimaryId": "Steam|1|0", "TeamNum": 0, "Boost": 0.0},
+            {"Name": "parked", "PrimaryId": "Steam|2|0", "TeamNum": 0, "bHasCar": True},
+            {"Name": "gone", "PrimaryId": "Steam|3|0", "TeamNum": 1, "bDemolished": True},
+            {"Name": "unseen", "PrimaryId": "Steam|4|0", "TeamNum": 1, "Score": 10},
+        ],
+        "Game": {"TimeSeconds": 100, "Ball": {"TeamNum": 1}, "bReplay": False},
+    })})
+    assert isinstance(event, formats.Snapshot)
+    seen, parked, gone, unseen = (line.car for line in event.players)
+    assert seen == formats.Car()
+    assert parked == formats.Car(has_car=True)
+    assert gone == formats.Car(demolished=True)
+    assert unseen is None
+    assert event.ball_team == 1
+
+
+def test_the_events_that_time_play_are_typed_and_still_generic_for_the_scoreboard() -> None:
+    def parse(name: str, data: dict[str, Any]) -> formats.Event:
+        return formats.parse({"Event": name, "Data": json.dumps({"MatchGuid": "G", **data})})
+
+    kinds = {name: parse(name, {}) for name in ("RoundStarted", "CountdownBegin",
+                                                "MatchPaused", "MatchUnpaused",
+                                                "GoalReplayStart", "PodiumStart")}
+    assert {name: e.kind for name, e in kinds.items() if isinstance(e, formats.Phase)} == {
+        "RoundStarted": "round_started", "CountdownBegin": "countdown",
+        "MatchPaused": "paused", "MatchUnpaused": "unpaused", "GoalReplayStart": "replay",
+        "PodiumStart": "podium"}
+    clock = parse("ClockUpdatedSeconds", {"TimeSeconds": 12, "bOvertime": True})
+    assert isinstance(clock, formats.Clock)
+    assert (clock.time_seconds, clock.overtime) == (12, True)
+    demo = parse("StatfeedEvent", {"EventName": "Demolish", "Type": "Demolition",
+                                   "MainTarget": {"Name": "A", "Shortcut": 1, "TeamNum": 0},
+                                   "SecondaryTarget": {"Name": "B", "Shortcut": 2, "TeamNum": 1}})
+    assert isinstance(demo, formats.Demolition)
+    assert (demo.attacker, demo.attacker_team, demo.victim, demo.victim_team) == ("A", 0, "B", 1)
+    shot = parse("StatfeedEvent", {"EventName": "Shot", "MainTarget": {"Name": "A"}})
+    nameless = parse("StatfeedEvent", {"EventName": "Demolish", "MainTarget": {"Name": "A"}})
+    for event in (*kinds.values(), clock, demo, shot, nameless):
+        assert isinstance(event, formats.Generic)  # nothing for the scoreboard to store
+    assert type(shot) is formats.Generic
+    assert type(nameless) is formats.Generic
