@@ -1,19 +1,26 @@
 """The Poster: one batch at a time to the collector, retried until it is taken or refused
 for good (a refused batch is split to find the event at fault).
+
+The bridge retries forever (its spool keeps everything). A one-shot sender (`replay`)
+sets `give_up_after` and `stop_on_misconfig`: then a collector that cannot be reached
+for that long, or that answers with a status saying the sender is misconfigured (a
+wrong token or URL), ends the delivery with :class:`DeliveryFailed` and one line.
 """
 
 import asyncio
 import contextlib
 import random
-import re
 import time
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Final
 
 import aiohttp
 import orjson
 import structlog
+from yarl import URL
 
+from collector.bridge.failures import DeliveryFailed, request_failure
 from collector.bridge.spool import Batch, DeadLetter
 from collector.retry import backoff_delay
 
@@ -32,11 +39,33 @@ _RETRY_STATUSES: Final = frozenset({408, 425, 429})
 _SPLIT_STATUSES: Final = frozenset({400, 413})
 
 
+#: What to check for each status that says the sender is misconfigured.
+_HINTS: Final = {401: "check --token or --token-file", 403: "check --token or --token-file",
+                 407: "check the proxy settings", 415: "upgrade the collector"}
+
+
 def events_url(base: str) -> str:
-    """`http://host:port` (or with a path prefix) -> the collector's /v1/events URL."""
-    url = base.strip().rstrip("/")
-    if not re.match(r"^https?://[^/]+", url):
-        raise ValueError(f"not an http(s) URL: {base!r}")
+    """`http://host:port` (or with a path prefix) -> the collector's /v1/events URL.
+
+    ValueError (one line) for anything that is not an absolute http(s) URL with a host.
+    """
+    text = base.strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme.lower() not in {"http", "https"}:
+        rest = rest if sep else text
+        raise ValueError(f"not an http(s) URL: {base!r} (like http://{rest or 'HOST:PORT'})")
+    url = text.rstrip("/")
+    try:
+        parsed = URL(url)
+        host, port = parsed.host, parsed.port
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL: {base!r} ({str(exc).lower()})") from None
+    if not rest.strip("/") or not host or port is None:
+        raise ValueError(f"no host in {base!r} (like http://HOST:PORT)")
+    if any(ch.isspace() for ch in host):
+        raise ValueError(f"not a valid host in {base!r}: {host!r}")
+    if parsed.query_string or parsed.fragment:
+        raise ValueError(f"{base!r}: a collector URL has no ?query or #fragment")
     return url if url.endswith("/v1/events") else url + "/v1/events"
 
 
@@ -63,9 +92,23 @@ class PostCounters:
 @dataclass(frozen=True, slots=True)
 class _Answer:
     status: int  # 0: no answer (connection error, timeout)
-    error: str
+    error: str  # the error code of a JSON answer; with no answer: why, in plain words
     detail: str
     retry_after: float | None = None
+
+    def text(self) -> str:
+        """The answer in one line: `HTTP 401 Unauthorized (unauthorized: ...)`, or why
+        there was none (`cannot connect to http://host:port (connection refused)`)."""
+        if not self.status:
+            return self.error
+        try:
+            phrase = HTTPStatus(self.status).phrase
+        except ValueError:
+            phrase = ""
+        head = f"HTTP {self.status} {phrase}".rstrip()
+        why = ": ".join(part for part in (self.error, self.detail)
+                        if part and part != f"http_{self.status}")
+        return f"{head} ({why})" if why else head
 
 
 class Poster:
@@ -81,27 +124,42 @@ class Poster:
         backoff_cap: float = 30.0,
         request_timeout: float = 30.0,
         rng: random.Random | None = None,
+        give_up_after: float | None = None,
+        stop_on_misconfig: bool = False,
     ) -> None:
         self._session = session
         self._url = url
         self._token = token
         self._base = backoff_base
         self._cap = backoff_cap
-        self._timeout = aiohttp.ClientTimeout(total=request_timeout)
+        self._request_timeout = request_timeout
         self._rng = rng or random.Random()
+        #: None: retry forever (the bridge); else give up (DeliveryFailed) when a batch
+        #: is still not taken this many seconds after its first try.
+        self._give_up_after = give_up_after
+        #: True: a status that says the sender is misconfigured (401, 403, 404, ...) ends
+        #: the delivery at once (DeliveryFailed) instead of being retried at the cap.
+        self._stop_on_misconfig = stop_on_misconfig
         self.counters = PostCounters()
         #: One word for the status line: "idle", "ok", "retrying", "refusing".
         self.state = "idle"
         #: Why, when the state is not "ok".
         self.reason = ""
+        #: The last answer that set a batch aside, in one line ("" when none did).
+        self.last_refusal = ""
 
     async def deliver(self, batch: Batch, body: bytes | None = None) -> list[DeadLetter]:
         """Post `batch` until the collector takes it; return the parts it refused for good."""
         payload = batch.encode() if body is None else body
         attempt = 0
+        deadline = (None if self._give_up_after is None
+                    else time.monotonic() + self._give_up_after)
         while True:
             attempt += 1
-            answer = await self._post(batch, payload)
+            timeout = self._request_timeout
+            if deadline is not None:
+                timeout = min(timeout, max(deadline - time.monotonic(), 1.0))
+            answer = await self._post(batch, payload, timeout)
             if 200 <= answer.status < 300:
                 self.state, self.reason = "ok", ""
                 self.counters.sent_events += len(batch.events)
@@ -113,11 +171,15 @@ class Poster:
             if refused:
                 return await self._refused(batch, answer)
             self.counters.failed_attempts += 1
+            self.reason = answer.text()
             if status in _CONFIG_STATUSES:
+                hint = _HINTS.get(status, "check --to")
+                if self._stop_on_misconfig:
+                    self.state = "refusing"
+                    raise DeliveryFailed(f"{self._url} answered {answer.text()}; {hint}",
+                                         status=status)
                 delay = self._cap
                 self.state = "refusing"
-                hint = {401: "check --token", 403: "check --token", 415: "upgrade the collector"
-                        }.get(status, "check --to")
                 log.error("collector_refuses", status=status, error=answer.error,
                           detail=answer.detail, hint=hint, retry_in_s=delay,
                           source=batch.source, sequence=batch.sequence)
@@ -125,12 +187,18 @@ class Poster:
                 delay = (answer.retry_after if answer.retry_after is not None
                          else backoff_delay(attempt, base=self._base, cap=self._cap,
                                             rng=self._rng))
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise DeliveryFailed(
+                            f"{answer.text()}; gave up after {self._give_up_after:g} s "
+                            "(--give-up-after)", status=status)
+                    delay = min(delay, left)
                 self.state = "retrying"
-                log.warning("post_failed", status=status or None, error=answer.error,
-                            detail=answer.detail, attempt=attempt,
-                            retry_in_s=round(delay, 3), source=batch.source,
-                            sequence=batch.sequence, events=len(batch.events))
-            self.reason = f"HTTP {status} {answer.error}" if status else answer.error
+                log.warning("post_failed", status=status or None, error=answer.text(),
+                            attempt=attempt, retry_in_s=round(delay, 3),
+                            source=batch.source, sequence=batch.sequence,
+                            events=len(batch.events))
             await asyncio.sleep(delay)
 
     async def _refused(self, batch: Batch, answer: _Answer) -> list[DeadLetter]:
@@ -144,11 +212,12 @@ class Poster:
                   detail=answer.detail, source=batch.source, sequence=batch.sequence,
                   events=len(batch.events), key=batch.key)
         self.counters.set_aside_events += len(batch.events)
+        self.last_refusal = answer.text()
         detail = f"{answer.error}: {answer.detail}" if answer.error else answer.detail
         return [DeadLetter(batch=batch, status=answer.status, detail=detail,
                            failed_at=time.time())]
 
-    async def _post(self, batch: Batch, body: bytes) -> _Answer:
+    async def _post(self, batch: Batch, body: bytes, seconds: float) -> _Answer:
         headers = {
             "Content-Type": "application/x-ndjson",
             "Content-Encoding": "gzip",
@@ -159,18 +228,21 @@ class Poster:
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         try:
-            async with self._session.post(self._url, data=body, headers=headers,
-                                          timeout=self._timeout) as resp:
+            async with self._session.post(
+                    self._url, data=body, headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=seconds)) as resp:
                 text = await resp.text(errors="replace")
                 status = resp.status
                 retry_after = _retry_after(resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return _Answer(0, type(exc).__name__, str(exc) or type(exc).__name__)
-        error, detail = "", text[:500]
+            return _Answer(0, request_failure(exc, self._url, timeout=seconds), "")
+        # Not JSON (a proxy's or another server's page): its first words, on one line.
+        error, detail = "", " ".join(text.split())[:200]
         if status >= 300:
             with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError):
                 data = orjson.loads(text)
-                error, detail = str(data.get("error", "")), str(data.get("detail", ""))
+                error = " ".join(str(data.get("error", "")).split())
+                detail = " ".join(str(data.get("detail", "")).split())[:300]
         return _Answer(status, error or f"http_{status}", detail, retry_after)
 
 

@@ -40,6 +40,7 @@ import aiohttp
 import structlog
 
 from collector.bridge.batcher import Batcher
+from collector.bridge.failures import os_reason
 from collector.bridge.jsonstream import DEFAULT_MAX_OBJECT_BYTES, JsonStreamSplitter
 from collector.bridge.poster import Poster, events_url
 from collector.bridge.spool import Batch, Spool
@@ -230,7 +231,7 @@ class Bridge:
                 )
             except (OSError, TimeoutError) as exc:
                 if not waiting_logged:
-                    log.info("game_unreachable", game=game, error=str(exc) or type(exc).__name__,
+                    log.info("game_unreachable", game=game, error=os_reason(exc),
                              retry_every_s=cfg.reconnect_interval)
                     waiting_logged = True
                 await asyncio.sleep(cfg.reconnect_interval)
@@ -254,7 +255,7 @@ class Bridge:
                 try:
                     chunk = await reader.read(_READ_SIZE)
                 except OSError as exc:
-                    log.warning("game_read_failed", source=source, error=str(exc))
+                    log.warning("game_read_failed", source=source, error=os_reason(exc))
                     chunk = b""
                 objects = splitter.feed(chunk) if chunk else splitter.close()
                 for raw in objects:
