@@ -65,12 +65,16 @@ class ProgressBar:
 
     def update(self, done: int, note: str = "", *, force: bool = False) -> None:
         """Show `done` of `total` (and `note`); skipped if drawn less than 0.1 s ago."""
+        self._draw(done, note, force=force, final=False)
+
+    def _draw(self, done: int, note: str, *, force: bool, final: bool) -> None:
         now = time.monotonic()
         if self._line is None or (not force and now - self._drawn < _REDRAW_EVERY_S):
             return
         self._drawn = now
         total = max(self.total, done)
-        share = done / total if total else 1.0
+        # Nothing to do is all done only at the end: an unknown total is not 100 %.
+        share = done / total if total else (1.0 if final else 0.0)
         filled = round(_BAR_WIDTH * share)
         bar = "#" * filled + "-" * (_BAR_WIDTH - filled)
         tail = f" | {note}" if note else ""
@@ -78,6 +82,6 @@ class ProgressBar:
 
     def done(self, done: int, note: str = "") -> None:
         """The last drawing, left on screen."""
-        self.update(done, note, force=True)
+        self._draw(done, note, force=True, final=True)
         if self._line is not None:
             self._line.done()

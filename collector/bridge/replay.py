@@ -26,6 +26,7 @@ import orjson
 import structlog
 
 from collector.bridge.batcher import Batcher
+from collector.bridge.failures import os_reason
 from collector.bridge.jsonstream import DEFAULT_MAX_OBJECT_BYTES, JsonStreamSplitter
 from collector.bridge.poster import Poster, events_url
 from collector.bridge.spool import Batch
@@ -76,6 +77,10 @@ def detect_format(head: bytes) -> str:
     return "jsonl" if after[:1] in (b"\n", b"\r") else "stream"
 
 
+class ReplayError(Exception):
+    """The recording cannot be replayed (it holds no message); the message is one line."""
+
+
 @dataclass(frozen=True, slots=True)
 class ReplaySummary:
     """What one replay did."""
@@ -87,11 +92,65 @@ class ReplaySummary:
     set_aside: int
     dropped_bytes: int
     seconds: float
+    #: The last answer that set messages aside ("" when none was).
+    refusal: str = ""
 
 
-def _progress_note(messages: int, sent: int, started: float) -> str:
-    rate = messages / max(time.monotonic() - started, 1e-6)
-    return f"{messages} messages | sent {sent} | {rate:.1f} msg/s"
+class ReplayInterrupted(Exception):
+    """The replay was cancelled (Ctrl-C, SIGTERM): `summary` says how far it got."""
+
+    def __init__(self, summary: ReplaySummary) -> None:
+        super().__init__(f"interrupted after {summary.sent} of {summary.messages} messages "
+                         "read were taken by the collector")
+        self.summary = summary
+
+
+class _Progress:
+    """The replay's bar: the share of the recording's messages the collector has settled
+    (taken, or refused for good), never the bytes read. While the file is still being
+    read its number of messages is estimated from the bytes of the messages read so far,
+    so the bar reaches 100 % only once the last batch is acknowledged."""
+
+    def __init__(self, line: StatusLine | None, name: str, size: int, poster: Poster) -> None:
+        self._bar = ProgressBar(line, name, 0)
+        self._size = size
+        self._poster = poster
+        self._started = time.monotonic()
+        self.messages = 0  # read and handed to the batcher
+        self.message_bytes = 0  # their bytes as in the file
+        self.finished_reading = False
+
+    def read(self, raw: bytes) -> None:
+        self.messages += 1
+        self.message_bytes += len(raw)
+        self.draw()
+
+    def _total(self) -> int:
+        if self.finished_reading or not self.message_bytes:
+            return self.messages
+        estimate = round(self.messages * self._size / self.message_bytes)
+        return max(self.messages, estimate)
+
+    def _note(self) -> str:
+        counters = self._poster.counters
+        rate = counters.sent_events / max(time.monotonic() - self._started, 1e-6)
+        note = f"read {self.messages} | sent {counters.sent_events} | {rate:.1f} msg/s"
+        if counters.set_aside_events:
+            note += f" | set aside {counters.set_aside_events}"
+        if self._poster.state in {"retrying", "refusing"} and self._poster.reason:
+            note += f" | collector {self._poster.state}: {self._poster.reason}"
+        return note
+
+    def draw(self, *, force: bool = False) -> None:
+        counters = self._poster.counters
+        self._bar.total = self._total()
+        self._bar.update(counters.sent_events + counters.set_aside_events, self._note(),
+                         force=force)
+
+    def done(self) -> None:
+        counters = self._poster.counters
+        self._bar.total = self._total()
+        self._bar.done(counters.sent_events + counters.set_aside_events, self._note())
 
 
 async def replay(
@@ -107,9 +166,16 @@ async def replay(
     batch_max_delay: float = 0.25,
     backoff_base: float = 0.5,
     backoff_cap: float = 30.0,
+    give_up_after: float | None = 30.0,
     status_line: StatusLine | None = None,
 ) -> ReplaySummary:
-    """Send the recording at `path` to the collector at `url`; returns when all is settled."""
+    """Send the recording at `path` to the collector at `url`; returns when all is settled.
+
+    A replay is one-shot: a collector that refuses every batch (a wrong token or URL)
+    ends it at once, and one that cannot be reached ends it after `give_up_after`
+    seconds, both with DeliveryFailed. A recording without a single message raises
+    ReplayError; a cancelled replay raises ReplayInterrupted.
+    """
     if rate <= 0 or speed <= 0:
         raise ValueError("rate and speed must be positive")
     source = source or f"replay-{secrets.token_hex(4)}"
@@ -126,28 +192,39 @@ async def replay(
         batcher = Batcher(batches.put_nowait, max_events=batch_max_events,
                           max_delay=batch_max_delay)
         batcher.start(source)
+        splitter = JsonStreamSplitter(max_object_bytes=DEFAULT_MAX_OBJECT_BYTES)
         async with aiohttp.ClientSession() as session:
             poster = Poster(session, events_url(url), token=token, backoff_base=backoff_base,
-                            backoff_cap=backoff_cap)
-            sender = asyncio.create_task(_send_all(batches, poster), name="replay-sender")
-            progress = ProgressBar(status_line, path.name, size) if status_line else None
-            splitter = JsonStreamSplitter(max_object_bytes=DEFAULT_MAX_OBJECT_BYTES)
-            messages = 0
-            done_bytes = 0
+                            backoff_cap=backoff_cap, give_up_after=give_up_after,
+                            stop_on_misconfig=True)
+            progress = _Progress(status_line, path.name, size, poster)
+
+            def summary() -> ReplaySummary:
+                return ReplaySummary(
+                    format=fmt, source=source, messages=progress.messages,
+                    sent=poster.counters.sent_events,
+                    set_aside=poster.counters.set_aside_events,
+                    dropped_bytes=splitter.dropped_bytes,
+                    seconds=round(time.monotonic() - started, 3),
+                    refusal=poster.last_refusal)
+
+            sender = asyncio.create_task(_send_all(batches, poster, progress.draw),
+                                         name="replay-sender")
             t0 = loop.time()
             first_stamp: float | None = None  # set when the first message carries a time
             chunk = head
             try:
                 while True:
-                    done_bytes += len(chunk)
                     objects = splitter.feed(chunk) if chunk else splitter.close()
                     for raw in objects:
+                        if sender.done():
+                            sender.result()  # the sender gave up: raise why
                         stamp, message = unwrap(raw)
-                        if messages == 0:
+                        if progress.messages == 0:
                             first_stamp = stamp
                         if not fast:
                             if first_stamp is None:
-                                due = t0 + messages / (rate * speed)
+                                due = t0 + progress.messages / (rate * speed)
                             elif stamp is not None:
                                 due = t0 + (stamp - first_stamp) / speed
                             else:
@@ -156,48 +233,74 @@ async def replay(
                             if delay > 0:
                                 await asyncio.sleep(delay)
                         batcher.add(message)
-                        messages += 1
+                        progress.read(raw)
                         if batches.qsize() >= _QUEUED_BATCHES:
-                            await batches.join()
-                        if progress:
-                            progress.update(done_bytes, _progress_note(
-                                messages, poster.counters.sent_events, started))
+                            await _wait_for_sender(batches, sender)
                     if not chunk:
                         break
                     chunk = await asyncio.to_thread(handle.read, _READ_SIZE)
+                progress.finished_reading = True
+                if progress.messages == 0:
+                    raise ReplayError(_no_messages(path, splitter.dropped_bytes))
                 batcher.flush()
                 batches.put_nowait(None)
                 await sender
+            except asyncio.CancelledError:
+                raise ReplayInterrupted(summary()) from None
             finally:
+                batcher.flush()  # (cancels its timer)
                 sender.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await sender
-                if progress:
-                    progress.done(done_bytes, _progress_note(
-                        messages, poster.counters.sent_events, started))
-    summary = ReplaySummary(
-        format=fmt, source=source, messages=messages, sent=poster.counters.sent_events,
-        set_aside=poster.counters.set_aside_events, dropped_bytes=splitter.dropped_bytes,
-        seconds=round(time.monotonic() - started, 3),
-    )
-    log.info("replay_done", file=str(path), format=fmt, source=source, messages=messages,
-             sent=summary.sent, set_aside=summary.set_aside,
-             dropped_bytes=summary.dropped_bytes, seconds=summary.seconds)
-    return summary
+                if progress.messages:
+                    progress.done()
+    result = summary()
+    log.info("replay_done", file=str(path), format=fmt, source=source,
+             messages=result.messages, sent=result.sent, set_aside=result.set_aside,
+             dropped_bytes=result.dropped_bytes, seconds=result.seconds)
+    if result.dropped_bytes:
+        log.warning("recording_has_garbage", file=str(path), dropped_bytes=result.dropped_bytes,
+                    note="bytes that are not Stats API messages were skipped")
+    return result
 
 
-async def _send_all(batches: asyncio.Queue[Batch | None], poster: Poster) -> None:
+def _no_messages(path: Path, dropped: int) -> str:
+    if not dropped:
+        return f"no Stats API messages in {path} (the file is empty)"
+    return f"no Stats API messages in {path} (its {dropped} bytes hold no JSON object)"
+
+
+async def _wait_for_sender(batches: asyncio.Queue[Batch | None],
+                           sender: asyncio.Task[None]) -> None:
+    """Wait until the sender took every queued batch, or raise what stopped it."""
+    joined = asyncio.ensure_future(batches.join())
+    try:
+        await asyncio.wait([joined, sender], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        joined.cancel()
+    if sender.done():
+        sender.result()
+
+
+async def _send_all(batches: asyncio.Queue[Batch | None], poster: Poster,
+                    settled: Callable[[], None]) -> None:
     while True:
         batch = await batches.get()
         try:
             if batch is None:
                 return
             await poster.deliver(batch)
+            settled()
         finally:
             batches.task_done()
 
 
 # -- record -------------------------------------------------------------------------------
+
+
+class RecordError(Exception):
+    """Nothing could be recorded (the output cannot be written, no game within
+    `duration`, a game that sent nothing); the message is one line."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +310,10 @@ class RecordSummary:
     messages: int
     bytes: int
     seconds: float
+    #: Stopped by Ctrl-C or SIGTERM (KeyboardInterrupt), not by the game or `duration`.
+    interrupted: bool = False
+    #: The file was removed because nothing was written to it.
+    removed: bool = False
 
 
 def record(
@@ -218,65 +325,142 @@ def record(
     timestamps: bool = False,
     duration: float | None = None,
     reconnect_interval: float = 3.0,
+    connect_timeout: float = 5.0,
     status_line: StatusLine | None = None,
     clock: Callable[[], float] = time.time,
 ) -> RecordSummary:
-    """Write one game connection's stream to `out` until the game closes it (or `duration`).
+    """Write one game connection's stream to `out` until the game closes it, `duration`
+    seconds after the start (waiting for the game included) or a KeyboardInterrupt.
 
-    Raw mode writes the bytes exactly as received; `jsonl` writes one message per line
-    (as received), `timestamps` wraps each line with the time it was read.
+    `out` is created first (never overwritten), before anything else: RecordError when
+    it cannot be. Raw mode writes the bytes exactly as received; `jsonl` writes one
+    message per line (as received), `timestamps` wraps each line with the time it was
+    read. A file left empty is removed. RecordError, too, when no game answered within
+    `duration`, or the game sent no message at all (unless interrupted: a deliberate
+    stop is not a failure).
     """
     game = f"{host}:{port}"
-    waiting_logged = False
-    while True:
-        try:
-            sock = socket.create_connection((host, port), timeout=5.0)
-            break
-        except OSError as exc:
-            if not waiting_logged:
-                log.info("game_unreachable", game=game, error=str(exc),
-                         retry_every_s=reconnect_interval)
-                waiting_logged = True
-            time.sleep(reconnect_interval)
-    log.info("recording", game=game, file=str(out), format="jsonl" if jsonl else "stream")
     started = time.monotonic()
     deadline = None if duration is None else started + duration
+    try:
+        handle = out.open("xb")  # never overwrite an earlier recording
+    except FileExistsError:
+        raise RecordError(f"{out} exists; choose another file (record never overwrites)"
+                          ) from None
+    except OSError as exc:
+        raise RecordError(f"cannot create {out}: {os_reason(exc)}") from None
+    messages = written = 0
     splitter = JsonStreamSplitter()
-    messages = 0
-    written = 0
+    interrupted = False
+    found = False
+    try:
+        with handle:
+            try:
+                sock, why = _connect(host, port, deadline, reconnect_interval, connect_timeout)
+                if sock is None:
+                    raise RecordError(f"no game at {game} within {duration:g} s ({why}); "
+                                      "nothing recorded")
+                found = True
+                log.info("recording", game=game, file=str(out),
+                         format="jsonl" if jsonl else "stream")
+                with sock:
+                    messages, written, interrupted = _record_connection(
+                        sock, handle, splitter, game=game, out=out, deadline=deadline,
+                        jsonl=jsonl, timestamps=timestamps, status_line=status_line,
+                        clock=clock)
+            except KeyboardInterrupt:
+                interrupted = True
+            finally:
+                handle.flush()
+                if status_line and found:
+                    status_line.show(f"recorded {messages} messages, {written / 1e6:.1f} MB "
+                                     f"to {out}")
+                    status_line.done()
+    finally:
+        removed = False
+        if written == 0:
+            with contextlib.suppress(OSError):
+                out.unlink()
+                removed = True
+    summary = RecordSummary(messages=messages, bytes=written,
+                            seconds=round(time.monotonic() - started, 3),
+                            interrupted=interrupted, removed=removed)
+    if not found:
+        log.info("record_stopped", game=game, note="stopped before the game was reached; "
+                 "nothing recorded", seconds=summary.seconds)
+        return summary
+    log.info("recorded", file=str(out), messages=messages, bytes=written,
+             seconds=summary.seconds, dropped_bytes=splitter.dropped_bytes,
+             interrupted=interrupted, removed_empty_file=removed)
+    if messages == 0 and not interrupted:
+        ended = ("the time was up" if deadline is not None and time.monotonic() >= deadline
+                 else "it closed the connection")
+        if removed:
+            raise RecordError(f"the game at {game} sent nothing before {ended}; "
+                              "nothing recorded")
+        raise RecordError(f"the game at {game} sent no complete message before {ended}; "
+                          f"its {written} bytes are kept in {out}")
+    return summary
+
+
+def _connect(host: str, port: int, deadline: float | None, reconnect_interval: float,
+             connect_timeout: float) -> tuple[socket.socket | None, str]:
+    """Connect to the game, trying again until `deadline`: (socket, "") or (None, why)."""
+    game = f"{host}:{port}"
+    waiting_logged = False
+    why = "no time to try"
+    while True:
+        timeout = connect_timeout
+        if deadline is not None:
+            timeout = min(timeout, deadline - time.monotonic())
+            if timeout <= 0:
+                return None, why
+        try:
+            return socket.create_connection((host, port), timeout=timeout), ""
+        except OSError as exc:
+            why = os_reason(exc)
+            if not waiting_logged:
+                log.info("game_unreachable", game=game, error=why,
+                         retry_every_s=reconnect_interval)
+                waiting_logged = True
+        pause = reconnect_interval
+        if deadline is not None:
+            pause = min(pause, max(deadline - time.monotonic(), 0.0))
+        time.sleep(pause)
+
+
+def _record_connection(sock: socket.socket, handle: BinaryIO, splitter: JsonStreamSplitter,
+                       *, game: str, out: Path, deadline: float | None, jsonl: bool,
+                       timestamps: bool, status_line: StatusLine | None,
+                       clock: Callable[[], float]) -> tuple[int, int, bool]:
+    """Read one game connection into `handle` until it ends, `deadline` or a
+    KeyboardInterrupt: (messages, bytes, interrupted). What was read is written."""
+    messages = written = 0
     shown = 0.0
     sock.settimeout(0.5)  # so Ctrl-C is seen on Windows too
-    with sock, out.open("wb") as handle:
-        try:
-            while deadline is None or time.monotonic() < deadline:
-                try:
-                    chunk = sock.recv(_READ_SIZE)
-                except TimeoutError:
-                    continue
-                except OSError as exc:
-                    log.warning("game_read_failed", error=str(exc))
-                    chunk = b""
-                objects = splitter.feed(chunk) if chunk else splitter.close()
-                messages += len(objects)
-                written += _write(handle, chunk, objects, jsonl=jsonl,
-                                  stamp=clock() if timestamps else None)
-                if status_line and time.monotonic() - shown >= _PROGRESS_EVERY_S:
-                    shown = time.monotonic()
-                    status_line.show(f"recording {game} -> {out.name}: {messages} messages, "
-                                     f"{written / 1e6:.1f} MB")
-                if not chunk:
-                    break
-        finally:
-            handle.flush()
-            if status_line:
-                status_line.show(f"recorded {messages} messages, {written / 1e6:.1f} MB "
-                                 f"to {out}")
-                status_line.done()
-    summary = RecordSummary(messages=messages, bytes=written,
-                            seconds=round(time.monotonic() - started, 3))
-    log.info("recorded", file=str(out), messages=messages, bytes=written,
-             seconds=summary.seconds, dropped_bytes=splitter.dropped_bytes)
-    return summary
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(_READ_SIZE)
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                log.warning("game_read_failed", game=game, error=os_reason(exc))
+                chunk = b""
+            objects = splitter.feed(chunk) if chunk else splitter.close()
+            messages += len(objects)
+            written += _write(handle, chunk, objects, jsonl=jsonl,
+                              stamp=clock() if timestamps else None)
+            handle.flush()  # on disk as it comes: a killed record keeps what it read
+            if status_line and time.monotonic() - shown >= _PROGRESS_EVERY_S:
+                shown = time.monotonic()
+                status_line.show(f"recording {game} -> {out.name}: {messages} messages, "
+                                 f"{written / 1e6:.1f} MB")
+            if not chunk:
+                break
+    except KeyboardInterrupt:
+        return messages, written, True
+    return messages, written, False
 
 
 def _write(handle: BinaryIO, chunk: bytes, objects: list[bytes], *, jsonl: bool,
@@ -294,5 +478,5 @@ def _write(handle: BinaryIO, chunk: bytes, objects: list[bytes], *, jsonl: bool,
     return size
 
 
-__all__ = ["DEFAULT_RATE", "RecordSummary", "ReplaySummary", "detect_format", "record",
-           "replay", "unwrap", "wrap"]
+__all__ = ["DEFAULT_RATE", "RecordError", "RecordSummary", "ReplayError", "ReplayInterrupted",
+           "ReplaySummary", "detect_format", "record", "replay", "unwrap", "wrap"]
