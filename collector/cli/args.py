@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 
 def positive_int(text: str) -> int:
@@ -57,6 +59,36 @@ def bounded_int(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def output_problem(path: Path | str) -> str | None:
+    """Why `path` cannot be a new output file (`record -o`, `export -o`), or None.
+
+    Checked before any work, so that a typo does not cost a match or a long export. An
+    output file is never overwritten. The file is not created here; whoever creates it
+    must still expect an OSError (a full or read-only disk, a race).
+    """
+    path = Path(path)
+    try:
+        if path.is_dir():
+            return f"{path} is a folder; name a file in it"
+        if path.exists() or path.is_symlink():
+            return f"{path} exists; choose another file"
+        parent = path.absolute().parent
+        if not parent.exists():
+            return f"cannot create {path}: no such folder {parent}"
+        if not parent.is_dir():
+            return f"cannot create {path}: {parent} is not a folder"
+    except OSError as exc:  # a folder on the way that may not be searched
+        return f"cannot create {path}: {_strerror(exc)}"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create {path}: no permission to write in {parent}"
+    return None
+
+
+def _strerror(exc: OSError) -> str:
+    text = exc.strerror or str(exc)
+    return text[:1].lower() + text[1:]
 
 
 def _integer(text: str) -> int:

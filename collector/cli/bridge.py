@@ -1,20 +1,34 @@
 """Sub-commands `bridge`, `replay` and `record`: from the game to the collector.
 
 These run on the gaming PC (Windows included): plain asyncio, no uvloop.
+
+Every path ends in one line and an exit code (docs/cli.md, "Exit codes"): the command
+line and the files it names to be read are checked first (2), then the output file of
+`record` (1, like `export -o`), before any work. `bridge` and `record` run until they
+are stopped, so Ctrl-C and SIGTERM end them cleanly with 0; `replay` ends on its own,
+so a replay stopped early is interrupted: 130 (Ctrl-C) or 143 (SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import signal
+import stat
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from collector.cli import args as types
 from collector.config import read_token_file
-from collector.errors import ConfigError
+from collector.errors import ConfigError, StartupError
+
+EXIT_FAILED: Final = 1
+#: The header limit of the collector (collector/server/ingest.py) for X-Source.
+_MAX_SOURCE: Final = 256
 
 
 def _add_collector_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
@@ -77,6 +91,11 @@ def register(subparsers: Any) -> None:
                              f"time (default {DEFAULT_RATE:g} = PacketSendRate 60 + events)")
     replay.add_argument("--source", metavar="NAME",
                         help="X-Source to send (default replay-<random>)")
+    replay.add_argument("--give-up-after", type=types.positive_float, default=30.0,
+                        metavar="SECONDS",
+                        help="end with exit 1 when a batch is still not taken this long "
+                             "after its first try: the collector cannot be reached or is "
+                             "failing (default 30)")
     replay.set_defaults(func=_cmd_replay)
 
     rec = subparsers.add_parser(
@@ -97,10 +116,23 @@ def register(subparsers: Any) -> None:
 
 
 def _token(args: argparse.Namespace) -> str | None:
-    if args.token:
-        return str(args.token).strip()
     path: Path | None = args.token_file
-    return None if path is None else read_token_file(path, "--token-file")
+    if args.token is not None:
+        token, what = str(args.token).strip(), "--token"
+        if not token:
+            raise ConfigError("--token is empty")
+    elif path is not None:
+        if path.is_dir():
+            raise ConfigError(f"--token-file: {path} is a folder, not a token file")
+        if not path.exists():
+            raise ConfigError(f"--token-file: no such file {path}")
+        token, what = read_token_file(path, "--token-file"), f"--token-file: {path}"
+    else:
+        return None
+    if not token.isprintable():
+        raise ConfigError(f"{what}: the token holds a line break or a control character "
+                          "(one token on one line)")
+    return token
 
 
 def _url(args: argparse.Namespace) -> str:
@@ -138,6 +170,47 @@ def _output(level: str) -> Any:
     return status
 
 
+def _fail(message: str, code: int = EXIT_FAILED) -> int:
+    """The one line of a failed command, on stderr; returns its exit code."""
+    sys.stdout.flush()  # the log lines before it
+    print(f"collector: error: {message}", file=sys.stderr)
+    return code
+
+
+def _recording(path: Path) -> None:
+    """A recording to read: a regular file that can be opened (else ConfigError, exit 2)."""
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({_strerror(exc)})") from None
+    if stat.S_ISDIR(mode):
+        raise ConfigError(f"{path} is a folder, not a recording")
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{path} is not a regular file (a recording is a file)")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({_strerror(exc)})") from None
+
+
+def _strerror(exc: OSError) -> str:
+    text = exc.strerror or str(exc)
+    return text[:1].lower() + text[1:]
+
+
+def _source(text: str | None) -> str | None:
+    if text is None:
+        return None
+    source = text.strip()
+    if not source or len(source) > _MAX_SOURCE or not source.isprintable():
+        raise ConfigError(f"--source: 1 to {_MAX_SOURCE} printable characters expected, "
+                          f"not {text!r}")
+    return source
+
+
 def _cmd_bridge(args: argparse.Namespace) -> int:
     from collector.bridge.relay import BridgeConfig, run_bridge
     from collector.bridge.spool import default_spool_dir
@@ -153,14 +226,22 @@ def _cmd_bridge(args: argparse.Namespace) -> int:
         backoff_cap=args.max_backoff, status_interval=args.status_interval,
     )
     status = _output(args.log_level)
-    asyncio.run(run_bridge(config, status_line=status, handle_signals=True))
+    # Ctrl-C: asyncio.run cancels the bridge, which commits what it read to the spool
+    # and logs bridge_stopped, then raises KeyboardInterrupt. A bridge runs until it is
+    # stopped: that is its clean end, 0 (as SIGTERM).
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_bridge(config, status_line=status, handle_signals=True))
     return 0
 
 
 def _show_dead(spool_dir: Path) -> int:
     import orjson
 
-    from collector.bridge.spool import Spool
+    from collector.bridge.spool import SPOOL_FILE, Spool
+
+    if not (spool_dir / SPOOL_FILE).is_file():  # do not create a spool to show it empty
+        return _fail(f"no bridge spool in {spool_dir} (the bridge never ran with this "
+                     "--spool-dir)")
 
     async def dump() -> list[bytes]:
         spool = Spool(spool_dir)
@@ -184,28 +265,97 @@ def _show_dead(spool_dir: Path) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _cancel_on_signals(received: list[int]) -> Iterator[None]:
+    """SIGINT and SIGTERM cancel the running task (their numbers go to `received`).
+
+    Where the loop takes no signal handlers (Windows), asyncio.run's own Ctrl-C handling
+    cancels the task the same way (and SIGTERM ends the process)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    installed: list[int] = []
+
+    def cancel(signum: int) -> None:
+        received.append(signum)
+        task.cancel()
+
+    for number in (int(signal.SIGINT), int(signal.SIGTERM)):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(number, cancel, number)
+            installed.append(number)
+    try:
+        yield
+    finally:
+        for number in installed:
+            loop.remove_signal_handler(number)
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from collector.bridge.replay import replay
+    from collector.bridge.failures import DeliveryFailed
+    from collector.bridge.replay import ReplayError, ReplayInterrupted, ReplaySummary, replay
 
     path: Path = args.file
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
-    url, token = _url(args), _token(args)
+    _recording(path)
+    url, token, source = _url(args), _token(args), _source(args.source)
     status = _output(args.log_level)
-    summary = asyncio.run(replay(
-        path, url, token=token, rate=args.rate, speed=args.speed, fast=args.fast,
-        source=args.source, backoff_cap=args.max_backoff, status_line=status,
-    ))
-    return 1 if summary.set_aside else 0
+    received: list[int] = []
+
+    async def run() -> ReplaySummary:
+        with _cancel_on_signals(received):
+            return await replay(
+                path, url, token=token, rate=args.rate, speed=args.speed, fast=args.fast,
+                source=source, backoff_cap=args.max_backoff,
+                give_up_after=args.give_up_after, status_line=status,
+            )
+
+    try:
+        summary = asyncio.run(run())
+    except (DeliveryFailed, ReplayError) as exc:
+        return _fail(str(exc))
+    except ReplayInterrupted as exc:
+        done = exc.summary
+        signum = received[0] if received else int(signal.SIGINT)
+        sys.stdout.flush()
+        print(f"collector: interrupted by {signal.Signals(signum).name}: the collector took "
+              f"{done.sent} of the {done.messages} messages read from {path} "
+              f"(source {done.source})", file=sys.stderr)
+        return 128 + signum
+    if summary.set_aside:
+        return _fail(f"the collector refused {summary.set_aside} of {summary.messages} "
+                     f"messages of {path} ({summary.refusal}); the other {summary.sent} "
+                     "were taken")
+    return 0
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does (main thread only)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
-    from collector.bridge.replay import record
+    from collector.bridge.replay import RecordError, record
 
     host, port = _game(args.game)
     if args.timestamps and not args.jsonl:
         raise ConfigError("--timestamps needs --jsonl (a raw recording is the socket's bytes)")
+    problem = types.output_problem(args.output)
+    if problem is not None:
+        raise StartupError(problem)  # exit 1, as `export -o` into an existing file
     status = _output(args.log_level)
-    record(host, port, args.output, jsonl=args.jsonl, timestamps=args.timestamps,
-           duration=args.duration, status_line=status)
-    return 0
+    try:
+        with _sigterm_interrupts():
+            record(host, port, args.output, jsonl=args.jsonl, timestamps=args.timestamps,
+                   duration=args.duration, status_line=status)
+    except RecordError as exc:
+        return _fail(str(exc))
+    return 0  # also when stopped by Ctrl-C or SIGTERM: record runs until it is stopped
