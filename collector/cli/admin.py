@@ -277,26 +277,34 @@ def _output(path: str) -> Iterator[IO[bytes]]:
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()
         return
-    with open(path, "xb") as fh:  # never overwrite an earlier export
+    try:
+        fh = open(path, "xb")  # never overwrite an earlier export  # noqa: SIM115
+    except FileExistsError:
+        raise AdminError(f"{path} exists; choose another file") from None
+    except OSError as exc:  # checked before the export began; the disk may still refuse
+        why = exc.strerror or str(exc)
+        raise AdminError(f"cannot create {path}: {why[:1].lower()}{why[1:]}") from None
+    with fh:
         yield fh
 
 
 async def _export(args: argparse.Namespace) -> int:
+    # The output file is checked before the daemon is asked: one line, nothing exported.
+    problem = None if args.output == "-" else types.output_problem(args.output)
+    if problem is not None:
+        raise AdminError(problem)
     async with connect(args) as admin:
         jobs = admin.export()
         total = await anext(jobs)
         assert isinstance(total, int)
         progress = Progress("export", total, show=args.progress)
         last = 0
-        try:
-            with _output(args.output) as out:
-                async for job in jobs:
-                    assert isinstance(job, dict)
-                    out.write(orjson.dumps(job) + b"\n")
-                    last = job["seq"]
-                    progress.advance(1)
-        except FileExistsError:
-            raise AdminError(f"{args.output} exists; choose another file") from None
+        with _output(args.output) as out:
+            async for job in jobs:
+                assert isinstance(job, dict)
+                out.write(orjson.dumps(job) + b"\n")
+                last = job["seq"]
+                progress.advance(1)
     progress.finish(f"exported {progress.done} pending jobs (last seq {last})")
     return 0
 
