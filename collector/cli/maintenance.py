@@ -222,9 +222,9 @@ def archived_jobs(files: list[Path], seen: _Replay) -> Iterator[Job]:
     """
     revived: list[tuple[int, int, Job]] = []
     for path in files:
-        for number, line in _lines(path, _Replay()):  # problems are counted once, below
+        for number, line in _lines(path, _Replay()):  # an unreadable file: counted below
             if _REVIVED.match(line):
-                job = _job(path, number, line, _Replay())
+                job = _job(path, number, line, seen)  # the second pass skips these lines
                 if job is not None:
                     heapq.heappush(revived, (job.seq, len(revived), job))
     last = 0
