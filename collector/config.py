@@ -76,6 +76,9 @@ class WorkerSettings:
     backoff_cap: float = 30.0
     #: A handler call that takes longer fails (and is retried).
     handler_timeout: float = 60.0
+    #: Jobs handed at most in one run to handlers that apply runs (the stats handler
+    #: commits a run in one transaction); 1 = always one job at a time.
+    batch_max: int = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +236,7 @@ def _check_ranges(settings: Settings) -> None:
         (w.backoff_base > 0, "worker.backoff_base: must be positive"),
         (w.backoff_cap >= w.backoff_base, "worker.backoff_cap: must be >= worker.backoff_base"),
         (w.handler_timeout > 0, "worker.handler_timeout: must be positive"),
+        (1 <= w.batch_max <= 100_000, "worker.batch_max: must be between 1 and 100000"),
         (len(w.handlers) >= 1, "worker.handlers: name at least one handler"),
         (a.compress_after_days >= 0, "archive.compress_after_days: must not be negative"),
         (f.timeout > 0, "forward.timeout: must be positive"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -32,3 +32,11 @@ def job_json(job: Job) -> dict[str, Any]:
 
 
 Handler: TypeAlias = Callable[[Job], Awaitable[object]]
+"""A handler: an async callable taking one job. Returning means done; raising, retry."""
+
+BatchCall: TypeAlias = Callable[[Sequence[Job]], Awaitable[object]]
+"""A handler's optional `batch(jobs)`: the same effect as calling the handler on each job
+in order, all or nothing. The worker hands it runs of consecutive jobs that already wait
+(up to `worker.batch_max`) when every handler of the chain has one; if it raises, the
+run is handed to the single-job call one job at a time, so only the failing job is
+retried or dead-lettered."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import structlog
 
 from collector.errors import PermanentError
-from collector.jobs import Handler, Job
+from collector.jobs import BatchCall, Handler, Job
 from collector.queue import DurableQueue
 from collector.retry import backoff_delay
 
@@ -58,10 +58,18 @@ class Worker:
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
         handler_timeout: float = 60.0,
+        batch_max: int = 512,
         rng: random.Random | None = None,
     ) -> None:
         self._queue = queue
         self._handlers = list(handlers)
+        # Runs of jobs go to handlers that take them (an async `batch(jobs)`), when every
+        # handler of the chain does; any other chain gets one job at a time.
+        self._batch_calls: list[BatchCall] = [
+            call for _, handler in self._handlers
+            if callable(call := getattr(handler, "batch", None))
+        ]
+        self._batch_max = batch_max if len(self._batch_calls) == len(self._handlers) else 1
         self._max_attempts = max_attempts
         self._base = backoff_base
         self._cap = backoff_cap
@@ -158,22 +166,85 @@ class Worker:
                 log.exception("worker_take_failed", retry_in_s=_TAKE_RETRY_S)
                 await asyncio.sleep(_TAKE_RETRY_S)
                 continue
-            # This task's own context: binding replaces the previous job's seq.
-            structlog.contextvars.bind_contextvars(seq=job.seq)
-            # Handlers that succeeded for this job, each applied once: a settle that
-            # fails and is tried again must not run them a second time.
-            self._applied = 0
-            while True:
+            run = [job]
+            if self._batch_max > 1 and job.attempt == 1:
+                run += queue.take_more(self._batch_max - 1)
+            failed_at = 0
+            if len(run) > 1:
+                failed_at = await self._process_run(run)
+                if failed_at == len(self._handlers):
+                    continue
+            # One job at a time: the usual path, and a run that failed as a whole, whose
+            # jobs go one by one from the handler that failed (the ones before it took
+            # the whole run), so that only the failing event is retried or dead-lettered.
+            for index, one in enumerate(run):
+                if index and self.stopping:
+                    return  # the rest of the run keeps its place for the next start
+                if not await self._process_settled(one, applied=failed_at):
+                    return
+
+    async def _process_settled(self, job: Job, *, applied: int) -> bool:
+        """Process `job` until it is settled (done, or recorded as failed or dead); False
+        when the worker stops first."""
+        # This task's own context: binding replaces the previous job's seq.
+        structlog.contextvars.bind_contextvars(seq=job.seq)
+        # Handlers that succeeded for this job, each applied once: a settle that fails
+        # and is tried again must not run them a second time.
+        self._applied = applied
+        while True:
+            try:
+                await self._process(job)
+                return True
+            except Exception:
+                # Recording an attempt or a dead letter failed (disk full, say): the job
+                # keeps its place and is tried again; the worker never dies of it.
+                log.exception("worker_settle_failed", retry_in_s=_TAKE_RETRY_S)
+                await asyncio.sleep(_TAKE_RETRY_S)
+                if self.stopping:
+                    return False
+
+    async def _process_run(self, run: list[Job]) -> int:
+        """Hand `run` to each handler's batch(); returns how many handlers took it (all of
+        them: the run is done and acknowledged)."""
+        self._busy_since = now = time.monotonic()
+        observe = self.on_handler
+        done = 0
+        try:
+            for (name, _handler), batch in zip(self._handlers, self._batch_calls, strict=True):
+                started = time.perf_counter()
                 try:
-                    await self._process(job)
-                    break
-                except Exception:
-                    # Recording an attempt or a dead letter failed (disk full, say): the
-                    # job keeps its place and is tried again; the worker never dies of it.
-                    log.exception("worker_settle_failed", retry_in_s=_TAKE_RETRY_S)
-                    await asyncio.sleep(_TAKE_RETRY_S)
-                    if self.stopping:
-                        return
+                    await batch(run)
+                except asyncio.CancelledError:
+                    if not self._timed_out:
+                        raise  # a real cancellation (shutdown)
+                    error = f"handler timed out after {self._timeout:g} s"
+                except Exception as exc:  # noqa: BLE001 - the run is retried one by one
+                    error = _describe(exc)
+                else:
+                    if observe is not None:
+                        observe(name, time.perf_counter() - started, True)
+                    done += 1
+                    continue
+                if observe is not None:
+                    observe(name, time.perf_counter() - started, False)
+                log.warning("batch_failed", handler=name, jobs=len(run),
+                            first_seq=run[0].seq, last_seq=run[-1].seq, error=error,
+                            then="one by one")
+                return done
+        finally:
+            self._busy_since = None
+            if self._timed_out:  # the cancellation is consumed (or came too late)
+                self._timed_out = False
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+        queue = self._queue
+        for job in run:
+            queue.ack(job)
+        counters = self.counters
+        counters.processed += len(run)
+        counters.last_progress = now
+        return done
 
     async def _process(self, job: Job) -> None:
         while True:

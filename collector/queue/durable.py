@@ -98,7 +98,7 @@ class DurableQueue:
         self._revived_seqs: set[int] = set()
         self._cursor = 0  # highest seq handed to the window
         self._wakeup = asyncio.Event()
-        self._in_flight: Job | None = None
+        self._flight: deque[Job] = deque()  # taken, not yet finished, in seq order
         #: Called after each successful group commit with (requests, rows, seconds); the
         #: metrics module sets it. Runs on the loop; must be cheap.
         self.on_commit: Callable[[int, int, float], None] | None = None
@@ -386,8 +386,26 @@ class DurableQueue:
             job = self._window.popleft()
         else:
             return None
-        self._in_flight = job
+        self._flight.append(job)
         return job
+
+    def take_more(self, limit: int) -> list[Job]:
+        """Up to `limit` jobs right after those taken, if they already wait in memory
+        (first attempts of regular jobs only, never a revived dead letter): a run for a
+        handler that applies jobs in batches. They are in flight with the first."""
+        if self._revived or not self._flight:
+            return []
+        window = self._window
+        run: list[Job] = []
+        while window and len(run) < limit and window[0].attempt == 1:
+            run.append(window.popleft())
+        self._flight.extend(run)
+        return run
+
+    @property
+    def _in_flight(self) -> Job | None:
+        """The oldest job taken and not finished."""
+        return self._flight[0] if self._flight else None
 
     async def next_job(self) -> Job:
         """Wait for and return the job at the head of the line (strict seq order)."""
@@ -441,8 +459,11 @@ class DurableQueue:
 
     def _finish(self, job: Job) -> None:
         """`job` is done: rows wholly done move to the delete list."""
-        if self._in_flight is not None and self._in_flight.seq == job.seq:
-            self._in_flight = None
+        flight = self._flight
+        if flight and flight[0].seq == job.seq:
+            flight.popleft()
+        elif job in flight:  # pragma: no cover - jobs are finished in the order taken
+            flight.remove(job)
         if job.seq in self._revived_seqs:
             self._revived_seqs.discard(job.seq)
             self._done_rows.append(job.seq)
@@ -649,7 +670,7 @@ class DurableQueue:
             oldest = await loop.run_in_executor(
                 self._executor, self._table.oldest_after, self._done_upto
             )
-        in_flight = 1 if self._in_flight is not None else 0
+        in_flight = len(self._flight)
         return QueueStats(
             pending=self.pending - in_flight,
             in_flight=in_flight,

@@ -75,6 +75,7 @@ def create_app(settings: Settings) -> web.Application:
             worker = Worker(
                 app[QUEUE], handlers, max_attempts=w.max_attempts, backoff_base=w.backoff_base,
                 backoff_cap=w.backoff_cap, handler_timeout=w.handler_timeout,
+                batch_max=w.batch_max,
             )
             app[WORKER] = worker
             worker.start()
