@@ -10,6 +10,7 @@ wrong token or URL), ends the delivery with :class:`DeliveryFailed` and one line
 import asyncio
 import contextlib
 import random
+import re
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -37,6 +38,7 @@ _CONFIG_STATUSES: Final = frozenset({401, 403, 404, 405, 407, 415})
 _RETRY_STATUSES: Final = frozenset({408, 425, 429})
 #: A refused batch with one of these statuses is split to find the event at fault.
 _SPLIT_STATUSES: Final = frozenset({400, 413})
+_TAG: Final = re.compile(r"<[^>]*>")
 
 
 #: What to check for each status that says the sender is misconfigured.
@@ -67,6 +69,14 @@ def events_url(base: str) -> str:
     if parsed.query_string or parsed.fragment:
         raise ValueError(f"{base!r}: a collector URL has no ?query or #fragment")
     return url if url.endswith("/v1/events") else url + "/v1/events"
+
+
+def _page_text(text: str) -> str:
+    """A body that is not JSON (a proxy's or another server's page): its first words,
+    without HTML tags, on one line."""
+    if text.lstrip().startswith("<"):
+        text = _TAG.sub(" ", text)
+    return " ".join(text.split())[:120]
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -190,15 +200,16 @@ class Poster:
                 if deadline is not None:
                     left = deadline - time.monotonic()
                     if left <= 0:
+                        said = f"{self._url} answered {answer.text()}" if status else answer.text()
                         raise DeliveryFailed(
-                            f"{answer.text()}; gave up after {self._give_up_after:g} s "
+                            f"{said}; gave up after {self._give_up_after:g} s "
                             "(--give-up-after)", status=status)
                     delay = min(delay, left)
                 self.state = "retrying"
-                log.warning("post_failed", status=status or None, error=answer.text(),
-                            attempt=attempt, retry_in_s=round(delay, 3),
-                            source=batch.source, sequence=batch.sequence,
-                            events=len(batch.events))
+                log.warning("post_failed", error=answer.text(), attempt=attempt,
+                            retry_in_s=round(delay, 3), source=batch.source,
+                            sequence=batch.sequence, events=len(batch.events),
+                            **({"status": status} if status else {}))
             await asyncio.sleep(delay)
 
     async def _refused(self, batch: Batch, answer: _Answer) -> list[DeadLetter]:
@@ -236,8 +247,7 @@ class Poster:
                 retry_after = _retry_after(resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return _Answer(0, request_failure(exc, self._url, timeout=seconds), "")
-        # Not JSON (a proxy's or another server's page): its first words, on one line.
-        error, detail = "", " ".join(text.split())[:200]
+        error, detail = "", _page_text(text)
         if status >= 300:
             with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError):
                 data = orjson.loads(text)

@@ -206,8 +206,9 @@ def _source(text: str | None) -> str | None:
         return None
     source = text.strip()
     if not source or len(source) > _MAX_SOURCE or not source.isprintable():
+        given = f"not {text!r}" if len(text) <= 40 else f"{len(source)} given"
         raise ConfigError(f"--source: 1 to {_MAX_SOURCE} printable characters expected, "
-                          f"not {text!r}")
+                          f"{given}")
     return source
 
 
@@ -322,9 +323,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
               f"(source {done.source})", file=sys.stderr)
         return 128 + signum
     if summary.set_aside:
+        if not summary.sent:
+            return _fail(f"the collector refused all {summary.messages} messages of {path}: "
+                         f"{summary.refusal}")
         return _fail(f"the collector refused {summary.set_aside} of {summary.messages} "
-                     f"messages of {path} ({summary.refusal}); the other {summary.sent} "
-                     "were taken")
+                     f"messages of {path} and took the other {summary.sent}: "
+                     f"{summary.refusal}")
     return 0
 
 

@@ -9,6 +9,7 @@ failure, 2 usage error, 130/143 a replay interrupted by SIGINT/SIGTERM.
 from __future__ import annotations
 
 import contextlib
+import http.server
 import os
 import pty
 import shutil
@@ -238,6 +239,60 @@ def test_the_bridge_says_plainly_why_it_retries_and_keeps_retrying(
     assert stopped[0]["spooled"] == 2  # what the game sent waits in the spool
 
 
+class Answering:
+    """An HTTP server on loopback that answers every POST with `status` and `body`."""
+
+    def __init__(self, status: int, body: bytes, content_type: str) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+def test_replay_to_a_failing_server_gives_up_naming_it(tmp_path: Path) -> None:
+    page = b"<!DOCTYPE html>\n<html><body>\n<h1>Service Unavailable</h1>\n</body></html>\n"
+    busy = Answering(503, page, "text/html")
+    try:
+        result = run_cli("replay", str(CAPTURE_STREAM), "--to", busy.url, "--fast",
+                         "--give-up-after", "1", "--max-backoff", "0.3", cwd=tmp_path)
+    finally:
+        busy.close()
+    assert failed(result, 1) == (
+        f"{busy.url}/v1/events answered HTTP 503 Service Unavailable (Service Unavailable); "
+        "gave up after 1 s (--give-up-after)")
+
+
+def test_replay_whose_messages_are_refused_says_how_many(tmp_path: Path) -> None:
+    refusing = Answering(422, b'{"error": "invalid_event", "detail": "no Event field"}',
+                         "application/json")
+    try:
+        result = run_cli("replay", str(CAPTURE_STREAM), "--to", refusing.url, "--fast",
+                         cwd=tmp_path)
+    finally:
+        refusing.close()
+    line = failed(result, 1)
+    assert line.startswith(f"the collector refused all 438 messages of {CAPTURE_STREAM}: "
+                           "HTTP 422 ")  # the phrase changed in Python 3.13
+    assert line.endswith(" (invalid_event: no Event field)")
+
+
 # -- replay: the recording ------------------------------------------------------------------
 
 
@@ -457,6 +512,11 @@ def test_an_interrupted_replay_says_how_far_it_got(
     (["replay", "x", "--to", "http://h", "--token", " "], "--token is empty"),
     (["replay", "x", "--to", "http://h", "--source", "a\tb"],
      "--source: 1 to 256 printable characters expected, not 'a\\tb'"),
+    (["replay", "x", "--to", "http://h", "--source", "x" * 300],
+     "--source: 1 to 256 printable characters expected, 300 given"),
+    (["replay", "x", "--to", "http://h", "--token", "a\x01b"],
+     "--token: the token holds a line break or a control character (one token on one "
+     "line)"),
     (["bridge", "--to", "http://h", "--game", "host:99999"],
      "--game: not a port number: 99999"),
     (["bridge", "--to", "http://h", "--game", "host:"], "--game: not HOST:PORT: 'host:'"),
