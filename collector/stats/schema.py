@@ -87,6 +87,22 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         "(SELECT min(id) FROM goals GROUP BY match_id, scorer, game_time, speed)",
         "CREATE UNIQUE INDEX goals_natural ON goals (match_id, scorer, game_time, speed)",
     )),
+    Migration(4, "tick-derived statistics, match duration and last event, sessions", (
+        # The derived statistics (collector.stats.derived) of a player in a match, as the
+        # JSON of MatchStats.players()[key]; NULL until the match has ticks.
+        "ALTER TABLE match_players ADD COLUMN stats TEXT",
+        "ALTER TABLE match_teams ADD COLUMN possession_s REAL",
+        "ALTER TABLE matches ADD COLUMN duration_s REAL",
+        # When the last event of the match was received (closing a match gone quiet).
+        "ALTER TABLE matches ADD COLUMN last_event_at REAL",
+        "UPDATE matches SET last_event_at = coalesce(ended_at, started_at)",
+        # The engine's state (MatchStats.to_state()), committed with the applied seq:
+        # part of the exactly-once state, so a replay after kill -9 gives the same figures.
+        """CREATE TABLE match_engine (
+            match_id INTEGER PRIMARY KEY REFERENCES matches (id), state TEXT NOT NULL)""",
+        "CREATE INDEX matches_open ON matches (ended_at, last_event_at)",
+        "CREATE INDEX matches_started ON matches (started_at)",
+    )),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version
 

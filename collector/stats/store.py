@@ -168,6 +168,9 @@ class StatsStore:
         self._db: _Db | None = None
         self._damage_logged = False
         self.counters = StatsCounters()
+        #: Called on the event loop after a job or a run was applied, with the ids of the
+        #: matches it changed (the live feed listens here). Must be cheap; None: nobody.
+        self.on_applied: Callable[[frozenset[int]], None] | None = None
 
     @property
     def path(self) -> Path:
