@@ -112,6 +112,17 @@ class ForwardSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class StatsSettings:
+    """[stats]: the statistics (stats.db) and how they are read."""
+
+    #: A match with no event for this many minutes is closed.
+    idle_close_minutes: float = 10.0
+    #: A player's next match starting this many minutes or more after the end of their
+    #: previous one opens a new session (less: the same session).
+    session_gap_minutes: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Every setting of the daemon."""
 
@@ -121,6 +132,7 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     archive: ArchiveSettings = field(default_factory=ArchiveSettings)
     forward: ForwardSettings = field(default_factory=ForwardSettings)
+    stats: StatsSettings = field(default_factory=StatsSettings)
 
     def token_value(self) -> str | None:
         """The bearer token from `token`, `token_file` or systemd's credential, if any."""
@@ -157,6 +169,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "log": LogSettings,
     "archive": ArchiveSettings,
     "forward": ForwardSettings,
+    "stats": StatsSettings,
 }
 
 
@@ -221,7 +234,7 @@ def _convert(name: str, hint: Any, value: Any, *, from_text: bool) -> Any:
 
 def _check_ranges(settings: Settings) -> None:
     s, q, w = settings.server, settings.queue, settings.worker
-    a, f = settings.archive, settings.forward
+    a, f, st = settings.archive, settings.forward, settings.stats
     checks: list[tuple[bool, str]] = [
         (0 <= s.port <= 65535, f"server.port: {s.port} is not a port number"),
         (s.max_body_bytes >= 1024, "server.max_body_bytes: must be at least 1024"),
@@ -244,6 +257,10 @@ def _check_ranges(settings: Settings) -> None:
          "forward.url: must start with http:// or https://"),
         (f.url is not None or "forward" not in w.handlers,
          "forward.url: required by the forward handler"),
+        (0 < st.idle_close_minutes <= 24 * 60,
+         "stats.idle_close_minutes: must be above 0 and at most 1440"),
+        (0 < st.session_gap_minutes <= 7 * 24 * 60,
+         "stats.session_gap_minutes: must be above 0 and at most 10080"),
     ]
     for ok, message in checks:
         if not ok:
