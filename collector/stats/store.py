@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +43,7 @@ import structlog
 
 from collector.errors import StartupError
 from collector.jobs import Job
-from collector.stats import formats, queries
+from collector.stats import formats, queries, sessions
 from collector.stats.apply import Apply, Outcome
 from collector.stats.schema import SCHEMA_VERSION, STATS_FILE, migrate, schema_version
 
@@ -266,6 +267,20 @@ class StatsStore:
     async def player(self, player_id: int) -> dict[str, Any] | None:
         """A player's career totals and recent matches, or None."""
         return await self._guarded(queries.player, self._require().conn, player_id)
+
+    async def sessions_page(self, *, gap_s: float, limit: int = 20,
+                            before: tuple[int, int] | None = None, player: int | None = None
+                            ) -> dict[str, Any] | None:
+        """``{"sessions": [...], "next": cursor}``, newest first (collector.stats.sessions);
+        None when `before` names no match."""
+        return await self._guarded(functools.partial(
+            sessions.sessions_page, self._require().conn, gap_s=gap_s, limit=limit,
+            before=before, player=player))
+
+    async def session(self, key: tuple[int, int], *, gap_s: float) -> dict[str, Any] | None:
+        """One session (player id, first match id) with its matches, or None."""
+        return await self._guarded(functools.partial(
+            sessions.session, self._require().conn, key, gap_s=gap_s))
 
 
 class _Db:
