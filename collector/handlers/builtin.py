@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import structlog
 
 from collector.handlers.base import HandlerContext
 from collector.jobs import Handler, Job
+from collector.stats.store import StatsStore
 
 log = structlog.get_logger("collector.handler")
 
@@ -24,12 +25,23 @@ async def log_job(job: Job) -> None:
              payload=job.payload)
 
 
+class StatsHandler:
+    """`stats`: one job in one transaction, or a run of jobs in one (`batch`)."""
+
+    def __init__(self, store: StatsStore) -> None:
+        self._store = store
+
+    async def __call__(self, job: Job) -> None:
+        await self._store.apply(job)
+
+    async def batch(self, jobs: Sequence[Job]) -> None:
+        """The whole run in one transaction with the last applied seq (one fsync); if
+        any job fails nothing is kept and the error goes to the worker, which then
+        applies the run one job at a time."""
+        await self._store.apply_run(jobs)
+
+
 @asynccontextmanager
 async def stats_handler(context: HandlerContext) -> AsyncIterator[Handler]:
     """`stats`: match statistics into stats.db (the store is the application's)."""
-    store = context.stats
-
-    async def stats(job: Job) -> None:
-        await store.apply(job)
-
-    yield stats
+    yield StatsHandler(context.stats)

@@ -54,6 +54,10 @@ class Apply:
         )
         self.revisit = revisit
         self.changed = False
+        #: The match the event was applied to (None: it named none, or was skipped).
+        self.match_id: int | None = None
+        #: Matches this job ended (end, close, superseded), for the derived statistics.
+        self.ended: list[int] = []
 
     def run(self, event: formats.Event) -> Outcome:
         if isinstance(event, formats.Ignored):
@@ -152,9 +156,10 @@ class Apply:
         name = guid or f"offline:{self.feed.name or '-'}:{job.seq}"
         self._supersede_current()
         cur = self.conn.execute(
-            "INSERT INTO matches (guid, feed, offline, started_at, opened_seq, opened_pos) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (name, self.feed.name, int(offline), job.received_at, job.seq, self.position),
+            "INSERT INTO matches (guid, feed, offline, started_at, opened_seq, opened_pos, "
+            "last_event_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (name, self.feed.name, int(offline), job.received_at, job.seq, self.position,
+             job.received_at),
         )
         match_id = cur.lastrowid
         assert match_id is not None
@@ -177,6 +182,7 @@ class Apply:
         )
         if cur.rowcount:
             self.changed = True
+            self.ended.append(match_id)
         if winner is None:
             winner = self._winner_by_score(match_id) if reason == "ended" else None
         if winner is not None:
@@ -258,24 +264,28 @@ class Apply:
 
     def _started(self, event: formats.MatchStarted) -> None:
         if event.match_guid:
-            self._resolve(event.match_guid)
+            match = self._resolve(event.match_guid)
+            self.match_id = None if match is None else match.id
             return
         current = self._current()
         if current is not None and current.offline and not current.ended \
                 and self._is_empty(current):
+            self.match_id = current.id
             return  # MatchInitialized right after MatchCreated: the same match
-        self._create(None)
+        self.match_id = self._create(None).id
 
     def _ended(self, event: formats.MatchEnded) -> None:
         match = self._resolve(event.match_guid) if event.match_guid else self._current()
         if match is None:
             return
+        self.match_id = match.id
         self._end(match.id, winner=event.winner, reason="ended")
 
     def _closed(self, event: formats.MatchClosed) -> None:
         match = self._resolve(event.match_guid) if event.match_guid else self._current()
         if match is None:
             return
+        self.match_id = match.id
         self._end(match.id, winner=None, reason="destroyed")
         if self.feed.current == match.id and not self.late:
             self.feed.current = None
@@ -290,6 +300,7 @@ class Apply:
             match = self._resolve(goal.match_guid)
         if match is None:
             return
+        self.match_id = match.id
         scorer_id = self._player_id_in(match.id, goal.scorer, goal.scorer_id)
         x, y, z = goal.impact if goal.impact is not None else (None, None, None)
         cur = self.conn.execute(
@@ -319,6 +330,7 @@ class Apply:
             return None  # nothing to keep, and no reason to open a match for it
         match = self._resolve(snap.match_guid, snapshot=snap)
         assert match is not None
+        self.match_id = match.id
         if snap.timestamp is not None:
             if match.last_snapshot_ts is not None and snap.timestamp < match.last_snapshot_ts:
                 self._count("stale_skipped")

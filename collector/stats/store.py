@@ -33,18 +33,21 @@ import asyncio
 import contextlib
 import functools
 import sqlite3
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
+import orjson
 import structlog
 
 from collector.errors import StartupError
 from collector.jobs import Job
 from collector.stats import formats, queries, sessions
 from collector.stats.apply import Apply, Outcome
+from collector.stats.derived import MatchStats
 from collector.stats.schema import SCHEMA_VERSION, STATS_FILE, migrate, schema_version
 
 log = structlog.get_logger(__name__)
@@ -56,6 +59,12 @@ SQLITE_DAMAGED: Final = frozenset({11, 26})
 #: The command that replaces a damaged stats.db (named in every refusal).
 REBUILD_COMMAND: Final = "collector rebuild-stats"
 Check = Literal["reads", "quick", "full"]
+#: The Generic events the derived statistics read (the scoreboard stores nothing of them).
+_ENGINE_EVENTS: Final = (formats.Phase, formats.Clock, formats.Demolition)
+#: Engines of open matches kept in memory between transactions (one a feed, usually).
+_ENGINES_KEPT: Final = 16
+#: Keys rounded to 0.1 (uu, uu/s); every other number to 0.01.
+_TENTHS: Final = frozenset({"distance", "speed_avg"})
 
 
 class StatsDamagedError(StartupError):
@@ -235,20 +244,56 @@ class StatsStore:
 
     async def apply(self, job: Job) -> Outcome:
         """Apply one job's effect (exactly once); returns what happened."""
-        outcome = await self._guarded(self._require().apply, job)
-        c = self.counters
-        if outcome == "applied":
-            c.applied += 1
-        elif outcome == "unchanged":
-            c.unchanged += 1
-        elif outcome == "replayed":
-            c.replayed += 1
-        elif outcome == "stale":
-            c.stale_skipped += 1
-            log.debug("stats_stale_skipped", source=job.source, sequence=job.sequence)
-        else:
-            c.bogus_goals += 1
+        outcome, changed = await self._guarded(self._require().apply, job)
+        self._count((job,), (outcome,))
+        self._applied(changed)
         return outcome
+
+    async def apply_run(self, jobs: Sequence[Job]) -> list[Outcome]:
+        """Apply consecutive jobs in one transaction (one fsync), exactly once, all or
+        nothing: if any job fails, nothing of the run is kept and the error is raised
+        (the worker then applies the jobs one by one, which isolates the failing one)."""
+        if not jobs:
+            return []
+        outcomes, changed = await self._guarded(self._require().apply_run, list(jobs))
+        self._count(jobs, outcomes)
+        self._applied(changed)
+        return outcomes
+
+    async def close_idle(self, idle_s: float, *, before: float | None = None) -> list[int]:
+        """Close the matches with no event for `idle_s` seconds before `before` (now
+        by default): end reason "idle", ended at their last event. Returns their ids."""
+        cutoff = (time.time() if before is None else before) - idle_s
+        closed = await self._guarded(self._require().close_idle, cutoff)
+        for match_id in closed:
+            log.info("match_closed_idle", match_id=match_id, idle_s=idle_s)
+        self._applied(frozenset(closed))
+        return closed
+
+    def _count(self, jobs: Sequence[Job], outcomes: Sequence[Outcome]) -> None:
+        c = self.counters
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            if outcome == "applied":
+                c.applied += 1
+            elif outcome == "unchanged":
+                c.unchanged += 1
+            elif outcome == "replayed":
+                c.replayed += 1
+            elif outcome == "stale":
+                c.stale_skipped += 1
+                log.debug("stats_stale_skipped", source=job.source, sequence=job.sequence)
+            else:
+                c.bogus_goals += 1
+
+    def _applied(self, changed: frozenset[int]) -> None:
+        """Tell the listener (the live feed) which matches changed; it must not fail us."""
+        hook = self.on_applied
+        if hook is None or not changed:
+            return
+        try:
+            hook(changed)
+        except Exception:
+            log.exception("stats_on_applied_failed")
 
     async def matches_page(self, *, limit: int = 20, before: int | None = None
                            ) -> dict[str, Any]:
@@ -281,6 +326,58 @@ class StatsStore:
         """One session (player id, first match id) with its matches, or None."""
         return await self._guarded(functools.partial(
             sessions.session, self._require().conn, key, gap_s=gap_s))
+
+
+@dataclass(slots=True)
+class _Tx:
+    """What one transaction did, to write back once at its end."""
+
+    engines: dict[int, MatchStats] = field(default_factory=dict)  # read or fed
+    fed: set[int] = field(default_factory=set)  # engines to write back
+    closed: set[int] = field(default_factory=set)  # matches ended by it
+    changed: set[int] = field(default_factory=set)  # for StatsStore.on_applied
+    last_event: dict[int, float] = field(default_factory=dict)  # received_at per match
+    last_seq: int = 0  # the highest seq whose effect it keeps
+    write: bool = False  # whether there is anything to commit
+
+
+def rounded(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """A player's derived statistics as stored: 0.1 for uu and uu/s, else 0.01."""
+    out: dict[str, Any] = {}
+    for key, value in stats.items():
+        if isinstance(value, float):
+            value = round(value, 1 if key in _TENTHS else 2)
+        out[key] = value
+    return out
+
+
+def write_derived(conn: sqlite3.Connection, match_id: int, engine: MatchStats) -> None:
+    """The engine's state and figures into the match's rows (inside a transaction)."""
+    conn.execute(
+        "INSERT INTO match_engine (match_id, state) VALUES (?, ?) "
+        "ON CONFLICT (match_id) DO UPDATE SET state = excluded.state",
+        (match_id, orjson.dumps(engine.to_state()).decode()),
+    )
+    conn.execute("UPDATE matches SET duration_s = ? WHERE id = ?",
+                 (round(engine.duration_s, 2), match_id))
+    for num, team in engine.teams().items():
+        conn.execute(
+            "INSERT INTO match_teams (match_id, num, possession_s) VALUES (?, ?, ?) "
+            "ON CONFLICT (match_id, num) DO UPDATE SET possession_s = excluded.possession_s",
+            (match_id, num, round(team["possession_s"], 2)),
+        )
+    ids = dict(conn.execute(
+        "SELECT p.key, mp.player_id FROM match_players mp JOIN players p ON p.id = mp.player_id "
+        "WHERE mp.match_id = ?",
+        (match_id,),
+    ).fetchall())
+    for key, stats in engine.players().items():
+        player_id = ids.get(key)
+        if player_id is not None:
+            conn.execute(
+                "UPDATE match_players SET stats = ? WHERE match_id = ? AND player_id = ?",
+                (orjson.dumps(rounded(stats)).decode(), match_id, player_id),
+            )
 
 
 class _Db:
@@ -321,6 +418,8 @@ class _Db:
                     f"{SCHEMA_VERSION}; start the daemon once to migrate it"
                 )
             (self.last_seq,) = conn.execute("SELECT last_seq FROM applied").fetchone()
+            #: The engines of open matches, as committed (see _keep).
+            self.engines: dict[int, MatchStats] = {}
         except BaseException:
             conn.close()
             raise
@@ -337,30 +436,196 @@ class _Db:
 
     # -- applying jobs ----------------------------------------------------------------------
 
-    def apply(self, job: Job) -> Outcome:
-        # At or below the mark: a replay after a crash, or a dead letter put back in its
-        # old place. It runs as a late event: its snapshot is older than the state and is
-        # skipped, its facts (a goal, an end) are stored unless already there.
-        revisit = job.seq <= self.last_seq
-        event = formats.parse(job.payload)
-        if isinstance(event, formats.Generic):
-            # Nothing to store; a replay of it changes nothing either.
-            return "replayed" if revisit else "unchanged"
+    def apply(self, job: Job) -> tuple[Outcome, frozenset[int]]:
+        """One job in its own transaction: (what happened, the matches it changed)."""
+        outcomes, changed = self.apply_run((job,))
+        return outcomes[0], changed
+
+    def apply_run(self, jobs: Sequence[Job]) -> tuple[list[Outcome], frozenset[int]]:
+        """Consecutive jobs in ONE transaction with the last applied seq: all or nothing.
+
+        Each job is applied as the single path would (a savepoint keeps a job that
+        changed nothing from writing). The engines of the matches the run touched are
+        written back once, at the end, with the derived figures. If anything fails the
+        whole run is rolled back, the engines it touched are forgotten (they are read
+        again from the file), and the error is raised.
+        """
         conn = self.conn
+        tx = _Tx()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            outcome = Apply(conn, job, revisit=revisit).run(event)
-            if outcome == "unchanged" or (revisit and outcome != "applied"):
+            outcomes = [self._one(job, tx) for job in jobs]
+            if not tx.write:
                 conn.execute("ROLLBACK")
-                return "replayed" if revisit else outcome
-            if not revisit:
-                conn.execute("UPDATE applied SET last_seq = ?", (job.seq,))
+                return outcomes, frozenset()
+            self._write_back(tx)
+            if tx.last_seq > self.last_seq:
+                conn.execute("UPDATE applied SET last_seq = ?", (tx.last_seq,))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            for match_id in tx.engines:
+                self.engines.pop(match_id, None)  # may hold effects that were rolled back
             raise
-        self.last_seq = max(self.last_seq, job.seq)
+        self.last_seq = max(self.last_seq, tx.last_seq)
+        self._keep(tx)
+        return outcomes, frozenset(tx.changed)
+
+    def _one(self, job: Job, tx: _Tx) -> Outcome:
+        """Apply one job inside the open transaction."""
+        conn = self.conn
+        # At or below the mark: a replay after a crash, or a dead letter put back in its
+        # old place. It runs as a late event: its snapshot is older than the state and is
+        # skipped, its facts (a goal, an end) are stored unless already there; the
+        # engine, whose state was committed with the mark, is not fed it again.
+        revisit = job.seq <= self.last_seq
+        event = formats.parse(job.payload)
+        if isinstance(event, formats.Generic):
+            # Nothing to store; the clock, phase and demolition events feed the engine.
+            if revisit:
+                return "replayed"
+            if isinstance(event, _ENGINE_EVENTS):
+                self._feed_generic(event, job, tx)
+            return "unchanged"
+        conn.execute("SAVEPOINT job")
+        apply = Apply(conn, job, revisit=revisit)
+        outcome = apply.run(event)
+        kept = not (outcome == "unchanged" or (revisit and outcome != "applied"))
+        if kept:
+            conn.execute("RELEASE job")
+            tx.write = True
+            if not revisit:
+                tx.last_seq = max(tx.last_seq, job.seq)
+        else:
+            conn.execute("ROLLBACK TO job")
+            conn.execute("RELEASE job")
+            if revisit:
+                outcome = "replayed"
+        match_id = apply.match_id
+        if match_id is None and isinstance(event, formats.Snapshot) and not apply.late:
+            match_id = self._match_of(event.match_guid, apply.feed.current)
+        if match_id is not None and not revisit and not apply.late \
+                and outcome not in ("stale", "ignored"):
+            self._feed(tx, match_id, event, job)
+        if kept:
+            for ended in apply.ended:
+                self._engine(tx, ended).close()
+                tx.fed.add(ended)
+                tx.closed.add(ended)
+                tx.changed.add(ended)
+            if match_id is not None:
+                tx.changed.add(match_id)
         return outcome
+
+    def _feed_generic(self, event: formats.Generic, job: Job, tx: _Tx) -> None:
+        """Feed a clock, phase or demolition event to its match's engine, if known.
+
+        Late ones (at or below the feed's X-Sequence mark) count only if demolitions,
+        which count whenever they come.
+        """
+        row = self.conn.execute(
+            "SELECT current_match, high_sequence FROM feeds WHERE feed = ?", (job.source or "",)
+        ).fetchone()
+        current, high = (None, None) if row is None else (row[0], row[1])
+        late = job.sequence is not None and high is not None and job.sequence <= high
+        if late and not isinstance(event, formats.Demolition):
+            return
+        data = event.data
+        guid = data.get("MatchGuid") if isinstance(data, Mapping) else None
+        match_id = self._match_of(guid if isinstance(guid, str) else None, current)
+        if match_id is not None:
+            self._feed(tx, match_id, event, job)
+
+    def _match_of(self, guid: str | None, current: int | None) -> int | None:
+        """The match an event names (by id), else the feed's current one; never a new one."""
+        if guid:
+            row = self.conn.execute("SELECT id FROM matches WHERE guid = ?", (guid,)).fetchone()
+            return None if row is None else int(row[0])
+        return current
+
+    def _feed(self, tx: _Tx, match_id: int, event: formats.Event, job: Job) -> None:
+        self._engine(tx, match_id).feed(event)
+        tx.fed.add(match_id)
+        tx.changed.add(match_id)
+        tx.write = True
+        tx.last_seq = max(tx.last_seq, job.seq)
+        tx.last_event[match_id] = max(tx.last_event.get(match_id, 0.0), job.received_at)
+
+    def _engine(self, tx: _Tx, match_id: int) -> MatchStats:
+        """The match's engine: this transaction's, the cached one, or read from the file."""
+        engine = tx.engines.get(match_id)
+        if engine is not None:
+            return engine
+        engine = self.engines.pop(match_id, None)
+        if engine is None:
+            row = self.conn.execute(
+                "SELECT state FROM match_engine WHERE match_id = ?", (match_id,)
+            ).fetchone()
+            engine = MatchStats()
+            if row is not None:
+                try:
+                    engine = MatchStats.from_state(orjson.loads(row[0]))
+                except (ValueError, TypeError, KeyError):
+                    log.warning("stats_engine_state_unreadable", match_id=match_id)
+        tx.engines[match_id] = engine
+        return engine
+
+    def _write_back(self, tx: _Tx) -> None:
+        """Once per transaction: each fed engine's state and the figures it gives."""
+        conn = self.conn
+        for match_id in sorted(tx.fed):
+            write_derived(conn, match_id, tx.engines[match_id])
+        for match_id, at in tx.last_event.items():
+            conn.execute(
+                "UPDATE matches SET last_event_at = ? WHERE id = ? "
+                "AND (last_event_at IS NULL OR last_event_at < ?)",
+                (at, match_id, at),
+            )
+
+    def _keep(self, tx: _Tx) -> None:
+        """After a commit: the engines of open matches stay in memory for the next run."""
+        engines = self.engines
+        for match_id, engine in tx.engines.items():
+            if match_id not in tx.closed:
+                engines[match_id] = engine  # the newest last: evicted last
+        while len(engines) > _ENGINES_KEPT:
+            engines.pop(next(iter(engines)))
+
+    def close_idle(self, cutoff: float) -> list[int]:
+        """Close the open matches whose last event came before `cutoff` (end reason
+        "idle", ended at their last event); the feeds playing them play none now."""
+        conn = self.conn
+        rows = conn.execute(
+            "SELECT id, last_event_at FROM matches WHERE ended_at IS NULL "
+            "AND last_event_at < ? ORDER BY id",
+            (cutoff,),
+        ).fetchall()
+        if not rows:
+            return []
+        tx = _Tx()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for match_id, last_event_at in rows:
+                conn.execute(
+                    "UPDATE matches SET ended_at = ?, end_reason = 'idle' "
+                    "WHERE id = ? AND ended_at IS NULL",
+                    (last_event_at, match_id),
+                )
+                conn.execute("UPDATE feeds SET current_match = NULL WHERE current_match = ?",
+                             (match_id,))
+                self._engine(tx, match_id).close()
+                tx.fed.add(match_id)
+                tx.closed.add(match_id)
+            self._write_back(tx)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for match_id in tx.engines:
+                self.engines.pop(match_id, None)
+            raise
+        self._keep(tx)
+        return [int(row[0]) for row in rows]
 
     # -- reading ------------------------------------------------------------------------------
