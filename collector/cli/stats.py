@@ -1,8 +1,10 @@
-"""`collector matches` and `collector players`: the statistics as readable tables.
+"""`collector matches`, `collector players` and `collector sessions`: the statistics as
+readable tables, JSON (``--json``) or CSV (``--csv``).
 
 They find the data the way every command does (collector.cli.client): the running
 daemon's query API at ``--url`` or the configured address, else stats.db in the data
-dir, read-only (which works while the daemon runs).
+dir, read-only (which works while the daemon runs). CSV is built here from the same
+documents, by the same code as the API's ``?format=csv`` (collector.stats.csvout).
 """
 
 from __future__ import annotations
@@ -24,11 +26,15 @@ from collector.cli.client import (
 from collector.cli.output import cell, out, print_json, table, when
 from collector.config import Settings
 from collector.logs import configure_logging
+from collector.stats import csvout
 from collector.stats.queries import parse_players_cursor
+from collector.stats.sessions import parse_session_id
 from collector.stats.store import StatsStore
 
 EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2
 _MAX_LIMIT = 100
+_MAX_ID = 2**63 - 1
 
 
 class QueryError(AdminError):
@@ -36,11 +42,15 @@ class QueryError(AdminError):
 
 
 def register(subparsers: Any) -> None:
-    """Add the `matches` and `players` sub-commands."""
+    """Add the `matches`, `players` and `sessions` sub-commands."""
     common = connection_options()
+    common.add_argument("--csv", action="store_true",
+                        help="print CSV: one row per player line, player or session")
     for name, what, func in (
         ("matches", "list matches, newest first, or show one (ID or guid)", _cmd_matches),
         ("players", "list players with career totals, or show one (ID)", _cmd_players),
+        ("sessions", "list player sessions (matches less than [stats] session_gap_minutes "
+         "apart), newest first, or show one (ID)", _cmd_sessions),
     ):
         parser = subparsers.add_parser(name, parents=[common], help=what, description=what + (
             ". Asks the running daemon (--url, default the configured address); when none "
@@ -50,57 +60,112 @@ def register(subparsers: Any) -> None:
                             help=f"rows per page, 1 to {_MAX_LIMIT} (default 20)")
         parser.add_argument("--before", metavar="CURSOR",
                             help="the next page: the cursor the previous page printed")
+        if name == "sessions":
+            parser.add_argument("--player", metavar="ID", type=types.bounded_int(0, _MAX_ID),
+                                help="only this player's sessions")
         parser.set_defaults(func=func)
 
 
 def _cmd_matches(args: argparse.Namespace) -> int:
     if args.id is None:
-        return _show(args, "/v1/matches", _local_matches, _render_matches)
-    return _show(args, f"/v1/matches/{quote(args.id, safe='')}", _local_match, _render_match)
+        return _show(args, "/v1/matches", _local_matches, _render_matches, "matches")
+    return _show(args, f"/v1/matches/{quote(args.id, safe='')}", _local_match, _render_match,
+                 "match")
 
 
 def _cmd_players(args: argparse.Namespace) -> int:
     if args.id is None:
-        return _show(args, "/v1/players", _local_players, _render_players)
-    return _show(args, f"/v1/players/{quote(args.id, safe='')}", _local_player, _render_player)
+        return _show(args, "/v1/players", _local_players, _render_players, "players")
+    return _show(args, f"/v1/players/{quote(args.id, safe='')}", _local_player, _render_player,
+                 "player")
 
 
-Local = Callable[[StatsStore, argparse.Namespace], Awaitable[dict[str, Any]]]
+def _cmd_sessions(args: argparse.Namespace) -> int:
+    if args.id is None:
+        return _show(args, "/v1/sessions", _local_sessions, _render_sessions, "sessions")
+    return _show(args, f"/v1/sessions/{quote(args.id, safe='')}", _local_session,
+                 _render_session, "session")
+
+
+_DOCUMENTS = {"match": "/v1/matches", "player": "/v1/players"}
+Local = Callable[[StatsStore, argparse.Namespace, Settings], Awaitable[dict[str, Any]]]
+#: A full document by kind ("match" or "player") and id, for the CSV of a list.
+Fetch = Callable[[str, int], Awaitable[dict[str, Any]]]
 
 
 def _show(args: argparse.Namespace, path: str, local: Local,
-          render: Callable[[dict[str, Any]], list[str]]) -> int:
+          render: Callable[[dict[str, Any]], list[str]], kind: str) -> int:
     configure_logging("warning", "console", stream=sys.stderr)  # tables alone on stdout
+    if args.json and args.csv:
+        sys.stderr.write("collector: error: --json and --csv: choose one\n")
+        return EXIT_USAGE
     params: dict[str, str] = {}
     if args.id is None:
         params["limit"] = str(args.limit)
         if args.before:
             params["before"] = args.before
+        if getattr(args, "player", None) is not None:
+            params["player"] = str(args.player)
 
-    async def remote(admin: HttpAdmin) -> dict[str, Any]:
-        return await admin.get_json(path, params)
+    async def remote(admin: HttpAdmin) -> tuple[dict[str, Any], str | None]:
+        data = await admin.get_json(path, params)
 
-    async def from_file(settings: Settings, _why: str | None) -> dict[str, Any]:
+        async def fetch(what: str, key: int) -> dict[str, Any]:
+            return await admin.get_json(f"{_DOCUMENTS[what]}/{key}")
+
+        return data, await _csv_text(kind, data, fetch) if args.csv else None
+
+    async def from_file(settings: Settings, _why: str | None
+                        ) -> tuple[dict[str, Any], str | None]:
         store = StatsStore(settings.server.data_dir, readonly=True)
         try:  # a damaged file: one line (StatsDamagedError), the thread stopped
             await store.open()
-            return await local(store, args)
+            data = await local(store, args, settings)
+
+            async def fetch(what: str, key: int) -> dict[str, Any]:
+                doc = await (store.match(key) if what == "match" else store.player(key))
+                if doc is None:
+                    raise QueryError(f"no {what} {key}")
+                return doc
+
+            return data, await _csv_text(kind, data, fetch) if args.csv else None
         finally:
             await store.close()
 
     try:
-        data = asyncio.run(daemon_or_data_dir(args, remote, from_file))
+        data, csv_text = asyncio.run(daemon_or_data_dir(args, remote, from_file))
     except AdminError as exc:
         sys.stderr.write(f"collector: error: {exc}\n")
         return EXIT_NOT_FOUND
-    if args.json:
+    if csv_text is not None:
+        sys.stdout.write(csv_text)
+        if data.get("next"):  # stdout is the CSV alone
+            sys.stderr.write(f"(more: --before {data['next']})\n")
+    elif args.json:
         print_json(data)
     else:
         out("\n".join(render(data)))
     return 0
 
 
-async def _local_matches(store: StatsStore, args: argparse.Namespace) -> dict[str, Any]:
+async def _csv_text(kind: str, data: dict[str, Any], fetch: Fetch) -> str:
+    """The CSV of a page or a document, as the API's ?format=csv gives it."""
+    if kind == "matches":
+        return csvout.matches_csv([await fetch("match", m["id"]) for m in data["matches"]])
+    if kind == "players":
+        return csvout.players_csv([await fetch("player", p["id"]) for p in data["players"]])
+    if kind == "sessions":
+        return csvout.sessions_csv(data["sessions"])
+    return {"match": csvout.matches_csv, "player": csvout.players_csv,
+            "session": csvout.sessions_csv}[kind]([data])
+
+
+def _gap_s(settings: Settings) -> float:
+    return settings.stats.session_gap_minutes * 60.0
+
+
+async def _local_matches(store: StatsStore, args: argparse.Namespace, _settings: Settings
+                         ) -> dict[str, Any]:
     before = None
     if args.before is not None:
         if not args.before.isdigit():
@@ -109,7 +174,8 @@ async def _local_matches(store: StatsStore, args: argparse.Namespace) -> dict[st
     return await store.matches_page(limit=args.limit, before=before)
 
 
-async def _local_match(store: StatsStore, args: argparse.Namespace) -> dict[str, Any]:
+async def _local_match(store: StatsStore, args: argparse.Namespace, _settings: Settings
+                       ) -> dict[str, Any]:
     key: int | str = int(args.id) if args.id.isdigit() else args.id
     match = await store.match(key)
     if match is None:
@@ -117,7 +183,8 @@ async def _local_match(store: StatsStore, args: argparse.Namespace) -> dict[str,
     return match
 
 
-async def _local_players(store: StatsStore, args: argparse.Namespace) -> dict[str, Any]:
+async def _local_players(store: StatsStore, args: argparse.Namespace, _settings: Settings
+                         ) -> dict[str, Any]:
     before = None
     if args.before is not None:
         before = parse_players_cursor(args.before)
@@ -126,11 +193,37 @@ async def _local_players(store: StatsStore, args: argparse.Namespace) -> dict[st
     return await store.players_page(limit=args.limit, before=before)
 
 
-async def _local_player(store: StatsStore, args: argparse.Namespace) -> dict[str, Any]:
+async def _local_player(store: StatsStore, args: argparse.Namespace, _settings: Settings
+                        ) -> dict[str, Any]:
     player = await store.player(int(args.id)) if args.id.isdigit() else None
     if player is None:
         raise QueryError(f"no player {args.id!r}")
     return player
+
+
+async def _local_sessions(store: StatsStore, args: argparse.Namespace, settings: Settings
+                          ) -> dict[str, Any]:
+    before = None
+    if args.before is not None:
+        before = parse_session_id(args.before)
+        if before is None:
+            raise QueryError(f"--before: not a cursor: {args.before!r}")
+    page = await store.sessions_page(gap_s=_gap_s(settings), limit=args.limit, before=before,
+                                     player=args.player)
+    if page is None:
+        raise QueryError(f"--before: not a cursor: {args.before!r}")
+    return page
+
+
+async def _local_session(store: StatsStore, args: argparse.Namespace, settings: Settings
+                         ) -> dict[str, Any]:
+    key = parse_session_id(args.id)
+    if key is None:
+        raise QueryError(f"not a session id (<player id>.<first match id>): {args.id!r}")
+    session = await store.session(key, gap_s=_gap_s(settings))
+    if session is None:
+        raise QueryError(f"no session {args.id!r}")
+    return session
 
 
 # -- rendering -----------------------------------------------------------------------------
@@ -220,5 +313,54 @@ def _render_player(player: dict[str, Any]) -> list[str]:
         [(m["id"], when(m.get("started_at")), m.get("arena"), m.get("team"), m.get("won"),
           m.get("score"), m.get("goals"), m.get("assists"), m.get("saves"))
          for m in player.get("recent_matches", [])],
+    )
+    return out
+
+
+def _record(session: dict[str, Any]) -> str:
+    """Wins-losses, e.g. 3-1."""
+    return f"{session.get('wins', 0)}-{session.get('losses', 0)}"
+
+
+def _streak(session: dict[str, Any]) -> str:
+    streak = session.get("streak")
+    return f"{streak['kind']}{streak['length']}" if streak else "-"
+
+
+def _render_sessions(page: dict[str, Any]) -> list[str]:
+    rows = []
+    for s in page["sessions"]:
+        averages, stats = s.get("averages") or {}, s.get("stats") or {}
+        rows.append((s["id"], when(s.get("started_at")), s["player"]["name"], s["matches"],
+                     _record(s), _streak(s), averages.get("score"), averages.get("goals"),
+                     averages.get("saves"), stats.get("boost_avg"), stats.get("speed_avg")))
+    if not rows:
+        return ["no sessions yet"]
+    return table(("ID", "STARTED", "PLAYER", "MATCHES", "W-L", "STREAK", "SCORE/M",
+                  "GOALS/M", "SAVES/M", "BOOST AVG", "SPEED AVG"), rows) + _more(page)
+
+
+def _render_session(session: dict[str, Any]) -> list[str]:
+    averages, stats = session.get("averages") or {}, session.get("stats") or {}
+    matches = session.get("matches") or []
+    out = [
+        f"session {session['id']}  player {session['player']['id']} "
+        f"{session['player']['name']}",
+        f"started {when(session.get('started_at'))}  ended {when(session.get('ended_at'))}",
+        f"matches {len(matches)}  W-L {_record(session)}  streak {_streak(session)}",
+        "per match: " + "  ".join(f"{f} {cell(averages.get(f))}"
+                                   for f in ("score", "goals", "assists", "saves", "shots")),
+        f"boost avg {cell(stats.get('boost_avg'))}  bpm {cell(stats.get('bpm'))}  "
+        f"speed avg {cell(stats.get('speed_avg'))}  "
+        f"supersonic {cell(stats.get('time_supersonic_s'))} s",
+        "",
+    ]
+    out += table(
+        ("MATCH", "STARTED", "ARENA", "TEAM", "WON", "SCORE", "GOALS", "ASSISTS", "SAVES",
+         "BOOST AVG", "SPEED AVG"),
+        [(m["id"], when(m.get("started_at")), m.get("arena"), m.get("team"), m.get("won"),
+          m.get("score"), m.get("goals"), m.get("assists"), m.get("saves"),
+          (m.get("stats") or {}).get("boost_avg"), (m.get("stats") or {}).get("speed_avg"))
+         for m in matches],
     )
     return out
