@@ -27,6 +27,7 @@ from typing import Any, Final, Protocol, TypeVar
 import aiohttp
 import orjson
 
+from collector.bridge.failures import request_failure
 from collector.config import Settings, load_settings, read_token_file
 from collector.errors import StartupError
 from collector.files import LOCK_FILE, locked_data_dir
@@ -129,7 +130,7 @@ class HttpAdmin:
                 raw = await resp.read()
                 status = resp.status
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise UnreachableError(f"{method} {url}: {exc or type(exc).__name__}") from None
+            raise UnreachableError(f"{method} {url}: {request_failure(exc, url)}") from None
         except aiohttp.ClientError as exc:
             raise AdminError(f"{method} {url}: {exc}") from None
         try:
