@@ -29,6 +29,9 @@ Figures (noop handler, the worker draining concurrently unless said otherwise):
            process) with a 256 KiB token: median time of a guess wrong only in its last
            character over one wrong in its first, beside the same figure for a plain ==
            measured in the same run (which shows the harness can see an early exit here)
+  pipeline the whole pipeline on real recorded messages (every message of the recording,
+           in copies that are matches of their own), POSTed in 100-event arrays until the
+           last is applied: the default handler (stats) against noop, in turns
 
 With --busy N, N processes spin on the CPUs for the whole run (each a program of its own,
 in a session of its own, at the default priority), as other services would on a home
@@ -73,7 +76,7 @@ REFERENCE = REPO / "scripts" / "reference_server.py"
 GATE_HANDLER = "scripts.bench_handlers:gate"
 GATE_ENV = "BENCH_GATE_FILE"  # the variable scripts/bench_handlers.py reads
 QUEUE_FILES = ("queue.db", "queue.db-wal", "queue.db-shm")
-FIGURES = ("single", "arrays", "latency", "drain", "memory", "cycles", "token")
+FIGURES = ("single", "arrays", "latency", "drain", "memory", "cycles", "token", "pipeline")
 HOST = "127.0.0.1"
 EVENTS_PER_ARRAY = 100
 REQUEST_TIMEOUT_S = 10  # a load-generator request slower than this counts as timed out
@@ -109,13 +112,14 @@ class Plan:
     serve_s: float = 3.0  # serving time before the second RSS reading
     rounds: int = 3  # runs of each server, in turns, for the load figures; drains
     single_rounds: int = 5  # ... for the single-event figure, the one whose target is a ratio
+    pipeline_copies: int = 40  # copies of the recording, each a match of its own (pipeline)
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
         if quick:
             return cls(quick=True, duration_s=2, warmup_s=1, drain_jobs=20_000,
                        memory_jobs=50_000, cycle_jobs=20_000, serve_s=1.0, rounds=1,
-                       single_rounds=1)
+                       single_rounds=1, pipeline_copies=4)
         return cls(quick=False, duration_s=10, warmup_s=1)
 
 
@@ -463,14 +467,15 @@ class Harness:
             argv.append("--fast")
         return self._server(name, argv, port, base_env())
 
-    def collector(self, data_dir: Path, *, gate: Path | None = None) -> Server:
+    def collector(self, data_dir: Path, *, gate: Path | None = None, handler: str = "noop"
+                  ) -> Server:
         """`collector serve` on `data_dir`; with `gate`, the worker waits for that file."""
         port = free_port()
         argv = [sys.executable, "-m", "collector", "serve", "--port", str(port),
-                "--data-dir", str(data_dir), "--handler", "noop" if gate is None else GATE_HANDLER]
+                "--data-dir", str(data_dir), "--handler", handler if gate is None else GATE_HANDLER]
         env = base_env()
         expected: frozenset[str] = frozenset()
-        name = "collector (noop)"
+        name = f"collector ({handler})"
         if gate is not None:
             name = "collector (gate)"
             env[GATE_ENV] = str(gate)
@@ -1176,6 +1181,75 @@ def figure_token(h: Harness) -> None:
                      Target("max", 1.25, "≤ 1.25x"), "plain =="))
 
 
+def recording_copies(path: Path, copies: int) -> list[bytes]:
+    """Every message of the recording (not only UpdateState), `copies` times over, each
+    copy a match of its own: its MatchGuid changed, so that the stats store opens a
+    match, players and careers for each, as hundreds of players would."""
+    lines = [line.strip() for line in path.read_bytes().splitlines() if line.strip()]
+    guid = json.loads(json.loads(lines[0])["Data"])["MatchGuid"].encode()
+    if not guid or any(guid not in line for line in lines if b"MatchGuid" in line):
+        raise BenchError(f"{path}: no MatchGuid to vary")
+    return [line.replace(guid, b"%032X" % (int(guid, 16) + k)) for k in range(copies)
+            for line in lines]
+
+
+def _pipeline_once(h: Harness, handler: str, bodies: Path, total: int, round_: int) -> float:
+    """POST `total` events (100-event arrays, 8 connections) to a fresh daemon with
+    `handler`; events/s from the first POST until every one of them is processed."""
+    data_dir = h.tmp / f"pipeline-{handler}-{round_}"
+    server = h.collector(data_dir, handler=handler)
+    server.wait_ready()
+    argv = [sys.executable, str(LOADGEN), "--port", str(server.port), "--bodies", str(bodies),
+            "--connections", str(h.plan.fill_connections),
+            "--requests", str(total // EVENTS_PER_ARRAY), "--timeout", "60",
+            "--max-time", "600"]
+    started = time.monotonic()
+    result = run_loader(argv, timeout=660, cwd=h.tmp)
+    deadline = started + 600
+    while (queue := server.queue())["processed_total"] + queue["dead"] < total:
+        if time.monotonic() > deadline:
+            raise BenchError(f"pipeline ({handler}): {queue['processed_total']:,} of "
+                             f"{total:,} processed after 600 s")
+        time.sleep(POLL_S)
+    elapsed = time.monotonic() - started
+    h.finish(server)
+    shutil.rmtree(data_dir, ignore_errors=True)
+    if result.ok != total // EVENTS_PER_ARRAY or queue["dead"]:
+        raise BenchError(f"pipeline ({handler}): {result.ok} requests answered 202 of "
+                         f"{total // EVENTS_PER_ARRAY}, {queue['dead']} dead letters")
+    return total / elapsed
+
+
+def figure_pipeline(h: Harness) -> None:
+    """The whole pipeline on real recorded messages, default handler (stats) against noop,
+    in turns: POST, store, apply, until the last event is applied."""
+    events = recording_copies(CAPTURE, h.plan.pipeline_copies)
+    total = len(events) - len(events) % EVENTS_PER_ARRAY
+    bodies = h.tmp / "pipeline.bodies"
+    write_bodies(bodies, [events[i:i + EVENTS_PER_ARRAY]
+                          for i in range(0, total, EVENTS_PER_ARRAY)], array=True)
+    say(f"\n== pipeline: {total:,} real messages ({h.plan.pipeline_copies} copies of the "
+        f"recording, each a match of its own) POSTed in 100-event arrays at "
+        f"{h.plan.fill_connections} connections, until the last is applied; --handler stats "
+        f"(the default) against --handler noop, {h.plan.rounds} rounds in turns")
+    stats_runs: list[float] = []
+    noop_runs: list[float] = []
+    for round_ in range(1, h.plan.rounds + 1):
+        for handler, runs in (("noop", noop_runs), ("stats", stats_runs)):
+            rate = _pipeline_once(h, handler, bodies, total, round_)
+            runs.append(rate)
+            say(f"  {round_}  {handler:<5} {rate:,.0f} events/s")
+    stats_rate, noop_rate = median_value(stats_runs), median_value(noop_runs)
+    assert stats_rate is not None
+    assert noop_rate is not None
+    say(f"  median rounds: stats {stats_rate:,.0f} events/s, noop {noop_rate:,.0f} events/s: "
+        f"{stats_rate / noop_rate:.2f}x")
+    h.report.details["pipeline"] = {"events": total, "stats_runs": stats_runs,
+                                    "noop_runs": noop_runs}
+    h.report.add(Row("pipeline, default handler vs noop", "events/s", stats_rate, noop_rate,
+                     Target("min_ratio", 0.25, "≥ 0.25x noop"), reference_label="noop"))
+
+
 FIGURE_FUNCS: dict[str, Callable[[Harness], None]] = {
     "single": figure_single,
     "arrays": figure_arrays,
@@ -1184,12 +1258,14 @@ FIGURE_FUNCS: dict[str, Callable[[Harness], None]] = {
     "memory": figure_memory,
     "cycles": figure_cycles,
     "token": figure_token,
+    "pipeline": figure_pipeline,
 }
 
 FIGURE_ROWS = {  # the rows a figure adds, for the table when it could not be measured
     "single": "single-event POSTs", "arrays": "100-event array POSTs",
     "latency": "p99 latency", "drain": "drain", "memory": "memory and start-up",
     "cycles": "fill/drain cycles", "token": "token check",
+    "pipeline": "pipeline, default handler vs noop",
 }
 
 
