@@ -8,9 +8,45 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any, Final
 
+import orjson
+
+from collector.stats.arenas import arena_name
+from collector.stats.derived import PLAYER_KEYS, Stats, aggregate
 from collector.stats.schema import LINE_FIELDS
 
 _RECENT_MATCHES: Final = 10
+#: The derived statistics the players list carries (the player document has them all).
+HEADLINE_KEYS: Final = ("tracked_s", "boost_avg", "bpm", "speed_avg", "time_supersonic_s",
+                        "demos_inflicted")
+
+
+def derived(text: str | None) -> Stats:
+    """A stored ``match_players.stats`` as the API shows it: every key, None where the
+    match had nothing for the player (or no ticks at all)."""
+    stored: dict[str, Any] = {}
+    if text:
+        try:
+            loaded = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            loaded = None
+        if isinstance(loaded, dict):
+            stored = loaded
+    return {key: stored.get(key) for key in PLAYER_KEYS}
+
+
+def _aggregated(texts: Sequence[str | None]) -> Stats:
+    """Many matches' stored statistics as one (derived.aggregate), every key present."""
+    lines = [derived(text) for text in texts if text]
+    if not lines:
+        return dict.fromkeys(PLAYER_KEYS)
+    total = aggregate(lines)
+    return {key: _round(key, total.get(key)) for key in PLAYER_KEYS}
+
+
+def _round(key: str, value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 1 if key in ("distance", "speed_avg") else 2)
+    return value
 
 
 def parse_players_cursor(text: str) -> tuple[int, int] | None:
@@ -38,12 +74,13 @@ def _teams(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, list[dict[
         return {}
     marks = ",".join("?" * len(ids))
     out: dict[int, list[dict[str, Any]]] = {}
-    for match_id, num, name, score in conn.execute(
-        f"SELECT match_id, num, name, score FROM match_teams WHERE match_id IN ({marks}) "  # noqa: S608 - only placeholders
-        "ORDER BY match_id, num",
+    for match_id, num, name, score, possession_s in conn.execute(
+        "SELECT match_id, num, name, score, possession_s FROM match_teams "  # noqa: S608 - only placeholders
+        f"WHERE match_id IN ({marks}) ORDER BY match_id, num",
         list(ids),
     ):
-        out.setdefault(match_id, []).append({"num": num, "name": name, "score": score})
+        out.setdefault(match_id, []).append(
+            {"num": num, "name": name, "score": score, "possession_s": possession_s})
     return out
 
 
@@ -58,10 +95,10 @@ def match(conn: sqlite3.Connection, key: int | str) -> dict[str, Any] | None:
     out = _match_json(row, _teams(conn, [match_id]).get(match_id, []))
     out["players"] = [
         {"player_id": r[0], "name": r[1], "primary_id": r[2], "team": r[3],
-         **dict(zip(LINE_FIELDS, r[4:], strict=True))}
+         **dict(zip(LINE_FIELDS, r[4:-1], strict=True)), "stats": derived(r[-1])}
         for r in conn.execute(
             "SELECT mp.player_id, mp.name, p.primary_id, mp.team, mp.score, mp.goals, "
-            "mp.shots, mp.assists, mp.saves, mp.touches, mp.demos "
+            "mp.shots, mp.assists, mp.saves, mp.touches, mp.demos, mp.stats "
             "FROM match_players mp JOIN players p ON p.id = mp.player_id "
             "WHERE mp.match_id = ? ORDER BY mp.team IS NULL, mp.team, mp.score DESC, "
             "mp.player_id",
@@ -94,6 +131,10 @@ def players_page(conn: sqlite3.Connection, limit: int, before: tuple[int, int] |
     more = len(rows) > limit
     rows = rows[:limit]
     players = [_player_json(r) for r in rows]
+    headlines = _headlines(conn, [r[0] for r in rows])
+    for one in players:
+        stats = headlines.get(one["id"]) or dict.fromkeys(PLAYER_KEYS)
+        one["stats"] = {key: stats[key] for key in HEADLINE_KEYS}
     cursor = f"{rows[-1][_PLAYER_LAST_SEQ]}.{rows[-1][0]}" if more else None
     return {"players": players, "next": cursor}
 
@@ -106,15 +147,17 @@ def player(conn: sqlite3.Connection, player_id: int) -> dict[str, Any] | None:
     if row is None:
         return None
     out = _player_json(row)
+    out["stats"] = _headlines(conn, [player_id]).get(player_id) or dict.fromkeys(PLAYER_KEYS)
     out["recent_matches"] = [
-        {"id": r[0], "guid": r[1], "arena": r[2], "playlist": r[3], "started_at": r[4],
-         "ended_at": r[5], "winner": r[6], "team": r[7],
-         "won": None if r[6] is None or r[7] is None else r[6] == r[7],
-         **dict(zip(LINE_FIELDS, r[8:], strict=True))}
+        {"id": r[0], "guid": r[1], "arena": r[2], "arena_name": arena_name(r[2]),
+         "playlist": r[3], "started_at": r[4], "ended_at": r[5], "winner": r[6],
+         "team": r[7], "won": None if r[6] is None or r[7] is None else r[6] == r[7],
+         **dict(zip(LINE_FIELDS, r[8:-2], strict=True)), "duration_s": r[-2],
+         "stats": derived(r[-1])}
         for r in conn.execute(
             "SELECT m.id, m.guid, m.arena, m.playlist, m.started_at, m.ended_at, "
             "m.winner, mp.team, mp.score, mp.goals, mp.shots, mp.assists, mp.saves, "
-            "mp.touches, mp.demos FROM match_players mp "
+            "mp.touches, mp.demos, m.duration_s, mp.stats FROM match_players mp "
             "JOIN matches m ON m.id = mp.match_id WHERE mp.player_id = ? "
             "ORDER BY m.id DESC LIMIT ?",
             (player_id, _RECENT_MATCHES),
@@ -123,9 +166,24 @@ def player(conn: sqlite3.Connection, player_id: int) -> dict[str, Any] | None:
     return out
 
 
+def _headlines(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, Stats]:
+    """Each player's derived statistics over all their matches (derived.aggregate)."""
+    if not ids:
+        return {}
+    marks = ",".join("?" * len(ids))
+    texts: dict[int, list[str | None]] = {}
+    for player_id, text in conn.execute(
+        f"SELECT player_id, stats FROM match_players WHERE player_id IN ({marks}) "  # noqa: S608 - only placeholders
+        "AND stats IS NOT NULL",
+        list(ids),
+    ):
+        texts.setdefault(player_id, []).append(text)
+    return {player_id: _aggregated(lines) for player_id, lines in texts.items()}
+
+
 _MATCH_COLUMNS: Final = (
     "id, guid, arena, playlist, started_at, ended_at, overtime, winner, offline, "
-    "end_reason, time_seconds"
+    "end_reason, time_seconds, duration_s, last_event_at"
 )
 _PLAYER_COLUMNS: Final = (
     "p.id, p.name, p.primary_id, p.matches, p.score, p.goals, p.shots, p.assists, p.saves, "
@@ -141,7 +199,8 @@ def _match_json(row: Sequence[Any], teams: list[dict[str, Any]]) -> dict[str, An
         "id": row[0], "guid": row[1], "arena": row[2], "playlist": row[3],
         "started_at": row[4], "ended_at": row[5], "overtime": bool(row[6]),
         "winner": row[7], "offline": bool(row[8]), "end_reason": row[9],
-        "time_seconds": row[10], "teams": teams,
+        "time_seconds": row[10], "arena_name": arena_name(row[2]), "duration_s": row[11],
+        "last_event_at": row[12], "teams": teams,
     }
 
 

@@ -94,7 +94,8 @@ async def test_the_recording_gives_the_score_and_lines_its_readme_states(
     match = await only_match(store)
     assert match["guid"] == GUID
     assert match["arena"] == "cs_p"
-    assert match["teams"] == [{"num": 0, "name": "Blue", "score": 0},
+    assert [{k: t[k] for k in ("num", "name", "score")} for t in match["teams"]] == [
+                              {"num": 0, "name": "Blue", "score": 0},
                               {"num": 1, "name": "Orange", "score": 1}]
     assert lines(match) == {"Zone Killa": (1, 326, 1), "nickm": (0, 0, 0)}
     assert match["goals"] == []  # the recording starts after the goal
@@ -364,7 +365,12 @@ async def test_the_same_events_in_any_order_with_sequences_end_in_the_same_state
             await store.apply(Job(seq=seq, payload=messages[i], received_at=T0,
                                   source="bridge", sequence=1000 + i))
         match = await only_match(store)
-        results.append((match["players"], match["teams"], await careers(store)))
+        # The scoreboard: the derived statistics of ticks skipped as stale differ, as they
+        # must (tests/unit/stats/test_stats_derived.py checks them out of order).
+        results.append(([{k: v for k, v in p.items() if k != "stats"}
+                         for p in match["players"]],
+                        [{k: v for k, v in t.items() if k != "possession_s"}
+                         for t in match["teams"]], await careers(store)))
         await store.close()
     zone = next(p for p in results[0][0] if p["name"] == "Zone Killa")
     assert (zone["score"], zone["goals"], zone["touches"]) == (326, 1, 266)
