@@ -200,7 +200,7 @@ class HttpAdmin:
                     if line.strip():
                         yield orjson.loads(line)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise AdminError(f"GET {url}: {exc or type(exc).__name__}") from None
+            raise AdminError(f"GET {url}: {request_failure(exc, url)}") from None
 
     async def put(self, batch: ImportBatch) -> tuple[int, bool]:
         """POST /v1/events with the batch's headers; waits out 503 answers."""
@@ -345,7 +345,8 @@ async def open_queue(settings: Settings) -> AsyncIterator[DurableQueue]:
     """Open the queue of a stopped daemon, holding its data dir's lock meanwhile."""
     data_dir = settings.server.data_dir
     if not data_dir.is_dir():
-        raise AdminError(f"data dir {data_dir} does not exist")
+        what = "is a file, not a folder" if data_dir.exists() else "does not exist"
+        raise AdminError(f"data dir {data_dir} {what}")
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(locked_data_dir(data_dir))

@@ -57,7 +57,10 @@ def _data_dir(args: argparse.Namespace) -> Path:
     overrides: dict[str, Any] = {}
     if getattr(args, "data_dir", None) is not None:
         overrides["server.data_dir"] = args.data_dir
-    return load_settings(getattr(args, "config", None), overrides=overrides).server.data_dir
+    data_dir = load_settings(getattr(args, "config", None), overrides=overrides).server.data_dir
+    if data_dir.exists() and not data_dir.is_dir():
+        raise StartupError(f"data dir {data_dir} is a file, not a folder")
+    return data_dir
 
 
 def _iso(timestamp: float | None) -> str | None:

@@ -226,3 +226,33 @@ def test_ctrl_c_stops_serve_cleanly(tmp_path: Path) -> None:
     assert server.proc.wait(60) == 0
     assert "Traceback" not in server.output()
     assert os.path.exists(server.data_dir / "queue.db")
+
+
+def test_every_data_dir_command_says_when_the_data_dir_is_a_file(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "data"
+    not_a_dir.write_text("x")
+    for command in (("check",), ("recover",), ("rebuild-stats",), ("dead", "list"),
+                    ("queue", "peek"), ("export",)):
+        done = run_cli(*command, "--data-dir", str(not_a_dir), cwd=tmp_path)
+        assert done.returncode == 1, (command, done.stdout)
+        assert one_line(done.stderr) == (
+            f"collector: error: data dir {not_a_dir} is a file, not a folder"), command
+
+
+def test_an_unreachable_daemon_is_said_plainly_by_every_command(tmp_path: Path) -> None:
+    url = "http://127.0.0.1:9"
+    for command, path in ((("status",), "/v1/queue"), (("export",), "/v1/pending"),
+                          (("dead", "list"), "/v1/dead"), (("queue", "peek"), "/v1/queue/peek"),
+                          (("matches",), "/v1/matches")):
+        done = run_cli(*command, "--url", url, cwd=tmp_path)
+        assert done.returncode == 1, (command, done.stdout)
+        assert one_line(done.stderr) == (
+            f"collector: error: GET {url}{path}: cannot connect to {url} (connection refused)"
+        ), command
+
+
+def test_a_usage_error_is_one_line_with_where_to_read_more(tmp_path: Path) -> None:
+    done = run_cli("dead", "retry", "x", cwd=tmp_path)
+    assert done.returncode == 2
+    assert one_line(done.stderr) == ("collector dead retry: error: argument SEQ: not an integer: "
+                                     "'x' (see `collector dead retry --help`)")
