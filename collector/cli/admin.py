@@ -299,12 +299,16 @@ async def _export(args: argparse.Namespace) -> int:
         assert isinstance(total, int)
         progress = Progress("export", total, show=args.progress)
         last = 0
-        with _output(args.output) as out:
-            async for job in jobs:
-                assert isinstance(job, dict)
-                out.write(orjson.dumps(job) + b"\n")
-                last = job["seq"]
-                progress.advance(1)
+        try:
+            with _output(args.output) as out:
+                async for job in jobs:
+                    assert isinstance(job, dict)
+                    out.write(orjson.dumps(job) + b"\n")
+                    last = job["seq"]
+                    progress.advance(1)
+        except OSError as exc:  # a full disk, a closed pipe: what was written stays
+            raise AdminError(f"writing {args.output} failed after {progress.done} jobs: "
+                             f"{exc.strerror or exc}") from None
     progress.finish(f"exported {progress.done} pending jobs (last seq {last})")
     return 0
 
