@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -256,3 +258,22 @@ def test_a_usage_error_is_one_line_with_where_to_read_more(tmp_path: Path) -> No
     assert done.returncode == 2
     assert one_line(done.stderr) == ("collector dead retry: error: argument SEQ: not an integer: "
                                      "'x' (see `collector dead retry --help`)")
+
+
+def test_export_to_a_full_disk_ends_in_one_line(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data", args=["--handler", "tests.support.model:held"],
+                           env={"MODEL_GATE_FILE": str(tmp_path / "never"),
+                                "MODEL_RECORD_FILE": str(tmp_path / "record")})
+    server.start()
+    try:
+        assert post_events(server.port, [{"n": n} for n in range(300)]).status == 202
+        with open("/dev/full", "wb") as full:
+            done = subprocess.run(
+                [sys.executable, "-m", "collector", "export", "--url", server.url],
+                stdout=full, stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=tmp_path,
+                timeout=60, check=False)
+        assert done.returncode == 1
+        assert one_line(done.stderr).startswith("collector: error: writing - failed after ")
+        assert one_line(done.stderr).endswith(" jobs: No space left on device")
+    finally:
+        server.kill()
