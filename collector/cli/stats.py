@@ -267,22 +267,70 @@ def _render_matches(page: dict[str, Any]) -> list[str]:
                  rows) + _more(page)
 
 
+def _arena(row: dict[str, Any]) -> str:
+    """The arena's display name, with the game's code beside it when they differ."""
+    code, name = row.get("arena"), row.get("arena_name")
+    if not code:
+        return "-"
+    return f"{name} ({code})" if name and name != code else str(code)
+
+
+def _seconds(value: Any) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
+def _possession(match: dict[str, Any]) -> str:
+    teams = [t for t in match.get("teams") or [] if t.get("possession_s") is not None]
+    return "  ".join(f"{t.get('name') or 'team ' + str(t.get('num'))} "
+                     f"{_seconds(t['possession_s'])}" for t in teams) or "-"
+
+
+def _whole(value: Any) -> int | None:
+    return None if value is None else round(value)
+
+
+def _derived_rows(players: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """Boost and movement per player: boost average, collected and used per minute,
+    seconds at 0 and at 100 boost, average speed (uu/s), seconds supersonic, on the
+    ground, on a wall and in the air, powerslides, demolitions inflicted/taken."""
+    rows = []
+    for p in players:
+        s = p.get("stats") or {}
+        demos = (f"{s['demos_inflicted']}/{s['demos_taken']}"
+                 if s.get("demos_inflicted") is not None else None)
+        rows.append((p["name"], s.get("boost_avg"), _whole(s.get("bpm")), _whole(s.get("bcpm")),
+                     s.get("time_zero_boost_s"), s.get("time_full_boost_s"),
+                     _whole(s.get("speed_avg")), s.get("time_supersonic_s"),
+                     s.get("time_ground_s"), s.get("time_wall_s"), s.get("time_air_s"),
+                     s.get("powerslide_count"), demos))
+    return rows
+
+
+_DERIVED_HEADERS = ("PLAYER", "BOOST", "BPM", "BCPM", "AT 0", "AT 100", "SPEED",
+                    "SUPERSONIC", "GROUND", "WALL", "AIR", "SLIDES", "DEMOS")
+
+
 def _render_match(match: dict[str, Any]) -> list[str]:
     out = [
         f"match {match['id']}  {match['guid']}",
-        f"arena {match.get('arena') or '-'}  playlist {match.get('playlist') or '-'}  "
+        f"arena {_arena(match)}  playlist {match.get('playlist') or '-'}  "
         f"overtime {'yes' if match.get('overtime') else 'no'}",
         f"started {when(match.get('started_at'))}  ended {when(match.get('ended_at'))}  "
-        f"({_state(match)})",
-        f"score {_score(match)}  winner {_winner(match)}",
+        f"({_state(match)})  play {_seconds(match.get('duration_s'))}",
+        f"score {_score(match)}  winner {_winner(match)}  possession {_possession(match)}",
         "",
     ]
+    players = match.get("players", [])
     out += table(
         ("TEAM", "PLAYER", "SCORE", "GOALS", "ASSISTS", "SAVES", "SHOTS", "TOUCHES", "DEMOS"),
         [(p.get("team"), p["name"], p.get("score"), p.get("goals"), p.get("assists"),
           p.get("saves"), p.get("shots"), p.get("touches"), p.get("demos"))
-         for p in match.get("players", [])],
+         for p in players],
     )
+    if any((p.get("stats") or {}).get("tracked_s") is not None for p in players):
+        # Seconds of live play (AT 0/100 boost, SUPERSONIC, GROUND, WALL, AIR); BOOST is
+        # the average boost, BPM/BCPM boost collected/used a minute, SPEED in uu/s.
+        out += ["", *table(_DERIVED_HEADERS, _derived_rows(players))]
     goals = match.get("goals", [])
     if goals:
         out += ["", *table(("SCORER", "TEAM", "ASSIST", "SPEED", "TIME"),
@@ -306,12 +354,24 @@ def _render_player(player: dict[str, Any]) -> list[str]:
         f"matches {player['matches']}  wins {player.get('wins')}  goals {player['goals']}  "
         f"assists {player['assists']}  saves {player['saves']}  shots {player['shots']}  "
         f"score {player['score']}",
-        "",
     ]
+    s = player.get("stats") or {}
+    if s.get("tracked_s") is not None:
+        out.append(
+            f"boost avg {cell(s.get('boost_avg'))}  bpm {cell(_whole(s.get('bpm')))}  "
+            f"bcpm {cell(_whole(s.get('bcpm')))}  speed {cell(_whole(s.get('speed_avg')))} uu/s  "
+            f"supersonic {_seconds(s.get('time_supersonic_s'))}  "
+            f"air {_seconds(s.get('time_air_s'))}  "
+            f"demos {s.get('demos_inflicted')}/{s.get('demos_taken')}  "
+            f"(over {_seconds(s.get('tracked_s'))} of play)")
+    out.append("")
     out += table(
-        ("MATCH", "STARTED", "ARENA", "TEAM", "WON", "SCORE", "GOALS", "ASSISTS", "SAVES"),
-        [(m["id"], when(m.get("started_at")), m.get("arena"), m.get("team"), m.get("won"),
-          m.get("score"), m.get("goals"), m.get("assists"), m.get("saves"))
+        ("MATCH", "STARTED", "ARENA", "TEAM", "WON", "SCORE", "GOALS", "ASSISTS", "SAVES",
+         "BOOST", "SPEED"),
+        [(m["id"], when(m.get("started_at")), m.get("arena_name") or m.get("arena"),
+          m.get("team"), m.get("won"), m.get("score"), m.get("goals"), m.get("assists"),
+          m.get("saves"), (m.get("stats") or {}).get("boost_avg"),
+          _whole((m.get("stats") or {}).get("speed_avg")))
          for m in player.get("recent_matches", [])],
     )
     return out

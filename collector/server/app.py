@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import structlog
@@ -22,6 +23,7 @@ from collector.worker import Worker
 log = structlog.get_logger(__name__)
 
 _PURGE_EVERY_S = 3600.0
+_IDLE_CHECK_MAX_S = 60.0  # idle matches are looked for at least this often
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -88,10 +90,12 @@ def create_app(settings: Settings) -> web.Application:
 
     async def maintenance_ctx(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(_maintain(app), name="collector-maintenance")
+        idle = asyncio.create_task(_close_idle(app), name="collector-idle-close")
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for one in (task, idle):
+            one.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await one
 
     async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
         store = app.get(STATS)
@@ -117,6 +121,26 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.extend([metrics_ctx, notify_ctx])
     app.on_shutdown.append(on_shutdown)
     return app
+
+
+async def _close_idle(app: web.Application) -> None:
+    """Close the matches that received no event for `[stats] idle_close_minutes`.
+
+    Events still waiting in the queue are not known yet: the clock used is the arrival
+    of the oldest waiting one, so a worker that lags never closes a match early.
+    """
+    idle_s = app[SETTINGS].stats.idle_close_minutes * 60.0
+    every = min(_IDLE_CHECK_MAX_S, max(0.05, idle_s / 4))
+    while True:
+        await asyncio.sleep(every)
+        try:
+            now = time.time()
+            waiting = (await app[QUEUE].stats()).oldest_pending_age_s
+            if waiting is not None:
+                now -= waiting
+            await app[STATS].close_idle(idle_s, before=now)
+        except Exception:
+            log.exception("idle_close_failed")
 
 
 async def _maintain(app: web.Application) -> None:
