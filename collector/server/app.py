@@ -17,7 +17,7 @@ from collector.queue import DurableQueue
 from collector.server import admin, http, ingest, metrics, stats_routes, systemd
 from collector.server.appkeys import METRICS, NOTIFIER, QUEUE, SETTINGS, STATE, STATS, WORKER
 from collector.server.state import ServiceState
-from collector.stats.store import StatsStore
+from collector.stats.store import StatsDamagedError, StatsStore
 from collector.worker import Worker
 
 log = structlog.get_logger(__name__)
@@ -139,6 +139,8 @@ async def _close_idle(app: web.Application) -> None:
             if waiting is not None:
                 now -= waiting
             await app[STATS].close_idle(idle_s, before=now)
+        except StatsDamagedError:
+            pass  # the store said so once (stats_damaged), with the fix
         except Exception:
             log.exception("idle_close_failed")
 
