@@ -330,7 +330,9 @@ def _render_match(match: dict[str, Any]) -> list[str]:
     if any((p.get("stats") or {}).get("tracked_s") is not None for p in players):
         # Seconds of live play (AT 0/100 boost, SUPERSONIC, GROUND, WALL, AIR); BOOST is
         # the average boost, BPM/BCPM boost collected/used a minute, SPEED in uu/s.
-        out += ["", *table(_DERIVED_HEADERS, _derived_rows(players))]
+        out += ["", *table(_DERIVED_HEADERS, _derived_rows(players)),
+                "(BOOST average 0-100; BPM/BCPM boost collected/used a minute; AT 0, AT 100, "
+                "SUPERSONIC, GROUND, WALL, AIR: seconds of play; SPEED uu/s)"]
     goals = match.get("goals", [])
     if goals:
         out += ["", *table(("SCORER", "TEAM", "ASSIST", "SPEED", "TIME"),
