@@ -14,8 +14,18 @@ from collector.config import Settings
 from collector.files import locked_data_dir
 from collector.handlers import HandlerContext, resolve
 from collector.queue import DurableQueue
-from collector.server import admin, http, ingest, metrics, stats_routes, systemd
-from collector.server.appkeys import METRICS, NOTIFIER, QUEUE, SETTINGS, STATE, STATS, WORKER
+from collector.server import admin, http, ingest, live_routes, metrics, stats_routes, systemd
+from collector.server.appkeys import (
+    LIVE,
+    METRICS,
+    NOTIFIER,
+    QUEUE,
+    SETTINGS,
+    STATE,
+    STATS,
+    WORKER,
+)
+from collector.server.live import LiveHub
 from collector.server.state import ServiceState
 from collector.stats.store import StatsDamagedError, StatsStore
 from collector.worker import Worker
@@ -39,7 +49,7 @@ def create_app(settings: Settings) -> web.Application:
     app[STATE] = ServiceState(token=settings.token_value())
     # Every route is wrapped by http.endpoint (request_id, token, JSON errors), and a
     # last route answers 404/405 in the same shape.
-    http.add_routes(app, ingest.routes, stats_routes.routes, admin.routes)
+    http.add_routes(app, ingest.routes, stats_routes.routes, live_routes.routes, admin.routes)
 
     async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
         q = settings.queue
@@ -65,6 +75,20 @@ def create_app(settings: Settings) -> web.Application:
             yield
         finally:
             await store.close()
+
+    async def live_ctx(app: web.Application) -> AsyncIterator[None]:
+        # Listens to the store before the worker applies anything; its streams are closed
+        # at on_shutdown (below), before aiohttp waits for open requests.
+        store = app[STATS]
+        hub = LiveHub(store)
+        await hub.start()
+        app[LIVE] = hub
+        store.on_applied = hub.changed
+        try:
+            yield
+        finally:
+            store.on_applied = None
+            await hub.stop()
 
     async def worker_ctx(app: web.Application) -> AsyncIterator[None]:
         context = HandlerContext(settings=settings, stats=app[STATS])
@@ -100,7 +124,8 @@ def create_app(settings: Settings) -> web.Application:
     async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
         store = app.get(STATS)
         async with metrics.collecting(app[STATE], app[QUEUE], app[WORKER],
-                                      stale=store.counters if store else None) as service:
+                                      stale=store.counters if store else None,
+                                      live=app.get(LIVE)) as service:
             app[METRICS] = service
             yield
 
@@ -115,8 +140,12 @@ def create_app(settings: Settings) -> web.Application:
 
     async def on_shutdown(app: web.Application) -> None:
         app[STATE].stopping = True
+        # An open event stream would otherwise hold the stop for shutdown_timeout.
+        hub = app.get(LIVE)
+        if hub is not None:
+            hub.close_streams()
 
-    app.cleanup_ctx.extend([queue_ctx, stats_ctx, worker_ctx, maintenance_ctx])
+    app.cleanup_ctx.extend([queue_ctx, stats_ctx, live_ctx, worker_ctx, maintenance_ctx])
     # They watch the worker, so they start after it and stop before it drains.
     app.cleanup_ctx.extend([metrics_ctx, notify_ctx])
     app.on_shutdown.append(on_shutdown)

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from collector.config import Settings
 from collector.queue import DurableQueue
+from collector.server.live import LiveHub
 from collector.server.metrics import ServiceMetrics
 from collector.server.state import ServiceState
 from collector.server.systemd import Notifier
@@ -19,3 +20,4 @@ WORKER = web.AppKey("worker", Worker)
 STATS = web.AppKey("stats", StatsStore)
 NOTIFIER = web.AppKey("notifier", Notifier)
 METRICS = web.AppKey("metrics", ServiceMetrics)
+LIVE = web.AppKey("live", LiveHub)

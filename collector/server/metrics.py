@@ -47,6 +47,16 @@ class StaleCounts(Protocol):
     stale_skipped: int
 
 
+class LiveCounts(Protocol):
+    """What the live feed counts (collector.server.live.LiveHub fits)."""
+
+    @property
+    def clients(self) -> int: ...
+
+    published: int
+    dropped: int
+
+
 class Buckets:
     """A histogram filled on the event loop: a bisect and two additions per sample."""
 
@@ -82,11 +92,13 @@ class ServiceMetrics(Collector):
         worker: Worker,
         *,
         stale: StaleCounts | None = None,
+        live: LiveCounts | None = None,
     ) -> None:
         self._state = state
         self._queue = queue
         self._worker = worker
         self._stale = stale
+        self._live = live
         self._snapshot: QueueStats | None = None
         self.commit_seconds = Buckets(LATENCY_BUCKETS)
         self.commit_events = Buckets(BATCH_BUCKETS)
@@ -150,6 +162,15 @@ class ServiceMetrics(Collector):
             yield _counter("collector_events_skipped_stale",
                            "Events skipped by the stats handler as older than what it has.",
                            self._stale.stale_skipped)
+        if self._live is not None:
+            yield _gauge("collector_live_clients", "Clients connected to GET /v1/live.",
+                         self._live.clients)
+            yield _counter("collector_live_documents",
+                           "Match documents the live feed sent out (each to every client).",
+                           self._live.published)
+            yield _counter("collector_live_clients_dropped",
+                           "Live clients dropped: gone, or a write that did not finish in time.",
+                           self._live.dropped)
 
         stats = self._snapshot
         if stats is not None:
@@ -219,9 +240,10 @@ async def collecting(
     worker: Worker,
     *,
     stale: StaleCounts | None = None,
+    live: LiveCounts | None = None,
 ) -> AsyncIterator[ServiceMetrics]:
     """Metrics for one application: observers set on the queue and the worker meanwhile."""
-    metrics = ServiceMetrics(state, queue, worker, stale=stale)
+    metrics = ServiceMetrics(state, queue, worker, stale=stale, live=live)
     queue.on_commit = metrics.observe_commit
     worker.on_handler = metrics.observe_handler
     try:
