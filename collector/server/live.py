@@ -6,7 +6,8 @@ task, so the worker never waits for a client. That task reads the current match 
 most once per ``interval_s``, encodes it once, and offers the same bytes to each
 client's slot. A slot holds one frame: a newer one replaces an unsent one, so a slow
 client only misses intermediate states. Each client's own request task writes its
-slot; one whose write does not finish within ``write_timeout_s`` is dropped.
+slot; one whose write does not finish within ``write_timeout_s`` is dropped, and so is
+one whose connection closed (looked at every second: aiohttp does not cancel it).
 
 "Current" is the most recently changed match that is live (not ended); a change to an
 ended match does not take the feed away from a live one. When no match is live, it is
