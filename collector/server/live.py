@@ -25,7 +25,7 @@ import orjson
 import structlog
 from aiohttp import hdrs, web
 
-from collector.stats.store import StatsStore
+from collector.stats.store import StatsDamagedError, StatsStore
 
 log = structlog.get_logger(__name__)
 
@@ -176,6 +176,8 @@ class LiveHub:
     async def _guarded_refresh(self, dirty: set[int]) -> None:
         try:
             await self._refresh(dirty)
+        except StatsDamagedError:
+            self._failing = True  # the store said it once, with the fix (stats_damaged)
         except Exception:
             # Say once that the feed stands still (a damaged stats.db, say), not at every
             # change. The next change tries again.
