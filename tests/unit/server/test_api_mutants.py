@@ -15,21 +15,22 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
-from collector.api import ApiError, _inflate
-from tests.apihelpers import RECORDER, Recorder
-from tests.conftest import ClientFactory, wait_until
+from collector.server.http import ApiError
+from collector.server.ingest import _inflate
+from tests.support.api import RECORDER, Recorder
+from tests.support.server import ClientFactory, wait_until
 
 Client = TestClient[Any, Any]
 
-RECORD = ("tests.apihelpers:record",)
-BLOCK = ("tests.apihelpers:block",)
+RECORD = ("tests.support.api:record",)
+BLOCK = ("tests.support.api:block",)
 TOKEN = "mutant-k1ller-t0ken"
 LIMIT = 2048  # server.max_body_bytes of the bound tests
 
 
 @pytest.fixture
 def recorder() -> Iterator[Recorder]:
-    """The jobs seen by `tests.apihelpers` handlers in this test (gate opened at the end)."""
+    """The jobs seen by `tests.support.api` handlers in this test (gate opened at the end)."""
     RECORDER.reset()
     yield RECORDER
     RECORDER.gate.set()

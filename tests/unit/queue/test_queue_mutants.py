@@ -23,8 +23,9 @@ import structlog
 from collector.errors import StorageError
 from collector.jobs import Handler, Job
 from collector.queue import QUEUE_FILE, DurableQueue, inspect_file
-from collector.worker import Worker, backoff_delay
-from tests.conftest import wait_until
+from collector.retry import backoff_delay
+from collector.worker import Worker
+from tests.support.server import wait_until
 
 QueueFactory = Callable[..., Awaitable[DurableQueue]]
 BOUND_S = 10.0  # a generous bound on every wait: a hang is a failure, not a timing check
@@ -188,7 +189,7 @@ async def test_a_group_commit_fills_rows_up_to_their_limits_and_keeps_requests_w
     limit: int | None, sizes: list[int], expected: list[tuple[int, int]],
 ) -> None:
     if limit is not None:
-        monkeypatch.setattr("collector.queue._ROW_MAX_BYTES", limit)
+        monkeypatch.setattr("collector.queue.table._ROW_MAX_BYTES", limit)
     requests = [[{"p": "x" * 40}] * size if limit else [{"r": r}] * size
                 for r, size in enumerate(sizes)]
     if limit:
