@@ -219,8 +219,9 @@ _PHASES: Final[dict[str, PhaseKind]] = {
     "PodiumStart": "podium",
 }
 #: Any of these keys on a Stats API player says the feed can see that car.
-_CAR_KEYS: Final = ("bHasCar", "bDemolished", "Boost", "Speed", "bBoosting", "bOnGround",
-                    "bOnWall", "bPowersliding", "bSupersonic")
+_CAR_KEYS: Final = frozenset({"bHasCar", "bDemolished", "Boost", "Speed", "bBoosting",
+                              "bOnGround", "bOnWall", "bPowersliding", "bSupersonic"})
+_INF: Final = float("inf")
 
 
 def parse(payload: Any) -> Event:
@@ -312,7 +313,7 @@ def _demolition(data: Mapping[str, Any]) -> Generic:
 
 def _car(player: Mapping[str, Any]) -> Car | None:
     """The car's state, or None when the message does not show it (not visible)."""
-    if not any(key in player for key in _CAR_KEYS):
+    if _CAR_KEYS.isdisjoint(player):
         return None
     boost = _float(player.get("Boost"))
     speed = _float(player.get("Speed"))
@@ -582,6 +583,12 @@ def _text(value: Any) -> str | None:
 
 def _int(value: Any) -> int | None:
     """An integer within SQLite's range, or None."""
+    # The common cases first: called ~25 times per UpdateState, and the game leaves
+    # zeros out (None here).
+    if value is None:
+        return None
+    if type(value) is int:
+        return value if _INT_MIN <= value <= _INT_MAX else None
     if isinstance(value, bool):
         return None
     if isinstance(value, float):
@@ -599,6 +606,8 @@ def _int(value: Any) -> int | None:
 
 
 def _float(value: Any) -> float | None:
+    if type(value) is float:  # the common case
+        return None if value != value or value in (_INF, -_INF) else value
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     number = float(value)
