@@ -46,8 +46,9 @@ from collector.handlers.archive import ARCHIVE_DIR
 from collector.jobs import Job
 from collector.logs import configure_logging
 from collector.queue import FileReport, NothingToRecoverError, inspect_file, recover_file
+from collector.stats.damage import find_damage
 from collector.stats.schema import STATS_FILE
-from collector.stats.store import StatsStore, find_damage
+from collector.stats.store import StatsStore
 
 EXIT_SOUND: Final = 0
 EXIT_DAMAGED: Final = 1

@@ -27,7 +27,8 @@ from collector.server.appkeys import (
 )
 from collector.server.live import LiveHub
 from collector.server.state import ServiceState
-from collector.stats.store import StatsDamagedError, StatsStore
+from collector.stats.damage import StatsDamagedError
+from collector.stats.store import StatsStore
 from collector.worker import Worker
 
 log = structlog.get_logger(__name__)

@@ -25,7 +25,8 @@ import orjson
 import structlog
 from aiohttp import hdrs, web
 
-from collector.stats.store import StatsDamagedError, StatsStore
+from collector.stats.damage import StatsDamagedError
+from collector.stats.store import StatsStore
 
 log = structlog.get_logger(__name__)
 

@@ -18,9 +18,10 @@ from aiohttp import web
 from collector.server.appkeys import SETTINGS, STATS
 from collector.server.http import ApiError, json_response
 from collector.stats import csvout
+from collector.stats.damage import StatsDamagedError
 from collector.stats.queries import parse_players_cursor
 from collector.stats.sessions import parse_session_id
-from collector.stats.store import StatsDamagedError, StatsStore
+from collector.stats.store import StatsStore
 
 routes = web.RouteTableDef()
 

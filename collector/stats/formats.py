@@ -16,6 +16,7 @@ Four dialects arrive (see the formats note in the project's shared notes):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias
@@ -32,7 +33,7 @@ _STATS_STARTS: Final = frozenset({"MatchCreated", "MatchInitialized"})
 _SOS_STARTS: Final = frozenset({"game:match_created", "game:initialized"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built for every tick (see Snapshot)
 class Car:
     """A car as one Stats API UpdateState shows it, when the feed can see it.
 
@@ -52,7 +53,7 @@ class Car:
     supersonic: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built for every tick (see Snapshot)
 class PlayerLine:
     """One player's cumulative numbers in one match; None = this format does not say.
 
@@ -74,7 +75,7 @@ class PlayerLine:
     car: Car | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built for every tick (see Snapshot)
 class TeamLine:
     """One team's name and score."""
 
@@ -83,9 +84,13 @@ class TeamLine:
     score: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built for every tick (see Snapshot)
 class Snapshot:
     """The state of a match at one moment (cumulative numbers, not increments).
+
+    Snapshots, their lines and cars are read and never changed. They are not frozen
+    because a frozen dataclass costs several times as much to create, and 60 to 120 of
+    them come every second per player (the same reason as for collector.jobs.Job).
 
     ``match_guid``: the match's id; ``""`` when the format says "offline match" (the
     Stats API's empty MatchGuid); None when the format carries no match id at all.
@@ -518,7 +523,9 @@ def _goal(
 
 
 def _player(
-    name: Any, primary_id: Any, *, car: Car | None = None, **numbers: Any
+    name: Any, primary_id: Any, *, car: Car | None = None, team: Any = None,
+    score: Any = None, goals: Any = None, shots: Any = None, assists: Any = None,
+    saves: Any = None, touches: Any = None, demos: Any = None,
 ) -> PlayerLine | None:
     text = _text(name)
     pid = _primary_id(primary_id)
@@ -526,8 +533,10 @@ def _player(
         if pid is None:
             return None  # nobody to attach the numbers to
         text = pid
-    values = {key: _int(value) for key, value in numbers.items()}
-    return PlayerLine(name=text, primary_id=pid, car=car, **values)
+    # Positional, in PlayerLine's field order: 60 UpdateStates a second each build one
+    # line per player.
+    return PlayerLine(text, pid, _int(team), _int(score), _int(goals), _int(shots),
+                      _int(assists), _int(saves), _int(touches), _int(demos), car)
 
 
 def _primary_id(value: Any) -> str | None:
@@ -537,6 +546,12 @@ def _primary_id(value: Any) -> str | None:
     text = _text(value)
     if not text:
         return None
+    return _account_id(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _account_id(text: str) -> str | None:
+    """`text` when it names a real account (the same few ids come with every tick)."""
     parts = text.split("|")
     uid = parts[1] if len(parts) >= 2 else parts[0]
     if uid.strip() in {"", "0"} or parts[0].lower() == "unknown":

@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 
 from collector.files import locked_data_dir
-from collector.stats.store import StatsDamagedError, StatsStore
+from collector.stats.damage import StatsDamagedError
+from collector.stats.store import StatsStore
 from tests.support.model import cli_env, one_line, request, run_cli, wait_until
 from tests.support.paths import CAPTURE_JSONL
 from tests.support.server import ServerProcess, free_port
