@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from collector.config import Settings, load_settings
 from collector.server.app import create_app
+from tests.support.api import RECORDER, Recorder
 from tests.support.ci import SkipGate
 from tests.support.server import (
     ClientFactory,
@@ -90,3 +95,38 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(SkipGate(strict=strict), "collector-skip-gate")
 
 
+_NO_OVERRIDE = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--")
+
+
+@pytest.fixture(scope="module")
+def as_a_user() -> tuple[str, ...]:
+    """The command prefix that makes permission bits apply to a command run as root
+    (setpriv drops the capabilities that override them); () when not root."""
+    if os.geteuid() != 0:
+        return ()
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root and setpriv (util-linux) is missing: root would "
+                    "ignore the permission bits under test")
+    probe = Path(tempfile.mkdtemp(prefix="collector-probe-"))
+    probe.chmod(0o555)
+    try:
+        result = subprocess.run(
+            [*_NO_OVERRIDE, sys.executable, "-c",
+             f"import os; print(os.access({str(probe)!r}, os.W_OK))"],
+            capture_output=True, text=True, timeout=30, check=False)
+    finally:
+        probe.rmdir()
+    if result.stdout.strip() != "False":
+        pytest.skip("cannot drop CAP_DAC_OVERRIDE here (setpriv: "
+                    f"{(result.stderr or result.stdout).strip()[:200]}): root would ignore "
+                    "the permission bits under test")
+    return _NO_OVERRIDE
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    """The jobs seen by `tests.support.api` handlers in this test (gate opened at the end)."""
+    RECORDER.reset()
+    yield RECORDER
+    RECORDER.gate.set()
+    RECORDER.reset()

@@ -13,11 +13,8 @@ permission bits like any other user, which is what these tests need.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
-import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -29,31 +26,6 @@ from tests.support.model import one_line, post_events, run_cli
 from tests.support.server import ServerProcess, free_port
 
 ServerFactory = Callable[..., ServerProcess]
-_NO_OVERRIDE = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--")
-
-
-@pytest.fixture(scope="module")
-def as_a_user() -> tuple[str, ...]:
-    """The command prefix that makes permission bits apply to the daemon."""
-    if os.geteuid() != 0:
-        return ()
-    if shutil.which("setpriv") is None:
-        pytest.skip("running as root and setpriv (util-linux) is missing: root would "
-                    "ignore the permission bits under test")
-    probe = Path(tempfile.mkdtemp(prefix="collector-probe-"))
-    probe.chmod(0o555)
-    try:
-        result = subprocess.run(
-            [*_NO_OVERRIDE, sys.executable, "-c",
-             f"import os; print(os.access({str(probe)!r}, os.W_OK))"],
-            capture_output=True, text=True, timeout=30, check=False)
-    finally:
-        probe.rmdir()
-    if result.stdout.strip() != "False":
-        pytest.skip("cannot drop CAP_DAC_OVERRIDE here (setpriv: "
-                    f"{(result.stderr or result.stdout).strip()[:200]}): root would ignore "
-                    "the permission bits under test")
-    return _NO_OVERRIDE
 
 
 def serve(data_dir: Path, cwd: Path, *, prefix: tuple[str, ...] = (),

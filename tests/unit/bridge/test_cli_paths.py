@@ -12,12 +12,10 @@ import contextlib
 import http.server
 import os
 import pty
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +31,6 @@ from tests.support.server import ServerProcess, free_port
 ServerFactory = Callable[..., ServerProcess]
 TOKEN = "right-token"
 MESSAGES = b'{"Event":"UpdateState","Data":{"n":1}}{"Event":"UpdateState","Data":{"n":2}}'
-_NO_OVERRIDE = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--")
 
 
 @pytest.fixture
@@ -42,29 +39,6 @@ def server(server_process: ServerFactory) -> ServerProcess:
     proc = server_process(env={"COLLECTOR_SERVER_TOKEN": TOKEN})
     proc.start()
     return proc
-
-
-@pytest.fixture(scope="module")
-def as_a_user() -> tuple[str, ...]:
-    """The command prefix that makes permission bits apply (as in test_startup_errors)."""
-    if os.geteuid() != 0:
-        return ()
-    if shutil.which("setpriv") is None:
-        pytest.skip("running as root and setpriv (util-linux) is missing: root would "
-                    "ignore the permission bits under test")
-    probe = Path(tempfile.mkdtemp(prefix="collector-probe-"))
-    probe.chmod(0o555)
-    try:
-        result = subprocess.run(
-            [*_NO_OVERRIDE, sys.executable, "-c",
-             f"import os; print(os.access({str(probe)!r}, os.W_OK))"],
-            capture_output=True, text=True, timeout=30, check=False)
-    finally:
-        probe.rmdir()
-    if result.stdout.strip() != "False":
-        pytest.skip("cannot drop CAP_DAC_OVERRIDE here: root would ignore the permission "
-                    "bits under test")
-    return _NO_OVERRIDE
 
 
 class TinyGame:

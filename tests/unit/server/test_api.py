@@ -7,7 +7,7 @@ import gzip
 import io
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
-from tests.support.api import RECORDER, Recorder
+from tests.support.api import Recorder
 from tests.support.server import ClientFactory, wait_until
 
 Client = TestClient[Any, Any]
@@ -37,15 +37,6 @@ WAIT_S = 30.0  # a hang guard for the polls, not a speed requirement
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def recorder() -> Iterator[Recorder]:
-    """The jobs seen by `tests.support.api` handlers in this test (gate opened at the end)."""
-    RECORDER.reset()
-    yield RECORDER
-    RECORDER.gate.set()
-    RECORDER.reset()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from __future__ import annotations
 import gzip
 import tracemalloc
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 
 from collector.server.http import ApiError
 from collector.server.ingest import _inflate
-from tests.support.api import RECORDER, Recorder
+from tests.support.api import Recorder
 from tests.support.server import ClientFactory, wait_until
 
 Client = TestClient[Any, Any]
@@ -26,15 +26,6 @@ RECORD = ("tests.support.api:record",)
 BLOCK = ("tests.support.api:block",)
 TOKEN = "mutant-k1ller-t0ken"
 LIMIT = 2048  # server.max_body_bytes of the bound tests
-
-
-@pytest.fixture
-def recorder() -> Iterator[Recorder]:
-    """The jobs seen by `tests.support.api` handlers in this test (gate opened at the end)."""
-    RECORDER.reset()
-    yield RECORDER
-    RECORDER.gate.set()
-    RECORDER.reset()
 
 
 @pytest.fixture
