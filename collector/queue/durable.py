@@ -393,7 +393,7 @@ class DurableQueue:
         """Up to `limit` jobs right after those taken, if they already wait in memory
         (first attempts of regular jobs only, never a revived dead letter): a run for a
         handler that applies jobs in batches. They are in flight with the first."""
-        if self._revived or not self._flight:
+        if self._revived or not self._flight or self._flight[-1].seq in self._revived_seqs:
             return []
         window = self._window
         run: list[Job] = []
@@ -613,14 +613,16 @@ class DurableQueue:
         return jobs
 
     async def pending_jobs(self, page: int = _PAGE_ROWS) -> AsyncIterator[Job]:
-        """Every job not yet done, in line order (the one in flight first), page by page."""
+        """Every job not yet done, in line order (those in flight first), page by page."""
         assert self._table is not None
         loop = asyncio.get_running_loop()
-        if self._in_flight is not None:
-            yield self._in_flight
+        flight = list(self._flight)  # a run: every job of it, in the order taken
+        for job in flight:
+            yield job
         for job in list(self._revived):
             yield job
-        after_seq = self._in_flight.seq if self._in_flight is not None else self._done_upto
+        regular = [job.seq for job in flight if job.seq not in self._revived_seqs]
+        after_seq = max(regular) if regular else self._done_upto
         # Start with the row holding the first job after `after_seq`.
         after_key = after_seq
         for span in self._spans:

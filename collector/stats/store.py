@@ -443,8 +443,13 @@ class _Db:
         match_id = apply.match_id
         if match_id is None and isinstance(event, formats.Snapshot) and not apply.late:
             match_id = self._match_of(event.match_guid, apply.feed.current)
-        if isinstance(event, formats.Snapshot) and not revisit:
-            self._remember_scoreboard(tx, event, job, apply, outcome, match_id)
+        if isinstance(event, formats.Snapshot):
+            if not revisit:
+                self._remember_scoreboard(tx, event, job, apply, outcome, match_id)
+        else:
+            # A goal, a start or an end can move a feed's mark or its current match, and
+            # change what the next snapshot applies to: no remembered scoreboard stands.
+            tx.boards.clear()
         if match_id is not None and not revisit and not apply.late \
                 and outcome not in ("stale", "ignored"):
             self._feed(tx, match_id, event, job)
@@ -495,8 +500,10 @@ class _Db:
             return
         board = _scoreboard(event)
         if outcome == "applied":
+            # The rows changed (a player's name, say, is also another match's): only a
+            # feed that knew this very scoreboard of this match still knows the rows.
             for other, (known, other_match, _high) in list(tx.boards.items()):
-                if other_match == match_id and other != feed and known != board:
+                if other != feed and (other_match != match_id or known != board):
                     del tx.boards[other]
         tx.boards[feed] = (board, match_id, apply.feed.high_sequence)
 

@@ -522,3 +522,68 @@ def _feed_marks(path: Path) -> list[tuple[str, int]]:
                 conn.execute("SELECT feed, high_sequence FROM feeds ORDER BY feed")]
     finally:
         conn.close()
+
+
+def _wire(event: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {"Event": event, "Data": data}
+
+
+def _snap(guid: str) -> dict[str, Any]:
+    return _wire("UpdateState", {
+        "MatchGuid": guid,
+        "Game": {"Arena": "Stadium_P", "TimeSeconds": 100,
+                 "Teams": [{"TeamNum": 0, "Name": "Blue", "Score": 0},
+                           {"TeamNum": 1, "Name": "Orange", "Score": 0}]},
+        "Players": [{"Name": "A", "PrimaryId": "Steam|1|0", "TeamNum": 0, "Score": 10,
+                     "Boost": 50, "Speed": 100, "bHasCar": True, "bOnGround": True}]})
+
+
+_GUID = "ABCDEF0123456789"
+_BETWEEN_TWO_SAME_SNAPSHOTS: dict[str, tuple[list[dict[str, Any]], list[int] | None]] = {
+    "a goal moves the mark past the second snapshot": (
+        [_snap(_GUID), _wire("GoalScored", {"MatchGuid": _GUID, "GoalTime": 10,
+                                            "Scorer": {"Name": "A", "TeamNum": 0}}),
+         _snap(_GUID)], [10, 20, 15]),
+    "an offline match destroyed": ([_snap(""), _wire("MatchDestroyed", {}), _snap("")], None),
+    "an offline match created": ([_snap(""), _wire("MatchCreated", {}), _snap("")], None),
+    "a match ended": ([_snap(_GUID), _wire("MatchEnded", {"MatchGuid": _GUID,
+                                                          "WinnerTeamNum": 1}),
+                       _snap(_GUID)], None),
+}
+
+
+@pytest.mark.parametrize("case", list(_BETWEEN_TWO_SAME_SNAPSHOTS))
+async def test_an_event_between_two_same_snapshots_counts_in_a_run_too(
+    tmp_path: Path, case: str
+) -> None:
+    """A goal, a start or an end between two snapshots with the same scoreboard: the run
+    path (which skips the tables for an unchanged scoreboard) gives the single path's
+    matches, lines, careers, marks and counts."""
+    messages, sequences = _BETWEEN_TWO_SAME_SNAPSHOTS[case]
+    results = []
+    for name in ("run", "singles"):
+        jobs = [Job(i + 1, m, 1000.0 + i, 1, "feed", None if sequences is None else sequences[i])
+                for i, m in enumerate(messages)]
+        store = StatsStore(tmp_path / name, durability="normal")
+        await store.open()
+        try:
+            if name == "run":
+                await store.apply_run(jobs)
+            else:
+                for job in jobs:
+                    await store.apply(job)
+            counts = (store.counters.applied, store.counters.unchanged,
+                      store.counters.stale_skipped)
+        finally:
+            await store.close()
+        conn = sqlite3.connect(tmp_path / name / STATS_FILE)
+        try:
+            tables = [conn.execute(sql).fetchall() for sql in (
+                "SELECT id, guid, ended_at IS NOT NULL, end_reason FROM matches ORDER BY id",
+                "SELECT match_id, player_id, score, stats FROM match_players ORDER BY 1, 2",
+                "SELECT feed, current_match, high_sequence FROM feeds",
+                "SELECT id, matches, score FROM players ORDER BY id")]
+        finally:
+            conn.close()
+        results.append((tables, counts))
+    assert results[0] == results[1]
