@@ -151,6 +151,8 @@ class Settings:
 def read_token_file(path: Path, what: str) -> str:
     """The token in `path` (whitespace around it ignored); `what` names the setting or
     flag in the one-line error for a missing, unreadable or empty file."""
+    if path.is_dir():
+        raise ConfigError(f"{what}: {path} is a folder, not a token file")
     try:
         token = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
@@ -159,6 +161,15 @@ def read_token_file(path: Path, what: str) -> str:
         raise ConfigError(f"{what}: {path} is not a text file") from None
     if not token:
         raise ConfigError(f"{what}: {path} is empty")
+    return check_token(token, f"{what}: {path}")
+
+
+def check_token(token: str, what: str) -> str:
+    """`token` when it can travel in an Authorization header: one line, no spaces, no
+    control characters; else a one-line ConfigError naming `what`."""
+    if not token.isprintable() or any(c.isspace() for c in token):
+        raise ConfigError(f"{what}: the token holds a space, a line break or a control "
+                          "character (one line, no spaces, expected)")
     return token
 
 

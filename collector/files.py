@@ -112,12 +112,17 @@ def read_daemon(data_dir: Path) -> tuple[int | None, list[str]]:
     """(pid, urls) of the daemon recorded in the data dir; (pid from the lock, []) when
     there is no record."""
     try:
-        record = json.loads((data_dir / DAEMON_FILE).read_text(encoding="utf-8"))
-        return int(record["pid"]), [str(url) for url in record["urls"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    try:
         text = (data_dir / LOCK_FILE).read_text(encoding="utf-8").strip()
-        return (int(text) if text.isdigit() else None), []
     except OSError:
-        return None, []
+        text = ""
+    holder = int(text) if text.isascii() and text.isdigit() else None
+    try:
+        record = json.loads((data_dir / DAEMON_FILE).read_text(encoding="utf-8"))
+        pid, urls = record["pid"], record["urls"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return holder, []
+    # A record left by a daemon killed with -9 names another process (the lock's holder
+    # now is whoever took it since): it is not this data dir's daemon.
+    if type(pid) is not int or pid != holder or not isinstance(urls, list):
+        return holder, []
+    return pid, [str(url) for url in urls]

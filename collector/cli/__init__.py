@@ -56,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"collector: error: {exc}", file=sys.stderr)
         return EXIT_STARTUP
     except KeyboardInterrupt:
+        print("collector: interrupted", file=sys.stderr)
         return 130
 
 

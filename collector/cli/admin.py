@@ -30,6 +30,7 @@ from collector.cli.client import (
     connection_options,
     daemon_holds,
     daemon_or_data_dir,
+    daemon_url,
     http_session,
 )
 from collector.cli.output import clip, out, print_json, when
@@ -41,6 +42,7 @@ from collector.queue import inspect_file
 
 EXIT_FAILED: Final = 1
 EXIT_NOT_READY: Final = 3  # like `systemctl status` for a unit that is not active
+_STATUS_TIMEOUT_S: Final = 10.0
 
 
 def _origin(item: dict[str, Any]) -> str:
@@ -98,9 +100,11 @@ async def _status(args: argparse.Namespace) -> int:
             # A daemon runs on this data dir (the healthy case): ask it where it said it
             # answers; if it cannot be asked, its lock still says it runs.
             pid, urls = read_daemon(data_dir)
-            for url in urls:
+            tried = None if why is None else (args.url or daemon_url(settings))
+            for url in (u for u in urls if u != tried):
                 try:
-                    async with http_session(args, settings, url=url) as admin:
+                    async with http_session(args, settings, url=url,
+                                            read_timeout=_STATUS_TIMEOUT_S) as admin:
                         return await admin.status()
                 except AdminError as exc:
                     why = f"asked at {url}: {exc}"
@@ -114,7 +118,9 @@ async def _status(args: argparse.Namespace) -> int:
             report["not_ready"] = why
         return report
 
-    report = await daemon_or_data_dir(args, lambda admin: admin.status(), local)
+    # A daemon that does not answer (stopped with SIGSTOP, say) is given 10 s, not 60.
+    report = await daemon_or_data_dir(args, lambda admin: admin.status(), local,
+                                      read_timeout=_STATUS_TIMEOUT_S)
     if args.json:
         print_json(report)
     else:

@@ -96,3 +96,19 @@ def _integer(text: str) -> int:
         return int(text.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def http_url(text: str) -> str:
+    """An http:// or https:// URL with a host (the daemon's address)."""
+    from yarl import URL
+
+    try:
+        url = URL(text)
+        port = url.port
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a valid URL: {text!r}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise argparse.ArgumentTypeError(
+            f"not an http(s) URL with a host: {text!r} (like http://127.0.0.1:8765)")
+    del port
+    return text

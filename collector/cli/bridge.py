@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from collector.cli import args as types
-from collector.config import read_token_file
+from collector.config import check_token, read_token_file
 from collector.errors import ConfigError, StartupError
 
 EXIT_FAILED: Final = 1
@@ -122,17 +122,12 @@ def _token(args: argparse.Namespace) -> str | None:
         if not token:
             raise ConfigError("--token is empty")
     elif path is not None:
-        if path.is_dir():
-            raise ConfigError(f"--token-file: {path} is a folder, not a token file")
         if not path.exists():
             raise ConfigError(f"--token-file: no such file {path}")
-        token, what = read_token_file(path, "--token-file"), f"--token-file: {path}"
+        return read_token_file(path, "--token-file")
     else:
         return None
-    if not token.isprintable():
-        raise ConfigError(f"{what}: the token holds a line break or a control character "
-                          "(one token on one line)")
-    return token
+    return check_token(token, what)
 
 
 def _url(args: argparse.Namespace) -> str:

@@ -28,7 +28,8 @@ import aiohttp
 import orjson
 
 from collector.bridge.failures import request_failure
-from collector.config import Settings, load_settings, read_token_file
+from collector.cli.args import http_url
+from collector.config import Settings, check_token, load_settings, read_token_file
 from collector.errors import StartupError
 from collector.files import LOCK_FILE, locked_data_dir
 from collector.jobs import job_json
@@ -325,7 +326,9 @@ def token_for(args: argparse.Namespace, settings: Settings) -> str | None:
     """The bearer token: --token-file, --token, else the configured one (or none)."""
     if args.token_file is not None:
         return read_token_file(args.token_file, "--token-file")
-    return args.token or settings.token_value()
+    if args.token:
+        return check_token(args.token, "--token")
+    return settings.token_value()
 
 
 @contextlib.asynccontextmanager
@@ -381,7 +384,8 @@ def daemon_holds(data_dir: Path) -> bool:
 
 async def daemon_or_data_dir(args: argparse.Namespace,
                              remote: Callable[[HttpAdmin], Awaitable[_T]],
-                             local: Callable[[Settings, str | None], Awaitable[_T]]) -> _T:
+                             local: Callable[[Settings, str | None], Awaitable[_T]],
+                             *, read_timeout: float = 60.0) -> _T:
     """Ask the daemon; with --data-dir (and no --url) or when no daemon answers at the
     configured address, read the data dir instead. `local` gets the settings and, on a
     fallback, why the daemon was not asked."""
@@ -392,7 +396,7 @@ async def daemon_or_data_dir(args: argparse.Namespace,
     if args.data_dir is not None and args.url is None:
         return await local(settings, None)
     try:
-        async with http_session(args, settings) as admin:
+        async with http_session(args, settings, read_timeout=read_timeout) as admin:
             return await remote(admin)
     except UnreachableError as exc:
         if args.url is not None:
@@ -401,10 +405,11 @@ async def daemon_or_data_dir(args: argparse.Namespace,
 
 
 @contextlib.asynccontextmanager
-async def http_session(args: argparse.Namespace, settings: Settings, *, url: str | None = None
-                       ) -> AsyncIterator[HttpAdmin]:
+async def http_session(args: argparse.Namespace, settings: Settings, *, url: str | None = None,
+                       read_timeout: float = 60.0) -> AsyncIterator[HttpAdmin]:
     """The daemon at `url`, --url or the configured address, with the token."""
-    timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=60)
+    timeout = aiohttp.ClientTimeout(total=None, connect=min(10.0, read_timeout),
+                                    sock_read=read_timeout)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         yield HttpAdmin(session, url or args.url or daemon_url(settings),
                         token_for(args, settings))
@@ -414,7 +419,7 @@ def connection_options() -> argparse.ArgumentParser:
     """--url, --token-file, --token, --config, --data-dir and --json, for every command."""
     common = argparse.ArgumentParser(add_help=False)
     where = common.add_argument_group("where the data is")
-    where.add_argument("--url", metavar="URL",
+    where.add_argument("--url", metavar="URL", type=http_url,
                        help="the running daemon (default: the configured host:port, "
                             "http://127.0.0.1:8765)")
     where.add_argument("--token-file", type=Path, metavar="FILE",

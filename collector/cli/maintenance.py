@@ -338,6 +338,9 @@ def _cmd_rebuild_stats(args: argparse.Namespace) -> int:
 
 def _rebuild(args: argparse.Namespace, data_dir: Path, path: Path, archive: Path) -> int:
     exists = path.exists()
+    if exists and not path.is_file():
+        raise StartupError(f"{path} is a folder, not a statistics database: move it away "
+                           "first (rebuild-stats replaces a file)")
     problems = find_damage(path, "full") if exists else []
     files = [] if args.empty else archive_files(archive)
     if exists and not problems and not args.force:

@@ -168,7 +168,7 @@ async def _local_matches(store: StatsStore, args: argparse.Namespace, _settings:
                          ) -> dict[str, Any]:
     before = None
     if args.before is not None:
-        if not args.before.isdigit():
+        if _numeric(args.before) is None:
             raise QueryError(f"--before: not a cursor: {args.before!r}")
         before = int(args.before)
     return await store.matches_page(limit=args.limit, before=before)
@@ -176,7 +176,8 @@ async def _local_matches(store: StatsStore, args: argparse.Namespace, _settings:
 
 async def _local_match(store: StatsStore, args: argparse.Namespace, _settings: Settings
                        ) -> dict[str, Any]:
-    key: int | str = int(args.id) if args.id.isdigit() else args.id
+    numeric = _numeric(args.id)
+    key: int | str = args.id if numeric is None else numeric
     match = await store.match(key)
     if match is None:
         raise QueryError(f"no match {args.id!r}")
@@ -195,7 +196,8 @@ async def _local_players(store: StatsStore, args: argparse.Namespace, _settings:
 
 async def _local_player(store: StatsStore, args: argparse.Namespace, _settings: Settings
                         ) -> dict[str, Any]:
-    player = await store.player(int(args.id)) if args.id.isdigit() else None
+    numeric = _numeric(args.id)
+    player = None if numeric is None else await store.player(numeric)
     if player is None:
         raise QueryError(f"no player {args.id!r}")
     return player
@@ -426,3 +428,10 @@ def _render_session(session: dict[str, Any]) -> list[str]:
          for m in matches],
     )
     return out
+
+
+def _numeric(text: str) -> int | None:
+    """An id or cursor as the query API reads it: ASCII digits, within SQLite's range."""
+    if text.isascii() and text.isdigit() and len(text) <= 19 and int(text) <= 2**63 - 1:
+        return int(text)
+    return None

@@ -11,7 +11,7 @@ import structlog
 from aiohttp import web
 
 from collector.config import Settings
-from collector.files import locked_data_dir
+from collector.files import forget_daemon, locked_data_dir
 from collector.handlers import HandlerContext, resolve
 from collector.queue import DurableQueue
 from collector.server import admin, http, ingest, live_routes, metrics, stats_routes, systemd
@@ -55,6 +55,7 @@ def create_app(settings: Settings) -> web.Application:
     async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
         q = settings.queue
         with locked_data_dir(settings.server.data_dir) as data_dir:
+            forget_daemon(data_dir)  # a record left by a daemon killed with -9
             queue = DurableQueue(
                 data_dir, durability=q.durability, max_pending=q.max_pending,
                 ack_interval_ms=q.ack_interval_ms, idempotency_ttl_hours=q.idempotency_ttl_hours,

@@ -126,7 +126,7 @@ class LiveHub:
     @property
     def full(self) -> bool:
         """No room for one more client."""
-        return len(self._clients) >= self.max_clients
+        return sum(not client.gone for client in self._clients) >= self.max_clients
 
     @property
     def closing(self) -> bool:

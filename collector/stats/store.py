@@ -319,6 +319,8 @@ class _Db:
     def __init__(self, path: Path, durability: str, readonly: bool) -> None:
         self.path = path
         self.readonly = readonly
+        if path.exists() and not path.is_file():
+            raise StartupError(f"{path} is a folder, not a statistics database")
         if not readonly and path.exists():
             # Read-only first: a damaged file is refused before anything may write to it
             # (a writable open of a file with a WAL checkpoints it on close).

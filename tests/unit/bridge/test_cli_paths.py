@@ -489,8 +489,8 @@ def test_an_interrupted_replay_says_how_far_it_got(
     (["replay", "x", "--to", "http://h", "--source", "x" * 300],
      "--source: 1 to 256 printable characters expected, 300 given"),
     (["replay", "x", "--to", "http://h", "--token", "a\x01b"],
-     "--token: the token holds a line break or a control character (one token on one "
-     "line)"),
+     "--token: the token holds a space, a line break or a control character (one line, "
+     "no spaces, expected)"),
     (["bridge", "--to", "http://h", "--game", "host:99999"],
      "--game: not a port number: 99999"),
     (["bridge", "--to", "http://h", "--game", "host:"], "--game: not HOST:PORT: 'host:'"),
@@ -536,8 +536,8 @@ def test_token_files_that_cannot_be_used(tmp_path: Path) -> None:
     assert token_file(tmp_path / "empty") == f"--token-file: {tmp_path}/empty is empty"
     (tmp_path / "two").write_text("one\ntwo\n")
     assert token_file(tmp_path / "two") == (
-        f"--token-file: {tmp_path}/two: the token holds a line break or a control character "
-        "(one token on one line)")
+        f"--token-file: {tmp_path}/two: the token holds a space, a line break or a control "
+        "character (one line, no spaces, expected)")
 
 
 def test_show_dead_does_not_create_a_spool(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ subprocess, its exit code, its one line, never a traceback (issue 16)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from collector.files import DAEMON_FILE
+from collector.files import DAEMON_FILE, LOCK_FILE, exclusive_lock
+from collector.stats.store import StatsStore
 from tests.support.model import cli_env, one_line, post_events, request, run_cli, wait_until
 from tests.support.server import ServerProcess
 
@@ -277,3 +279,73 @@ def test_export_to_a_full_disk_ends_in_one_line(tmp_path: Path) -> None:
         assert one_line(done.stderr).endswith(" jobs: No space left on device")
     finally:
         server.kill()
+
+
+def test_status_never_takes_a_record_left_by_a_killed_daemon_for_this_one(
+    tmp_path: Path
+) -> None:
+    """daemon.json left by a daemon killed with -9 names a port another daemon may have
+    now: while something else holds the data dir, status must not report that one."""
+    other = ServerProcess(tmp_path / "other")
+    other.start()
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / DAEMON_FILE).write_text(json.dumps({"pid": 1, "urls": [other.url]}))
+    try:
+        with exclusive_lock(data_dir, LOCK_FILE, what="data dir", holder="a test"):
+            done = run_cli("status", "--data-dir", str(data_dir), cwd=tmp_path)
+        assert done.returncode == 1, done.stdout  # no queue file here: nothing to report
+        assert one_line(done.stderr) == (
+            f"collector: error: no queue file in {data_dir} (and no daemon answering)")
+        assert other.url not in done.stdout
+    finally:
+        assert other.terminate() == 0
+
+
+ARABIC_ONE = "\u0661"  # a digit to str.isdigit(), not to the query API
+
+
+def test_local_ids_are_read_as_the_api_reads_them(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    asyncio.run(_empty_stats(data_dir))
+    for command, key in (("matches", "9999999999999999999"), ("matches", ARABIC_ONE),
+                         ("players", "9999999999999999999"), ("players", ARABIC_ONE)):
+        done = run_cli(command, key, "--data-dir", str(data_dir), cwd=tmp_path)
+        assert done.returncode == 1, (command, key, done.stdout)
+        noun = "match" if command == "matches" else "player"
+        assert one_line(done.stderr) == f"collector: error: no {noun} {key!r}"
+    cursor = run_cli("matches", "--before", ARABIC_ONE, "--data-dir", str(data_dir), cwd=tmp_path)
+    assert one_line(cursor.stderr) == "collector: error: --before: not a cursor: '\u0661'"
+
+
+async def _empty_stats(data_dir: Path) -> None:
+    store = StatsStore(data_dir)
+    await store.open()
+    await store.close()
+
+
+def test_a_token_with_a_line_break_or_a_bad_url_is_a_usage_error(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("secret\nmore\n")
+    done = run_cli("status", "--url", "http://127.0.0.1:9", "--token-file", str(token),
+                   cwd=tmp_path)
+    assert done.returncode == 2
+    assert one_line(done.stderr) == (
+        f"collector: error: --token-file: {token}: the token holds a space, a line break or "
+        "a control character (one line, no spaces, expected)")
+    bad = run_cli("status", "--url", "notaurl", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert one_line(bad.stderr) == (
+        "collector status: error: argument --url: not an http(s) URL with a host: "
+        "'notaurl' (like http://127.0.0.1:8765) (see `collector status --help`)")
+
+
+def test_a_stats_db_that_is_a_folder_says_so(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    (data_dir / "stats.db").mkdir(parents=True)
+    for command in (("sessions",), ("matches",), ("rebuild-stats", "--empty")):
+        done = run_cli(*command, "--data-dir", str(data_dir), cwd=tmp_path)
+        assert done.returncode == 1, command
+        assert one_line(done.stderr).startswith(
+            f"collector: error: {data_dir / 'stats.db'} is a folder, not a statistics "
+            "database"), command

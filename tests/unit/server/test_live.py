@@ -535,3 +535,32 @@ async def test_a_failing_read_is_logged_once(hub: tuple[LiveHub, FakeStore],
         for _ in range(3):
             await changed(live_hub, 2)
     assert [e["event"] for e in logs] == ["live_refresh_failed"]
+
+
+class _Transport:
+    """What the hub asks of a connection: whether it is closing."""
+
+    def __init__(self, closing: bool) -> None:
+        self.closing = closing
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+async def test_closed_connections_do_not_hold_places(tmp_path: Path) -> None:
+    """A client that reconnects at once must not lock others out: a connection already
+    closed no longer counts against max_clients (found by opening and closing 150 times,
+    which answered 503 to a normal client)."""
+    from collector.server.live import _Client
+    from collector.stats.store import StatsStore
+
+    hub = LiveHub(StatsStore(tmp_path), max_clients=2)
+    closed = _Transport(closing=True)
+    open_ = _Transport(closing=False)
+    hub._clients.update({_Client(b"", cast(asyncio.Transport, closed)),
+                         _Client(b"", cast(asyncio.Transport, closed))})
+    assert not hub.full
+    hub._clients.add(_Client(b"", cast(asyncio.Transport, open_)))
+    assert not hub.full
+    hub._clients.add(_Client(b"", cast(asyncio.Transport, _Transport(closing=False))))
+    assert hub.full
