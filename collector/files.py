@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,3 +127,15 @@ def read_daemon(data_dir: Path) -> tuple[int | None, list[str]]:
     if type(pid) is not int or pid != holder or not isinstance(urls, list):
         return holder, []
     return pid, [str(url) for url in urls]
+
+
+def aside_name(path: Path, kind: str) -> Path:
+    """`<name>.<kind>-<time>` beside `path`, a name no earlier one took (with its -wal and
+    -shm): where a file replaced by recover or rebuild-stats is kept, never deleted."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    aside = path.with_name(f"{path.name}.{kind}-{stamp}")
+    n = 1
+    while any(Path(f"{aside}{s}").exists() for s in ("", "-wal", "-shm")):
+        n += 1
+        aside = path.with_name(f"{path.name}.{kind}-{stamp}-{n}")
+    return aside

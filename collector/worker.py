@@ -232,12 +232,7 @@ class Worker:
                             then="one by one")
                 return done
         finally:
-            self._busy_since = None
-            if self._timed_out:  # the cancellation is consumed (or came too late)
-                self._timed_out = False
-                task = asyncio.current_task()
-                if task is not None:
-                    task.uncancel()
+            self._call_ended()
         queue = self._queue
         for job in run:
             queue.ack(job)
@@ -305,12 +300,17 @@ class Worker:
                 raise  # a real cancellation (shutdown)
             raise _HandlerTimeoutError from None
         finally:
-            self._busy_since = None
-            if self._timed_out:  # the cancellation is consumed (or came too late)
-                self._timed_out = False
-                task = asyncio.current_task()
-                if task is not None:
-                    task.uncancel()
+            self._call_ended()
+
+    def _call_ended(self) -> None:
+        """A handler call (one job or a run) ended: not busy any more, and a timeout's
+        cancellation is consumed (or came too late)."""
+        self._busy_since = None
+        if self._timed_out:
+            self._timed_out = False
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
 
     async def _bury(self, job: Job, error: str, *, permanent: bool) -> None:
         log.error("job_dead_lettered", attempt=job.attempt, error=error, permanent=permanent)

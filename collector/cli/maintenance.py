@@ -29,7 +29,6 @@ import re
 import shutil
 import sys
 import tempfile
-import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ import orjson
 from collector.cli.output import out
 from collector.config import load_settings
 from collector.errors import QueueCorruptError, StartupError
-from collector.files import fsync_path, locked_data_dir
+from collector.files import aside_name, fsync_path, locked_data_dir
 from collector.handlers.archive import ARCHIVE_DIR
 from collector.jobs import Job
 from collector.logs import configure_logging
@@ -279,17 +278,6 @@ async def _replay(build_dir: Path, jobs: Iterator[Job] | None, seen: _Replay) ->
         await store.close()
 
 
-def _aside(path: Path, kind: str) -> Path:
-    """A name for the old stats.db that no earlier rebuild used."""
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    aside = path.with_name(f"{path.name}.{kind}-{stamp}")
-    n = 1
-    while any(Path(f"{aside}{s}").exists() for s in ("", "-wal", "-shm")):
-        n += 1
-        aside = path.with_name(f"{path.name}.{kind}-{stamp}-{n}")
-    return aside
-
-
 def _confirm_empty(archive: Path) -> bool:
     """On a terminal, ask before starting an empty stats.db; elsewhere, never assume."""
     if not sys.stdin.isatty():
@@ -358,7 +346,7 @@ def _rebuild(args: argparse.Namespace, data_dir: Path, path: Path, archive: Path
                 f"--data-dir {data_dir}` to keep {path.name} aside and start an empty one, "
                 "which fills with new matches")
     kind = "damaged" if problems else "old"
-    aside = _aside(path, kind)
+    aside = aside_name(path, kind)
     seen = _Replay()
     state = f"damaged: {problems[0]}" if problems else ("sound" if exists else "missing")
     if args.dry_run:

@@ -7,7 +7,6 @@ import contextlib
 import shutil
 import sqlite3
 import tempfile
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import Any, Final
 from collector.errors import (
     StorageError,
 )
-from collector.files import fsync_path
+from collector.files import aside_name, fsync_path
 from collector.queue.check import bad_dead_row, bad_job_row, connect_read_only, give_back
 from collector.queue.rows import DEAD_COLUMNS, JOB_COLUMNS, JOBS_TABLE, KEY_COLUMNS, QUEUE_FILE
 from collector.queue.table import JobTable, transaction
@@ -80,7 +79,7 @@ def recover_file(data_dir: Path, *, dry_run: bool = False) -> RecoverReport:
     highest = max([r[0] for r in jobs] + [r[0] for r in dead] + [0])
     last = highest + _SEQ_MARGIN_WHEN_UNKNOWN if known_last is None else max(known_last, highest)
     report = RecoverReport(
-        damaged_moved_to=_aside_name(path), jobs_salvaged=sum(r[0] - r[4] for r in jobs),
+        damaged_moved_to=aside_name(path, "damaged"), jobs_salvaged=sum(r[0] - r[4] for r in jobs),
         dead_salvaged=len(dead), unreadable_ranges=_lost_seqs(jobs, bad_keys, last),
         next_seq=last + 1, keys_salvaged=len(keys), rows_salvaged=len(jobs), dry_run=dry_run,
     )
@@ -135,16 +134,6 @@ def _open_for_salvage(path: Path) -> sqlite3.Connection | None:
         return None
     return conn
 
-
-def _aside_name(path: Path) -> Path:
-    """A name for the damaged file that no earlier recovery used."""
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    aside = path.with_name(f"{QUEUE_FILE}.damaged-{stamp}")
-    n = 1
-    while any(Path(f"{aside}{s}").exists() for s in ("", "-wal", "-shm")):
-        n += 1
-        aside = path.with_name(f"{QUEUE_FILE}.damaged-{stamp}-{n}")
-    return aside
 
 def _read_or_none(conn: sqlite3.Connection | None, sql: str) -> int | None:
     """One integer from `sql`, or None when it cannot be read."""

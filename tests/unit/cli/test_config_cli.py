@@ -19,6 +19,7 @@ import pytest
 from collector.config import load_settings
 from collector.errors import ConfigError
 from collector.handlers import builtin_handlers
+from tests.support.model import one_line
 from tests.support.paths import REPO
 from tests.support.server import ServerProcess, free_port
 
@@ -43,15 +44,6 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None
         cwd=cwd, env=env or clean_env(), capture_output=True, text=True, timeout=30,
         check=False,
     )
-
-
-def one_line(stderr: str) -> str:
-    """The single line of `stderr`; fails on tracebacks and multi-line output."""
-    assert "Traceback" not in stderr, stderr
-    lines = stderr.splitlines()
-    assert len(lines) == 1, stderr
-    assert lines[0].strip()
-    return lines[0]
 
 
 def write(path: Path, text: str) -> Path:
