@@ -14,7 +14,16 @@ from collector.config import Settings
 from collector.files import forget_daemon, locked_data_dir
 from collector.handlers import HandlerContext, resolve
 from collector.queue import DurableQueue
-from collector.server import admin, http, ingest, live_routes, metrics, stats_routes, systemd
+from collector.server import (
+    admin,
+    http,
+    ingest,
+    live_routes,
+    metrics,
+    pages,
+    stats_routes,
+    systemd,
+)
 from collector.server.appkeys import (
     LIVE,
     METRICS,
@@ -50,7 +59,8 @@ def create_app(settings: Settings) -> web.Application:
     app[STATE] = ServiceState(token=settings.token_value())
     # Every route is wrapped by http.endpoint (request_id, token, JSON errors), and a
     # last route answers 404/405 in the same shape.
-    http.add_routes(app, ingest.routes, stats_routes.routes, live_routes.routes, admin.routes)
+    http.add_routes(app, ingest.routes, stats_routes.routes, live_routes.routes, admin.routes,
+                    pages.routes)
 
     async def queue_ctx(app: web.Application) -> AsyncIterator[None]:
         q = settings.queue
@@ -147,6 +157,7 @@ def create_app(settings: Settings) -> web.Application:
         if hub is not None:
             hub.close_streams()
 
+    app.cleanup_ctx.append(pages.dashboard_ctx)
     app.cleanup_ctx.extend([queue_ctx, stats_ctx, live_ctx, worker_ctx, maintenance_ctx])
     # They watch the worker, so they start after it and stop before it drains.
     app.cleanup_ctx.extend([metrics_ctx, notify_ctx])
