@@ -54,6 +54,9 @@ function askToken(wrong) {
       h("p", { class: "muted" },
         "It is the bearer token of the daemon ([server] token_file). It stays in this browser."),
       wrong ? h("p", { class: "bad", "data-testid": "token-error" }, "That token was refused.") : null,
+      // For password managers: the token belongs to this collector.
+      h("input", { type: "text", name: "username", autocomplete: "username", value: location.host,
+        hidden: true, readonly: true }),
       h("div", { class: "row" }, input, h("button", { type: "submit" }, "Open")),
     );
     form.addEventListener("submit", (event) => {

@@ -81,7 +81,7 @@ function career(player) {
       statTile("supersonic", percent("time_supersonic_s")),
       statTile("in the air", percent("time_air_s")),
       statTile("empty boost", percent("time_zero_boost_s")),
-      statTile("demos", `${fmtNum(s.demos_inflicted)} / ${fmtNum(s.demos_taken)} taken`),
+      statTile("demos / demoed", `${fmtNum(s.demos_inflicted)} / ${fmtNum(s.demos_taken)}`),
       statTile("play seen", fmtDuration(s.tracked_s))));
   out.dataset.testid = "career";
   return out;
