@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
 
 from collector.errors import ConfigError
 
@@ -46,6 +48,19 @@ class ServerSettings:
     #: previous answer: also how long an idle kept-alive connection stays open), and then
     #: its whole body (else 408 request_timeout). Slow clients cannot hold connections.
     read_timeout: float = 60.0
+    #: The names in the Host header the daemon answers to (DNS rebinding: a page that
+    #: rebinds its own name to this server's address sends its own name). Empty: the
+    #: listening address, localhost, 127.0.0.1, [::1], the host name, its .local name and
+    #: its fully qualified name, and any address the client actually connected to.
+    #: ["*"] turns the check off (with a warning). Entries are names or addresses,
+    #: without port; "*.example.org" takes every name under example.org.
+    allowed_hosts: tuple[str, ...] = ()
+    #: Origins (scheme://host[:port]) whose pages may call the API from a browser:
+    #: answered with CORS headers. None by default.
+    cors_origins: tuple[str, ...] = ()
+    #: PEM files: the certificate (chain) and its private key. Both set: HTTPS only.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +267,12 @@ def _check_ranges(settings: Settings) -> None:
         (1 <= s.max_depth <= 512, "server.max_depth: must be between 1 and 512"),
         (s.shutdown_timeout >= 0, "server.shutdown_timeout: must not be negative"),
         (s.read_timeout > 0, "server.read_timeout: must be positive"),
+        ((s.tls_cert_file is None) == (s.tls_key_file is None),
+         "server.tls_cert_file and server.tls_key_file: set both or neither"),
+        *((_host_pattern_ok(h), f"server.allowed_hosts: {h!r} is not a host name or address "
+           "(no scheme, no port, no path)") for h in s.allowed_hosts),
+        *((_origin_ok(o), f"server.cors_origins: {o!r} is not an origin "
+           "(scheme://host or scheme://host:port, http or https)") for o in s.cors_origins),
         (q.max_pending >= 1, "queue.max_pending: must be at least 1"),
         (q.ack_interval_ms >= 0, "queue.ack_interval_ms: must not be negative"),
         (q.max_bytes == 0 or q.max_bytes >= 1 << 20, "queue.max_bytes: 0 or at least 1 MiB"),
@@ -276,6 +297,32 @@ def _check_ranges(settings: Settings) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def _host_pattern_ok(host: str) -> bool:
+    if host == "*":
+        return True
+    name = host.removeprefix("*.")
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    if ":" in name:  # only an IPv6 address has colons: "host:port" is not a host
+        try:
+            ipaddress.IPv6Address(name.split("%")[0])
+        except ValueError:
+            return False
+        return True
+    return bool(name) and name.isascii() and all(c.isalnum() or c in ".-_" for c in name)
+
+
+def _origin_ok(origin: str) -> bool:
+    parts = urlsplit(origin)
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return False
+    return (parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.path
+            and not parts.query and not parts.fragment and not parts.username
+            and origin == f"{parts.scheme}://{parts.netloc}")
 
 
 def load_settings(
