@@ -181,6 +181,20 @@ def test_match_scoreboard_tables_wear_the_team_colours(stats_daemon: Daemon,
             f"team {team}'s table shows no {colour} in its styles")
 
 
+def test_match_goals_show_their_game_time(stats_daemon: Daemon,
+                                          open_page: PageOpener) -> None:
+    """Each goal of the timeline says when in the game it fell (m:ss), as the contract
+    asks besides scorer, assister and speed."""
+    match = stats_daemon.api("/v1/matches/D0E13333000000000000000000000004")
+    assert all(goal["game_time"] is not None for goal in match["goals"])
+    page = open_page(stats_daemon.url, f"/matches/{match['id']}").page
+    goals = page.locator("[data-testid=goals] li[data-testid=goal]")
+    assert goals.count() == len(match["goals"])
+    for n in range(goals.count()):
+        text = goals.nth(n).inner_text()
+        assert re.search(r"\d+:\d\d", text), f"goal {n + 1} shows no game time: {text!r}"
+
+
 def test_unknown_match_shows_the_error(stats_daemon: Daemon, open_page: PageOpener) -> None:
     def allow_404(page: Any, guard: B.PageGuard) -> None:
         # Chromium logs the 404 answer itself; that is the point of this test.
