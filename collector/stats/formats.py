@@ -17,6 +17,7 @@ Four dialects arrive (see the formats note in the project's shared notes):
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias
@@ -77,11 +78,18 @@ class PlayerLine:
 
 @dataclass(slots=True)  # not frozen: built for every tick (see Snapshot)
 class TeamLine:
-    """One team's name and score."""
+    """One team's name, score and colours.
+
+    ``color_primary`` and ``color_secondary`` are ``"#rrggbb"`` (lowercase), or None when
+    the format does not send them or sends anything but exactly six hex digits (a
+    colour ends up in a browser's CSS: only this one shape passes).
+    """
 
     num: int
     name: str | None = None
     score: int | None = None
+    color_primary: str | None = None
+    color_secondary: str | None = None
 
 
 @dataclass(slots=True)  # not frozen: built for every tick (see Snapshot)
@@ -227,6 +235,8 @@ _PHASES: Final[dict[str, PhaseKind]] = {
 _CAR_KEYS: Final = frozenset({"bHasCar", "bDemolished", "Boost", "Speed", "bBoosting",
                               "bOnGround", "bOnWall", "bPowersliding", "bSupersonic"})
 _INF: Final = float("inf")
+#: A team colour as the Stats API and SOS send it: six hex digits, no '#'.
+_HEX_COLOR: Final = re.compile(r"[0-9A-Fa-f]{6}")
 
 
 def parse(payload: Any) -> Event:
@@ -338,7 +348,8 @@ def _car(player: Mapping[str, Any]) -> Car | None:
 def _stats_update(data: Mapping[str, Any], guid: str | None) -> Snapshot:
     game = _mapping(data.get("Game"))
     teams = tuple(
-        TeamLine(num=num, name=_text(t.get("Name")), score=_int(t.get("Score")))
+        TeamLine(num, _text(t.get("Name")), _int(t.get("Score")),
+                 _color(t.get("ColorPrimary")), _color(t.get("ColorSecondary")))
         for t in _mappings(game.get("Teams"))
         if (num := _int(t.get("TeamNum"))) is not None
     )
@@ -409,7 +420,8 @@ def _sos_update(data: Mapping[str, Any], guid: str | None) -> Snapshot:
     else:
         pairs = ()
     teams = tuple(
-        TeamLine(num=num, name=_text(t.get("name")), score=_int(t.get("score")))
+        TeamLine(num, _text(t.get("name")), _int(t.get("score")),
+                 _color(t.get("color_primary")), _color(t.get("color_secondary")))
         for key, t in pairs
         if isinstance(t, Mapping) and (num := _int(key)) is not None
     )
@@ -629,6 +641,21 @@ def _float(value: Any) -> float | None:
     if number != number or number in (float("inf"), float("-inf")):
         return None
     return number
+
+
+def _color(value: Any) -> str | None:
+    """``"#rrggbb"`` from exactly six hex digits; None for anything else."""
+    if type(value) is not str or len(value) != 6:
+        return None
+    return _hex_color(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _hex_color(text: str) -> str | None:
+    """The colour of six characters (the same few come with every tick)."""
+    if _HEX_COLOR.fullmatch(text) is None:
+        return None
+    return "#" + text.lower()
 
 
 def _point(value: Any) -> tuple[float, float, float] | None:

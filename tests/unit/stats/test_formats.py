@@ -43,7 +43,8 @@ def test_the_recording_parses_into_snapshots_and_generic_events() -> None:
     last = snapshots[-1]
     assert last.match_guid == GUID
     assert last.arena == "cs_p"
-    assert last.teams == (TeamLine(0, "Blue", 0), TeamLine(1, "Orange", 1))
+    assert last.teams == (TeamLine(0, "Blue", 0, "#1873ff", "#e5e5e5"),
+                          TeamLine(1, "Orange", 1, "#c26418", "#e5e5e5"))
     zone = next(p for p in last.players if p.name == "Zone Killa")
     assert zone == PlayerLine(
         name="Zone Killa", primary_id="Epic|9dfa38bf97f9442997b464ea869eb96a|0", team=1,
@@ -206,3 +207,55 @@ def test_numbers_out_of_sqlite_range_and_wrong_types_are_dropped_not_raised() ->
     assert event.arena is None
     assert event.teams == ()
 
+
+
+# -- team colours ------------------------------------------------------------------------------
+
+#: What a stranger may put where a colour goes; each must come out None (it ends up in CSS).
+HOSTILE_COLORS = [
+    "red;background:url(x)", "12345G", "1873FF0", "1873F", "#1873FF", "#1873F", " 1873FF",
+    "1873FF ", "1873FF\n", "", "0x1873",
+    "\uff11\uff18\uff17\uff13\uff26\uff26",  # fullwidth digits and letters
+    "\u0660\u0661\u0662\u0663\u0664\u0665",  # Arabic-Indic digits (str.isdigit says yes)
+    1873, 0x1873FF, None, True,
+    ["1873FF"], {"hex": "1873FF"}, 18.73,
+]
+
+
+def stats_api_teams(primary: Any, secondary: Any) -> dict[str, Any]:
+    return stats_api("UpdateState", {"MatchGuid": GUID, "Players": [], "Game": {"Teams": [
+        {"Name": "Blue", "TeamNum": 0, "Score": 0, "ColorPrimary": primary,
+         "ColorSecondary": secondary}]}})
+
+
+def sos_teams(primary: Any, secondary: Any) -> dict[str, Any]:
+    return {"event": "game:update_state", "data": {"match_guid": "ABC", "hasGame": True,
+            "players": {}, "game": {"teams": {"0": {
+                "name": "BLUE", "score": 1, "color_primary": primary,
+                "color_secondary": secondary}}}}}
+
+
+@pytest.mark.parametrize("message", [stats_api_teams, sos_teams], ids=["stats_api", "sos"])
+def test_team_colours_are_six_hex_digits_made_lowercase_css(message: Any) -> None:
+    event = formats.parse(message("1873FF", "e5E5e5"))
+    assert isinstance(event, Snapshot)
+    (team,) = event.teams
+    assert (team.color_primary, team.color_secondary) == ("#1873ff", "#e5e5e5")
+
+
+@pytest.mark.parametrize("message", [stats_api_teams, sos_teams], ids=["stats_api", "sos"])
+@pytest.mark.parametrize("hostile", HOSTILE_COLORS, ids=repr)
+def test_anything_but_six_hex_digits_is_no_colour(message: Any, hostile: Any) -> None:
+    event = formats.parse(message(hostile, "E5E5E5"))
+    assert isinstance(event, Snapshot)
+    (team,) = event.teams
+    assert team.color_primary is None
+    assert team.color_secondary == "#e5e5e5"  # the other, sound one stays
+    assert team.name is not None  # the rest of the team is read as always
+
+
+def test_formats_without_colours_leave_them_none() -> None:
+    event = formats.parse({"event": "online_game", "match_id": 7, "roster": [
+        {"name": "A", "team_num": 0, "score": 1}], "teams": [{"team_num": 0, "score": 1}]})
+    assert isinstance(event, Snapshot)
+    assert event.teams == (TeamLine(0, None, 1, None, None),)
