@@ -341,13 +341,21 @@ class Apply:
                 self.changed = True
         self._match_fields(match, snap)
         for team in snap.teams:
+            # A value the snapshot lacks (None) keeps the last known one: a colour once
+            # seen stays, whatever a later message leaves out or sends malformed.
             cur = self.conn.execute(
-                "INSERT INTO match_teams (match_id, num, name, score) VALUES (?, ?, ?, ?) "
+                "INSERT INTO match_teams (match_id, num, name, score, color_primary, "
+                "color_secondary) VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (match_id, num) DO UPDATE SET "
-                "name = coalesce(excluded.name, name), score = coalesce(excluded.score, score) "
+                "name = coalesce(excluded.name, name), score = coalesce(excluded.score, score), "
+                "color_primary = coalesce(excluded.color_primary, color_primary), "
+                "color_secondary = coalesce(excluded.color_secondary, color_secondary) "
                 "WHERE name IS NOT coalesce(excluded.name, name) "
-                "OR score IS NOT coalesce(excluded.score, score)",
-                (match.id, team.num, team.name, team.score),
+                "OR score IS NOT coalesce(excluded.score, score) "
+                "OR color_primary IS NOT coalesce(excluded.color_primary, color_primary) "
+                "OR color_secondary IS NOT coalesce(excluded.color_secondary, color_secondary)",
+                (match.id, team.num, team.name, team.score, team.color_primary,
+                 team.color_secondary),
             )
             self.changed = self.changed or cur.rowcount > 0
         for line in snap.players:

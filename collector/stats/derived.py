@@ -25,6 +25,8 @@ from collector.stats import formats
 
 Value: TypeAlias = float | int | None
 Stats: TypeAlias = dict[str, Value]
+#: A car as last seen: the API's ``car`` object (keys CAR_KEYS).
+Car: TypeAlias = dict[str, float | int | bool]
 _Phase: TypeAlias = Literal["unknown", "live", "stopped"]
 
 STATE_VERSION: Final = 1
@@ -69,6 +71,9 @@ PLAYER_KEYS: Final = (
 _AVERAGES: Final = ("boost_avg", "speed_avg")
 _PER_MINUTE: Final = {"bpm": "boost_collected", "bcpm": "boost_used"}
 _DEMO_KEYS: Final = ("demos_inflicted", "demos_taken")
+#: The keys of a car as last seen (:meth:`MatchStats.cars`), in this order.
+CAR_KEYS: Final = ("boost", "speed", "supersonic", "boosting", "on_ground", "on_wall",
+                   "powersliding", "demolished")
 
 
 def player_key(line: formats.PlayerLine) -> str:
@@ -111,21 +116,49 @@ class MatchStats:
 
     def __init__(self) -> None:
         self._s: dict[str, Any] = _new_state()
+        #: The player lines of the latest snapshot (kept as they came: 60-120 a second,
+        #: turned into cars only when read); None after from_state until the next one.
+        self._latest: tuple[formats.PlayerLine, ...] | None = ()
+        #: The cars a restored state carried (see cars()), while _latest is None.
+        self._restored_cars: dict[str, Car | None] = {}
 
     # -- state -----------------------------------------------------------------------------
 
     def to_state(self) -> dict[str, Any]:
         """Everything the engine knows, as JSON-serialisable data (a deep copy)."""
-        return copy.deepcopy(self._s)
+        state = copy.deepcopy(self._s)
+        state["cars"] = self.cars()
+        return state
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> MatchStats:
-        """An engine that goes on exactly where the one that wrote ``state`` stopped."""
+        """An engine that goes on exactly where the one that wrote ``state`` stopped.
+
+        A state written before the cars were kept (no ``"cars"``) loads with no car
+        known until the next snapshot.
+        """
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"unknown derived-statistics state version {state.get('version')!r}")
         stats = cls()
         stats._s = copy.deepcopy(dict(state))
+        cars = stats._s.pop("cars", None)
+        stats._latest = None
+        stats._restored_cars = {
+            str(key): _restored_car(car)
+            for key, car in (cars.items() if isinstance(cars, dict) else ())
+        }
         return stats
+
+    def cars(self) -> dict[str, Car | None]:
+        """Each player's car as the latest snapshot showed it, by player key: None for a
+        player that snapshot did not show (an opponent seen from a player's seat, a
+        format without car state). Empty once the match is over."""
+        if self._s["ended"]:
+            return {}
+        if self._latest is None:
+            return {key: None if car is None else dict(car)
+                    for key, car in self._restored_cars.items()}
+        return {player_key(line): _car(line.car) for line in self._latest}
 
     # -- feeding ---------------------------------------------------------------------------
 
@@ -247,6 +280,7 @@ class MatchStats:
         self._tick(snap)
 
     def _remember(self, snap: formats.Snapshot) -> None:
+        self._latest = snap.players  # the cars, read when asked (cars())
         roster = self._s["roster"]
         for line in snap.players:
             roster[player_key(line)] = [line.name, line.team]
@@ -414,6 +448,25 @@ def _adjacent(before: tuple[Any, ...], after: tuple[int, bool]) -> bool:
     """The clock moved by exactly one second (within regulation or within overtime)."""
     first, second = _order((int(before[0]), bool(before[1]))), _order(after)
     return first[0] == second[0] and second[1] - first[1] == 1
+
+
+def _car(car: formats.Car | None) -> Car | None:
+    """A seen car as the API shows it: boost 0-100 whole, speed in uu/s to 0.1."""
+    if car is None:
+        return None
+    return {
+        "boost": round(car.boost), "speed": round(car.speed_kmh / KMH_PER_UU_S, 1),
+        "supersonic": car.supersonic, "boosting": car.boosting, "on_ground": car.on_ground,
+        "on_wall": car.on_wall, "powersliding": car.powersliding,
+        "demolished": car.demolished,
+    }
+
+
+def _restored_car(value: Any) -> Car | None:
+    """A car from a stored state, as _car wrote it; None for anything else."""
+    if not isinstance(value, dict) or set(value) != set(CAR_KEYS):
+        return None
+    return {key: value[key] for key in CAR_KEYS}
 
 
 def _car_tick(sums: dict[str, Any], car: formats.Car) -> None:

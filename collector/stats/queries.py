@@ -15,6 +15,8 @@ from collector.stats.derived import PLAYER_KEYS, Stats, aggregate
 from collector.stats.schema import LINE_FIELDS
 
 _RECENT_MATCHES: Final = 10
+#: A cursor above every id (the first page).
+_NO_CURSOR: Final = 2**63 - 1
 #: The derived statistics the players list carries (the player document has them all).
 HEADLINE_KEYS: Final = ("tracked_s", "boost_avg", "bpm", "speed_avg", "time_supersonic_s",
                         "demos_inflicted")
@@ -74,14 +76,26 @@ def _teams(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, list[dict[
         return {}
     marks = ",".join("?" * len(ids))
     out: dict[int, list[dict[str, Any]]] = {}
-    for match_id, num, name, score, possession_s in conn.execute(
-        "SELECT match_id, num, name, score, possession_s FROM match_teams "  # noqa: S608 - only placeholders
-        f"WHERE match_id IN ({marks}) ORDER BY match_id, num",
+    for match_id, num, name, score, possession_s, primary, secondary in conn.execute(
+        "SELECT match_id, num, name, score, possession_s, color_primary, color_secondary "  # noqa: S608 - only placeholders
+        f"FROM match_teams WHERE match_id IN ({marks}) ORDER BY match_id, num",
         list(ids),
     ):
         out.setdefault(match_id, []).append(
-            {"num": num, "name": name, "score": score, "possession_s": possession_s})
+            {"num": num, "name": name, "score": score, "possession_s": possession_s,
+             "color_primary": primary, "color_secondary": secondary})
     return out
+
+
+def _car(text: str | None) -> dict[str, Any] | None:
+    """A stored ``match_players.car`` (derived.CAR_KEYS), or None."""
+    if not text:
+        return None
+    try:
+        loaded = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return loaded if isinstance(loaded, dict) else None
 
 
 def match(conn: sqlite3.Connection, key: int | str) -> dict[str, Any] | None:
@@ -93,12 +107,14 @@ def match(conn: sqlite3.Connection, key: int | str) -> dict[str, Any] | None:
         return None
     match_id = row[0]
     out = _match_json(row, _teams(conn, [match_id]).get(match_id, []))
+    ended = out["ended_at"] is not None
     out["players"] = [
         {"player_id": r[0], "name": r[1], "primary_id": r[2], "team": r[3],
-         **dict(zip(LINE_FIELDS, r[4:-1], strict=True)), "stats": derived(r[-1])}
+         **dict(zip(LINE_FIELDS, r[4:-2], strict=True)), "stats": derived(r[-2]),
+         "car": None if ended else _car(r[-1])}
         for r in conn.execute(
             "SELECT mp.player_id, mp.name, p.primary_id, mp.team, mp.score, mp.goals, "
-            "mp.shots, mp.assists, mp.saves, mp.touches, mp.demos, mp.stats "
+            "mp.shots, mp.assists, mp.saves, mp.touches, mp.demos, mp.stats, mp.car "
             "FROM match_players mp JOIN players p ON p.id = mp.player_id "
             "WHERE mp.match_id = ? ORDER BY mp.team IS NULL, mp.team, mp.score DESC, "
             "mp.player_id",
@@ -148,7 +164,27 @@ def player(conn: sqlite3.Connection, player_id: int) -> dict[str, Any] | None:
         return None
     out = _player_json(row)
     out["stats"] = _headlines(conn, [player_id]).get(player_id) or dict.fromkeys(PLAYER_KEYS)
-    out["recent_matches"] = [
+    out["recent_matches"] = _player_matches(conn, player_id, _RECENT_MATCHES, None)
+    return out
+
+
+def player_matches_page(conn: sqlite3.Connection, player_id: int, limit: int,
+                        before: int | None) -> dict[str, Any] | None:
+    """``{"matches": [...], "next": cursor}``: a player's matches, newest first, each as
+    in ``recent_matches``; None when there is no such player."""
+    if conn.execute("SELECT 1 FROM players WHERE id = ?", (player_id,)).fetchone() is None:
+        return None
+    matches = _player_matches(conn, player_id, limit + 1, before)
+    more = len(matches) > limit
+    matches = matches[:limit]
+    return {"matches": matches, "next": str(matches[-1]["id"]) if more else None}
+
+
+def _player_matches(conn: sqlite3.Connection, player_id: int, limit: int,
+                    before: int | None) -> list[dict[str, Any]]:
+    """A player's matches below match id `before` (all: None), newest first: the match,
+    the player's line and derived statistics in it."""
+    return [
         {"id": r[0], "guid": r[1], "arena": r[2], "arena_name": arena_name(r[2]),
          "playlist": r[3], "started_at": r[4], "ended_at": r[5], "winner": r[6],
          "team": r[7], "won": None if r[6] is None or r[7] is None else r[6] == r[7],
@@ -159,11 +195,10 @@ def player(conn: sqlite3.Connection, player_id: int) -> dict[str, Any] | None:
             "m.winner, mp.team, mp.score, mp.goals, mp.shots, mp.assists, mp.saves, "
             "mp.touches, mp.demos, m.duration_s, mp.stats FROM match_players mp "
             "JOIN matches m ON m.id = mp.match_id WHERE mp.player_id = ? "
-            "ORDER BY m.id DESC LIMIT ?",
-            (player_id, _RECENT_MATCHES),
+            "AND mp.match_id < ? ORDER BY mp.match_id DESC LIMIT ?",
+            (player_id, _NO_CURSOR if before is None else before, limit),
         )
     ]
-    return out
 
 
 def _headlines(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, Stats]:

@@ -103,6 +103,15 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         "CREATE INDEX matches_open ON matches (ended_at, last_event_at)",
         "CREATE INDEX matches_started ON matches (started_at)",
     )),
+    Migration(5, "team colours, each player's car as last seen", (
+        # "#rrggbb" (collector.stats.formats), the last one the feed sent that was one;
+        # NULL until then (and for matches stored before this version).
+        "ALTER TABLE match_teams ADD COLUMN color_primary TEXT",
+        "ALTER TABLE match_teams ADD COLUMN color_secondary TEXT",
+        # The JSON of MatchStats.cars()[key], written with the derived statistics; NULL
+        # when the latest UpdateState did not show that car, or the match is over.
+        "ALTER TABLE match_players ADD COLUMN car TEXT",
+    )),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version
 

@@ -232,6 +232,13 @@ class StatsStore:
         """A player's career totals and recent matches, or None."""
         return await self._guarded(queries.player, self._require().conn, player_id)
 
+    async def player_matches(self, player_id: int, *, limit: int = 20,
+                             before: int | None = None) -> dict[str, Any] | None:
+        """``{"matches": [...], "next": cursor}``: a player's matches, newest first (each
+        as in the player's ``recent_matches``); None when there is no such player."""
+        return await self._guarded(queries.player_matches_page, self._require().conn,
+                                   player_id, limit, before)
+
     async def sessions_page(self, *, gap_s: float, limit: int = 20,
                             before: tuple[int, int] | None = None, player: int | None = None
                             ) -> dict[str, Any] | None:
@@ -267,7 +274,8 @@ class _Tx:
 
 def _scoreboard(snap: formats.Snapshot) -> tuple[Any, ...]:
     """Everything of a snapshot that the tables keep (the car states only feed the
-    engine): two snapshots with the same scoreboard write the same rows."""
+    engine): two snapshots with the same scoreboard write the same rows. The teams are
+    compared whole, their colours included: a changed colour takes the full path."""
     return (snap.format, snap.match_guid, snap.teams, snap.arena, snap.playlist,
             snap.time_seconds, snap.overtime, snap.winner, snap.replay, snap.timestamp,
             tuple((p.name, p.primary_id, p.team, p.score, p.goals, p.shots, p.assists,
@@ -304,12 +312,16 @@ def write_derived(conn: sqlite3.Connection, match_id: int, engine: MatchStats) -
         "WHERE mp.match_id = ?",
         (match_id,),
     ).fetchall())
+    cars = engine.cars()
     for key, stats in engine.players().items():
         player_id = ids.get(key)
         if player_id is not None:
+            car = cars.get(key)
             conn.execute(
-                "UPDATE match_players SET stats = ? WHERE match_id = ? AND player_id = ?",
-                (orjson.dumps(rounded(stats)).decode(), match_id, player_id),
+                "UPDATE match_players SET stats = ?, car = ? WHERE match_id = ? "
+                "AND player_id = ?",
+                (orjson.dumps(rounded(stats)).decode(),
+                 None if car is None else orjson.dumps(car).decode(), match_id, player_id),
             )
 
 

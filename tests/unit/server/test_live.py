@@ -207,6 +207,54 @@ async def test_the_current_match_at_once_then_each_change(make_client: ClientFac
         assert ended.json()["winner"] == 0  # no live match left: the one that just ended
 
 
+def seen_from_ada(boost: int, *, colour: str = "1873FF") -> dict[str, Any]:
+    """An UpdateState from Ada's seat: her car (with `boost`) and the teams' colours; Bob,
+    an opponent, carries only his scoreboard."""
+    return api("UpdateState", {
+        "MatchGuid": GUID,
+        "Players": [{"Name": "Ada", "PrimaryId": "Steam|1|0", "TeamNum": 0, "Score": 100,
+                     "bHasCar": True, "bOnGround": True, "Boost": boost, "Speed": 72.0},
+                    {"Name": "Bob", "PrimaryId": "Steam|2|0", "TeamNum": 1, "Score": 50}],
+        "Game": {"Teams": [{"Name": "Blue", "TeamNum": 0, "Score": 0, "ColorPrimary": colour,
+                            "ColorSecondary": "E5E5E5"},
+                           {"Name": "Orange", "TeamNum": 1, "Score": 0,
+                            "ColorPrimary": "C26418", "ColorSecondary": "E5E5E5"}],
+                 "TimeSeconds": 250, "Arena": "Stadium_P"},
+    })
+
+
+def ada_boost(doc: dict[str, Any]) -> Any:
+    car = next(p["car"] for p in doc["players"] if p["name"] == "Ada")
+    return None if car is None else car["boost"]
+
+
+async def test_frames_carry_team_colours_and_the_cars_as_last_seen(
+        make_client: ClientFactory) -> None:
+    client = await stats_client(make_client)
+    await drained(client, await post(client, seen_from_ada(33)))
+    async with live(client) as sse:
+        doc = (await sse.next()).json()
+        assert [(t["color_primary"], t["color_secondary"]) for t in doc["teams"]] == \
+            [("#1873ff", "#e5e5e5"), ("#c26418", "#e5e5e5")]
+        cars = {p["name"]: p["car"] for p in doc["players"]}
+        assert cars == {"Ada": {"boost": 33, "speed": 2000.0, "supersonic": False,
+                                "boosting": False, "on_ground": True, "on_wall": False,
+                                "powersliding": False, "demolished": False},
+                        "Bob": None}  # an opponent from Ada's seat: not visible
+        # Only the car changed (the scoreboard did not): the frame follows it.
+        await post(client, seen_from_ada(80))
+        later = await sse.until(lambda e: e.name == "match" and ada_boost(e.json()) == 80)
+        assert later.json() == await match_doc(client, doc["id"])
+        # A hostile colour never reaches a frame; the last sound one stays.
+        await post(client, seen_from_ada(81, colour="red;background:url(x)"))
+        hostile = await sse.until(lambda e: e.name == "match" and ada_boost(e.json()) == 81)
+        assert hostile.json()["teams"][0]["color_primary"] == "#1873ff"
+        assert "url(" not in hostile.data
+        await post(client, api("MatchEnded", {"MatchGuid": GUID, "WinnerTeamNum": 0}))
+        ended = await sse.until(lambda e: e.json()["ended_at"] is not None)
+        assert [p["car"] for p in ended.json()["players"]] == [None, None]
+
+
 async def test_idle_before_the_first_match(make_client: ClientFactory) -> None:
     client = await stats_client(make_client)
     async with live(client) as sse:

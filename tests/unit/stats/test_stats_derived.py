@@ -368,7 +368,8 @@ async def test_a_schema_3_stats_db_opens_with_its_data_and_empty_derived_fields(
         assert (match["guid"], match["arena_name"], match["duration_s"]) == \
             ("OLD", "Champions Field", None)
         assert match["last_event_at"] == 400.0  # ended_at, else started_at
-        assert match["teams"] == [{"num": 0, "name": "Blue", "score": 2, "possession_s": None}]
+        assert match["teams"] == [{"num": 0, "name": "Blue", "score": 2, "possession_s": None,
+                                   "color_primary": None, "color_secondary": None}]
         (old,) = match["players"]
         assert (old["name"], old["score"], old["goals"]) == ("Old", 300, 2)
         assert old["stats"] == dict.fromkeys(PLAYER_KEYS)
