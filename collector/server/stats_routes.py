@@ -194,6 +194,22 @@ async def get_player(request: web.Request) -> web.Response:
     return json_response(player)
 
 
+@routes.get("/v1/players/{id}/matches")
+@_reads_stats
+async def list_player_matches(request: web.Request) -> web.Response:
+    """A player's matches, newest first: ``{"matches": [...], "next": cursor or null}``,
+    each entry as in the player's ``recent_matches`` (for trend charts)."""
+    key = request.match_info["id"]
+    numeric = _numeric_id(key)
+    limit = _limit(request)
+    before = _match_cursor(request)
+    page = None if numeric is None else await request.app[STATS].player_matches(
+        numeric, limit=limit, before=before)
+    if page is None:
+        raise ApiError(404, "not_found", f"no player {key!r}")
+    return json_response(page)
+
+
 @routes.get("/v1/sessions")
 @_reads_stats
 async def list_sessions(request: web.Request) -> web.Response:
