@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -34,6 +35,7 @@ from collector.server.appkeys import (
     STATS,
     WORKER,
 )
+from collector.server.guard import Guard
 from collector.server.live import LiveHub
 from collector.server.state import ServiceState
 from collector.stats.damage import StatsDamagedError
@@ -56,7 +58,14 @@ def create_app(settings: Settings) -> web.Application:
         handler_args={"auto_decompress": False},
     )
     app[SETTINGS] = settings
-    app[STATE] = ServiceState(token=settings.token_value())
+    guard = Guard.from_settings(settings.server)
+    app[STATE] = ServiceState(token=settings.token_value(), guard=guard)
+    if guard.any_host:
+        app[STATE].config_warnings.append(
+            'server.allowed_hosts is ["*"]: any Host is answered, so a web page can reach '
+            "this server through a visitor's browser (DNS rebinding)")
+        log.warning("host_check_off", detail=app[STATE].config_warnings[-1])
+    app.on_response_prepare.append(guard.on_response_prepare)
     # Every route is wrapped by http.endpoint (request_id, token, JSON errors), and a
     # last route answers 404/405 in the same shape.
     http.add_routes(app, ingest.routes, stats_routes.routes, live_routes.routes, admin.routes,
@@ -158,11 +167,30 @@ def create_app(settings: Settings) -> web.Application:
             hub.close_streams()
 
     app.cleanup_ctx.append(pages.dashboard_ctx)
+    if not settings.server.allowed_hosts:
+        app.cleanup_ctx.append(_fqdn_ctx)
     app.cleanup_ctx.extend([queue_ctx, stats_ctx, live_ctx, worker_ctx, maintenance_ctx])
     # They watch the worker, so they start after it and stop before it drains.
     app.cleanup_ctx.extend([metrics_ctx, notify_ctx])
     app.on_shutdown.append(on_shutdown)
     return app
+
+
+_FQDN_WAIT_S = 2.0
+
+
+async def _fqdn_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Add the machine's fully qualified name to the default Host names. It may ask DNS,
+    so it runs in a thread and is given up after a short wait."""
+    loop = asyncio.get_running_loop()
+    try:
+        fqdn = await asyncio.wait_for(loop.run_in_executor(None, socket.getfqdn), _FQDN_WAIT_S)
+    except (TimeoutError, OSError):
+        log.info("fqdn_unknown", detail="the host name's domain did not resolve in time")
+    else:
+        if fqdn and fqdn != "localhost":
+            app[STATE].guard.add_names([fqdn])
+    yield
 
 
 async def _close_idle(app: web.Application) -> None:

@@ -76,6 +76,14 @@ def endpoint(handler: Handler) -> Handler:
         # other tasks.
         structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
+            guard = state.guard
+            if not guard.host_allowed(request):
+                raise ApiError(421, "misdirected_request", _not_our_name(request))
+            if not guard.origin_allowed(request):
+                raise ApiError(403, "forbidden_origin", _foreign_origin(request))
+            preflight = guard.preflight(request)
+            if preflight is not None:
+                return preflight
             if state.token is not None and request.path.startswith("/v1/"):
                 _check_token(request, state.token)
             return await handler(request)
@@ -128,6 +136,18 @@ async def _unmatched(request: web.Request) -> web.StreamResponse:
 def _allow_header(exc: web.HTTPException) -> dict[str, str]:
     allow = exc.headers.get(hdrs.ALLOW)
     return {hdrs.ALLOW: allow} if allow else {}
+
+
+def _not_our_name(request: web.Request) -> str:
+    host = request.headers.get(hdrs.HOST, "")[:100]
+    return (f"this server does not answer to the name {host!r}; if it is one of its names, "
+            "add it to [server] allowed_hosts")
+
+
+def _foreign_origin(request: web.Request) -> str:
+    origin = request.headers.get(hdrs.ORIGIN, "")[:100]
+    return (f"{request.method} from a page of {origin!r} is refused: only this server's own "
+            "pages (or [server] cors_origins) may change its state")
 
 
 def _check_token(request: web.Request, token: str) -> None:

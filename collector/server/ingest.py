@@ -283,7 +283,7 @@ async def get_queue(request: web.Request) -> web.Response:
         "processed_total": stats.processed_total,
         "last_seq": stats.last_seq,
         "oldest_pending_age_s": None if age is None else round(age, 3),
-        "warnings": request.app[STATE].warnings,
+        "warnings": request.app[STATE].all_warnings(),
     })
 
 

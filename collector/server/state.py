@@ -7,6 +7,8 @@ import secrets
 from collections import Counter
 from dataclasses import dataclass, field
 
+from collector.server.guard import Guard
+
 
 @dataclass(slots=True)
 class ServiceState:
@@ -20,8 +22,16 @@ class ServiceState:
     #: What an operator should know about how the daemon runs (shown by /v1/queue and
     #: `collector status`), e.g. listening on the network without a token.
     warnings: list[str] = field(default_factory=list)
+    #: The same, from the settings (e.g. the Host check turned off).
+    config_warnings: list[str] = field(default_factory=list)
+    #: Host, Origin and CORS rules (collector.server.guard); by default none apply.
+    guard: Guard = field(default_factory=lambda: Guard(None))
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _boot: str = field(default_factory=lambda: secrets.token_hex(3))
+
+    def all_warnings(self) -> list[str]:
+        """Every warning an operator should see, listening and settings alike."""
+        return [*self.config_warnings, *self.warnings]
 
     def next_request_id(self) -> str:
         """A short id, unique within this process run."""

@@ -217,7 +217,7 @@ def test_the_server_kept_answering_after_the_fuzzing(live: ServerProcess) -> Non
 
 def test_a_malformed_request_is_not_an_error_in_the_log(live: ServerProcess) -> None:
     before = len(live.output().splitlines())
-    answer = exchange(live.port, b"POST /v1/events HTTP/1.1\r\nHost: x\r\n"
+    answer = exchange(live.port, b"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                  b"X-Bad: \x01\x02\r\nContent-Length: 2\r\n\r\n{}")
     assert answer is not None
     assert answer[0] == 400
@@ -288,7 +288,7 @@ def read_answer(sock: socket.socket, deadline: float) -> bytes:
         data += chunk
 
 
-BODY_HEAD = (b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+BODY_HEAD = (b"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
              b"Content-Length: 200\r\n\r\n")
 
 
@@ -315,7 +315,7 @@ def test_a_body_trickled_byte_by_byte_gets_408_then_the_connection_closes(
 def test_a_head_trickled_byte_by_byte_is_cut_off(live: ServerProcess) -> None:
     sock = connect(live.port)
     try:
-        head = b"POST /v1/events HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 500 + b"\r\n\r\n"
+        head = b"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * 500 + b"\r\n\r\n"
         received = answer_to_trickle(sock, head, interval=0.1)
         # Cut off before the head was complete (it would take 50 s to send): closed
         # without an answer.
@@ -420,7 +420,7 @@ def open_crowd(port: int, count: int) -> list[socket.socket]:
         if n % 2:
             select.select([], [sock], [], 5)
             with contextlib.suppress(OSError):
-                sock.send(b"POST /v1/events HTTP/1.1\r\nHost: x\r\n")
+                sock.send(b"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n")
     return crowd
 
 

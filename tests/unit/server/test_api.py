@@ -380,7 +380,7 @@ async def test_chunked_body_over_the_limit_in_one_piece_is_too_large(
     is checked against the limit too: it is taken without request.read()'s own check."""
     client = await make_client(worker__handlers=RECORD, server__max_body_bytes=2048)
     body = orjson.dumps({"pad": "x" * 3000})
-    request = (b"POST /v1/events HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+    request = (b"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                b"Transfer-Encoding: chunked\r\n\r\n"
                + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
     before = await last_seq(client)
