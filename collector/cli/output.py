@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -27,10 +28,23 @@ def when(timestamp: float | None) -> str:
     return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
 
 
+#: What a terminal would act on instead of showing: C0 and C1 controls (ESC starts the
+#: sequences that move the cursor, recolour, retitle the window or, in some terminals,
+#: write files), DEL, and the bidirectional overrides and isolates that reorder what is
+#: shown. Names come from strangers (anyone in the lobby picks one).
+_TERMINAL_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: str) -> str:
+    """`text` with every character a terminal would act on shown as U+FFFD instead."""
+    return _TERMINAL_UNSAFE.sub("\ufffd", text)
+
+
 def clip(value: Any, width: int) -> str:
-    """`value` on one line (JSON unless a string), cut to `width` with an ellipsis."""
+    """`value` on one line (JSON unless a string), cut to `width` with an ellipsis, with
+    nothing a terminal would act on."""
     text = value if isinstance(value, str) else orjson.dumps(value).decode()
-    text = " ".join(text.split())
+    text = terminal_safe(" ".join(text.split()))
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

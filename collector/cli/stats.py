@@ -23,7 +23,7 @@ from collector.cli.client import (
     connection_options,
     daemon_or_data_dir,
 )
-from collector.cli.output import cell, out, print_json, table, when
+from collector.cli.output import cell, out, print_json, table, terminal_safe, when
 from collector.config import Settings
 from collector.logs import configure_logging
 from collector.stats import csvout
@@ -144,7 +144,9 @@ def _show(args: argparse.Namespace, path: str, local: Local,
     elif args.json:
         print_json(data)
     else:
-        out("\n".join(render(data)))
+        # Every name in these lines was chosen by a player: nothing in them may drive
+        # the terminal.
+        out("\n".join(terminal_safe(line) for line in render(data)))
     return 0
 
 
