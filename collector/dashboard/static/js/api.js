@@ -59,16 +59,22 @@ function askToken(wrong) {
         hidden: true, readonly: true }),
       h("div", { class: "row" }, input, h("button", { type: "submit" }, "Open")),
     );
+    // The form stands in front of the page, which stays as it is underneath (a page
+    // may have built its frame before its first call).
+    const main = document.getElementById("app");
+    const before = document.body.dataset.state;
     form.addEventListener("submit", (event) => {
       event.preventDefault();
       localStorage.setItem(TOKEN_KEY, input.value.trim());
       showForget();
       form.remove();
+      main.hidden = false;
+      document.body.dataset.state = before;
       prompting = null;
       resolve();
     });
-    const main = document.getElementById("app");
-    main.replaceChildren(form);
+    main.hidden = true;
+    main.before(form);
     document.body.dataset.state = "token";
     input.focus();
   });

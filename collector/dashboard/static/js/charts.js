@@ -70,7 +70,7 @@ export function lineChart(canvas, { labels, values, label, color = "#4c9aff", un
         borderColor: color,
         backgroundColor: `${color}33`,
         fill: true,
-        tension: 0.25,
+        tension: 0,
         pointRadius: 3,
         spanGaps: true,
       }],

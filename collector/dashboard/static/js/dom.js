@@ -45,7 +45,7 @@ export function table(columns, rows, { rowAttrs = () => ({}), empty = "Nothing y
 }
 
 // Team colours come from the API as "#rrggbb" or null; anything else is ignored.
-const TEAM_DEFAULT = ["#1873ff", "#e8752a"];
+const TEAM_DEFAULT = ["#1873ff", "#c26418"];
 export function teamColor(teams, num) {
   const team = (teams || []).find((t) => t.num === num);
   const color = team && team.color_primary;

@@ -41,7 +41,8 @@ class LiveView {
     this.state = h("div", { class: "live-status", "data-testid": "live-status" }, "connecting…");
     this.arena = h("div", { class: "muted live-hint" });
     this.teams = h("div", { class: "live-teams" });
-    this.events = h("ol", { class: "live-events", "data-testid": "live-events" });
+    this.events = h("ol", { class: "live-events", "data-testid": "live-events" },
+      h("li", { class: "muted empty" }, "Goals, shots, saves and demolitions appear here."));
     this.matchId = null;
     this.previous = new Map();
     this.players = new Map();
@@ -159,6 +160,7 @@ class LiveView {
   }
 
   event(match, team, text) {
+    this.events.querySelector(".empty")?.remove();
     const item = h("li", { style: { "--team": teamColor(match.teams, team) } },
       h("time", {}, fmtClock(match.time_seconds, match.overtime)), text);
     this.events.prepend(item);

@@ -3,7 +3,7 @@
 
 import { api } from "../api.js";
 import {
-  fmtDuration, fmtNum, fmtWhen, h, link, mount, pathId, ready, section, teamColor, teamName,
+  fmtClock, fmtDuration, fmtNum, fmtWhen, h, link, mount, pathId, ready, section, teamColor, teamName,
 } from "../dom.js";
 import { playersBar, shade } from "../charts.js";
 
@@ -104,20 +104,32 @@ function scoreboard(match, teams) {
   return wrap;
 }
 
-function goals(match) {
-  const list = h("ol", { class: "goals", "data-testid": "goals" });
+// Where a goal sits on the match's timeline, 0-100: by the game clock when the API has
+// it (regulation counts down from 5:00, overtime goes at the end), else by arrival.
+function goalPosition(match, goal) {
+  if (goal.clock !== null && goal.clock !== undefined) {
+    if (goal.overtime) return 100;
+    const length = Math.max(300, ...(match.goals || []).map((g) => (g.overtime ? 0 : g.clock ?? 0)));
+    return Math.min(100, Math.max(0, ((length - goal.clock) / length) * 100));
+  }
   const start = match.started_at;
   const end = match.ended_at || match.last_event_at || start;
-  const span = Math.max(1, end - start);
+  return Math.min(100, Math.max(0, ((goal.received_at - start) / Math.max(1, end - start)) * 100));
+}
+
+function goals(match) {
+  const list = h("ol", { class: "goals", "data-testid": "goals" });
   const track = h("div", { class: "timeline" });
   for (const goal of match.goals || []) {
     const color = teamColor(match.teams, goal.scorer_team);
-    const at = Math.min(100, Math.max(0, ((goal.received_at - start) / span) * 100));
+    const clock = goal.clock === null || goal.clock === undefined
+      ? null : fmtClock(goal.clock, goal.overtime);
     track.append(h("span", {
-      class: "timeline-goal", style: { left: `${at}%`, "--team": color },
-      title: `${goal.scorer} · ${fmtNum(goal.speed)} km/h`,
+      class: "timeline-goal", style: { left: `${goalPosition(match, goal)}%`, "--team": color },
+      title: `${clock ? `${clock} ` : ""}${goal.scorer} · ${fmtNum(goal.speed)} km/h`,
     }));
     list.append(h("li", { "data-testid": "goal", style: { "--team": color } },
+      clock ? h("time", { class: "goal-clock", "data-field": "clock" }, clock) : null,
       h("span", { class: "goal-scorer" }, goal.scorer || "?"),
       goal.assister ? h("span", { class: "muted" }, ` assisted by ${goal.assister}`) : null,
       h("span", { class: "goal-speed" }, `${fmtNum(goal.speed)} km/h`)));

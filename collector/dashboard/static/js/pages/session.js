@@ -64,14 +64,14 @@ function matchesSection(matches) {
 
 function averages(session) {
   const avg = session.averages || {};
-  const rows = [
-    ...AVERAGES.map(([key, label]) => ({ label: `${label} per match`, value: fmtNum(avg[key], 1) })),
-    ...DERIVED.map(([key, label, kind]) => ({ label, value: statValue(session.stats, key, kind) })),
-  ];
-  const out = section("Averages", table([
-    { label: "", cell: (r) => r.label },
+  const counting = AVERAGES.map(([key, label]) => ({ label, value: fmtNum(avg[key], 1) }));
+  const derived = DERIVED.map(([key, label, kind]) => ({ label, value: statValue(session.stats, key, kind) }));
+  const columns = (title) => [
+    { label: title, cell: (r) => r.label },
     { label: "", num: true, cell: (r) => r.value },
-  ], rows));
+  ];
+  const out = section("Averages", h("div", { class: "grid two" },
+    table(columns("per match"), counting), table(columns("over the session"), derived)));
   out.dataset.testid = "session-averages";
   return out;
 }

@@ -74,13 +74,15 @@ class SystemView {
     const running = m.collector_worker_running === 1;
     mount(this.health,
       h("span", { class: "dot", style: { "--team": running ? "#38c172" : "#ef5f5f" } }),
-      h("span", { "data-field": "worker" }, running ? "worker running" : "worker stopped"),
+      h("span", {}, running ? "worker running" : "worker stopped"),
       m.collector_worker_busy_seconds > 5
         ? h("span", { class: "bad" }, ` · one job for ${fmtDuration(m.collector_worker_busy_seconds)}`)
         : null);
     mount(this.warnings, (queue.warnings || []).map((w) =>
       h("li", {}, typeof w === "string" ? w : `${w.code || ""} ${w.detail || JSON.stringify(w)}`)));
     this.tiles.replaceChildren(
+      statTile("worker", running ? "running" : "stopped",
+        { "data-field": "worker", class: running ? "tile good" : "tile bad" }),
       statTile("pending", fmtNum(queue.pending), { "data-field": "pending" }),
       statTile("in flight", fmtNum(queue.in_flight), { "data-field": "in-flight" }),
       statTile("jobs/s", rate === null ? "–" : fmtNum(rate, rate < 10 ? 1 : 0), { "data-field": "rate" }),
