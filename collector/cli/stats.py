@@ -252,6 +252,15 @@ def _winner(match: dict[str, Any]) -> str:
     return f"team {winner}"
 
 
+def _clock(goal: dict[str, Any]) -> str:
+    """The game clock at a goal, as the game shows it: 4:59, or +0:31 in overtime."""
+    seconds = goal.get("clock")
+    if seconds is None:
+        return "-"
+    text = f"{seconds // 60}:{seconds % 60:02d}"
+    return f"+{text}" if goal.get("overtime") else text
+
+
 def _state(match: dict[str, Any]) -> str:
     if match.get("ended_at") is None:
         return "live"
@@ -339,8 +348,8 @@ def _render_match(match: dict[str, Any]) -> list[str]:
                 "SUPERSONIC, GROUND, WALL, AIR: seconds of play; SPEED uu/s)"]
     goals = match.get("goals", [])
     if goals:
-        out += ["", *table(("SCORER", "TEAM", "ASSIST", "SPEED", "TIME"),
-                           [(g["scorer"], g.get("scorer_team"), g.get("assister"),
+        out += ["", *table(("CLOCK", "SCORER", "TEAM", "ASSIST", "SPEED", "TIME"),
+                           [(_clock(g), g["scorer"], g.get("scorer_team"), g.get("assister"),
                              g.get("speed"), g.get("game_time")) for g in goals])]
     return out
 

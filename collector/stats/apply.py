@@ -303,12 +303,17 @@ class Apply:
         self.match_id = match.id
         scorer_id = self._player_id_in(match.id, goal.scorer, goal.scorer_id)
         x, y, z = goal.impact if goal.impact is not None else (None, None, None)
+        # The clock of the match's latest snapshot is the goal's, unless the goal comes
+        # late (after later snapshots were applied): then it is unknown.
+        clock = None if self.late else self.conn.execute(
+            "SELECT time_seconds, overtime FROM matches WHERE id = ?", (match.id,)).fetchone()
         cur = self.conn.execute(
             "INSERT INTO goals (match_id, seq, scorer, scorer_id, scorer_team, assister, speed, "
-            "game_time, received_at, last_touch, impact_x, impact_y, impact_z) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            "game_time, received_at, last_touch, impact_x, impact_y, impact_z, clock, overtime) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (match.id, self.job.seq, goal.scorer, scorer_id, goal.scorer_team, goal.assister,
-             goal.speed, goal.game_time, self.job.received_at, goal.last_touch, x, y, z),
+             goal.speed, goal.game_time, self.job.received_at, goal.last_touch, x, y, z,
+             *(clock if clock is not None and clock[0] is not None else (None, None))),
         )
         self.changed = self.changed or cur.rowcount > 0
 

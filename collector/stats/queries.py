@@ -125,10 +125,11 @@ def match(conn: sqlite3.Connection, key: int | str) -> dict[str, Any] | None:
         {"seq": r[0], "scorer": r[1], "scorer_id": r[2], "scorer_team": r[3],
          "assister": r[4], "speed": r[5], "game_time": r[6], "received_at": r[7],
          "last_touch": r[8],
-         "impact": None if r[9] is None else {"x": r[9], "y": r[10], "z": r[11]}}
+         "impact": None if r[9] is None else {"x": r[9], "y": r[10], "z": r[11]},
+         "clock": r[12], "overtime": None if r[13] is None else bool(r[13])}
         for r in conn.execute(
             "SELECT seq, scorer, scorer_id, scorer_team, assister, speed, game_time, "
-            "received_at, last_touch, impact_x, impact_y, impact_z "
+            "received_at, last_touch, impact_x, impact_y, impact_z, clock, overtime "
             "FROM goals WHERE match_id = ? ORDER BY seq",
             (match_id,),
         )

@@ -112,6 +112,13 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         # when the latest UpdateState did not show that car, or the match is over.
         "ALTER TABLE match_players ADD COLUMN car TEXT",
     )),
+    Migration(6, "the game clock of each goal", (
+        # What the clock showed when the goal fell (the match's latest snapshot: the team
+        # score goes up one message before GoalScored), and whether in overtime. NULL for
+        # goals stored before, and for a goal applied late (a dead letter put back).
+        "ALTER TABLE goals ADD COLUMN clock INTEGER",
+        "ALTER TABLE goals ADD COLUMN overtime INTEGER",
+    )),
 )
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version
 

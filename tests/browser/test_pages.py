@@ -183,16 +183,18 @@ def test_match_scoreboard_tables_wear_the_team_colours(stats_daemon: Daemon,
 
 def test_match_goals_show_their_game_time(stats_daemon: Daemon,
                                           open_page: PageOpener) -> None:
-    """Each goal of the timeline says when in the game it fell (m:ss), as the contract
-    asks besides scorer, assister and speed."""
+    """Each goal of the timeline says when in the game it fell, as the game clock showed
+    it (m:ss, +m:ss in overtime), besides scorer, assister and speed."""
     match = stats_daemon.api("/v1/matches/D0E13333000000000000000000000004")
-    assert all(goal["game_time"] is not None for goal in match["goals"])
+    assert all(goal["clock"] is not None for goal in match["goals"])
     page = open_page(stats_daemon.url, f"/matches/{match['id']}").page
     goals = page.locator("[data-testid=goals] li[data-testid=goal]")
     assert goals.count() == len(match["goals"])
-    for n in range(goals.count()):
-        text = goals.nth(n).inner_text()
-        assert re.search(r"\d+:\d\d", text), f"goal {n + 1} shows no game time: {text!r}"
+    for n, goal in enumerate(match["goals"]):
+        seconds = goal["clock"]
+        shown = f"{'+' if goal['overtime'] else ''}{seconds // 60}:{seconds % 60:02d}"
+        clock = goals.nth(n).locator("[data-field=clock]").inner_text()
+        assert clock == shown, f"goal {n + 1}: {clock!r}, the API says {shown!r}"
 
 
 def test_unknown_match_shows_the_error(stats_daemon: Daemon, open_page: PageOpener) -> None:

@@ -276,7 +276,7 @@ async def test_a_schema_4_stats_db_migrates_and_its_live_match_goes_on(tmp_path:
     with capture_logs() as logs:
         await store.open()
     try:
-        assert [e["version"] for e in logs if e["event"] == "stats_migrated"] == [5]
+        assert [e["version"] for e in logs if e["event"] == "stats_migrated"] == [5, 6]
         with sqlite3.connect(data_dir / STATS_FILE) as check:
             assert check.execute("SELECT version FROM schema_version").fetchone() == \
                 (SCHEMA_VERSION,)

@@ -483,3 +483,28 @@ async def test_a_read_only_store_reads_and_never_creates(tmp_path: Path,
         await missing.open()
     await missing.close()
     assert not (tmp_path / "elsewhere").exists()
+
+
+async def test_each_goal_keeps_the_clock_it_fell_at(store: StatsStore) -> None:
+    """The clock of the snapshot before GoalScored (the score goes up one message before
+    it), overtime included; a goal applied late (a dead letter put back after later
+    snapshots) has no clock rather than a wrong one."""
+    a = [("A", "Steam|1|0", 0, 100, 1)]
+    items = jobs([
+        update(GUID, a, (0, 0), TimeSeconds=251, bOvertime=False),
+        update(GUID, a, (1, 0), TimeSeconds=250, bOvertime=False),
+        goal(GUID, "A", 0, time=12.0),
+        update(GUID, a, (1, 0), TimeSeconds=0, bOvertime=False),
+        update(GUID, a, (2, 0), TimeSeconds=31, bOvertime=True),
+        goal(GUID, "A", 0, time=40.0),
+        update(GUID, a, (2, 0), TimeSeconds=35, bOvertime=True),
+        goal(GUID, "A", 0, time=50.0),  # applied late, below
+    ])
+    await apply_all(store, [*items[:6], items[6]])
+    await apply_all(store, [Job(seq=8, payload=items[7].payload, received_at=T0)])
+    late = Job(seq=7, payload=goal(GUID, "A", 0, time=60.0), received_at=T0)
+    assert await apply_all(store, [late]) == ["applied"]
+    match = await only_match(store)
+    by_time = {g["game_time"]: (g["clock"], g["overtime"]) for g in match["goals"]}
+    assert by_time == {12.0: (250, False), 40.0: (31, True), 50.0: (35, True),
+                       60.0: (None, None)}
