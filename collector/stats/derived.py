@@ -76,6 +76,19 @@ CAR_KEYS: Final = ("boost", "speed", "supersonic", "boosting", "on_ground", "on_
                    "powersliding", "demolished")
 
 
+_TENTHS: Final = frozenset({"distance", "speed_avg"})
+
+
+def rounded(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """A player's derived statistics as stored and shown: 0.1 for uu and uu/s, else 0.01."""
+    out: dict[str, Any] = {}
+    for key, value in stats.items():
+        if isinstance(value, float):
+            value = round(value, 1 if key in _TENTHS else 2)
+        out[key] = value
+    return out
+
+
 def player_key(line: formats.PlayerLine) -> str:
     """A player is their account id; bots and id-less players are known by name.
 

@@ -11,7 +11,7 @@ from typing import Any, Final
 import orjson
 
 from collector.stats.arenas import arena_name
-from collector.stats.derived import PLAYER_KEYS, Stats, aggregate
+from collector.stats.derived import PLAYER_KEYS, Stats, aggregate, rounded
 from collector.stats.schema import LINE_FIELDS
 
 _RECENT_MATCHES: Final = 10
@@ -42,13 +42,7 @@ def _aggregated(texts: Sequence[str | None]) -> Stats:
     if not lines:
         return dict.fromkeys(PLAYER_KEYS)
     total = aggregate(lines)
-    return {key: _round(key, total.get(key)) for key in PLAYER_KEYS}
-
-
-def _round(key: str, value: Any) -> Any:
-    if isinstance(value, float):
-        return round(value, 1 if key in ("distance", "speed_avg") else 2)
-    return value
+    return rounded({key: total.get(key) for key in PLAYER_KEYS})
 
 
 def parse_players_cursor(text: str) -> tuple[int, int] | None:

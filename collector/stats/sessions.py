@@ -21,7 +21,8 @@ from typing import Any, Final
 
 import orjson
 
-from collector.stats.derived import PLAYER_KEYS, Stats, aggregate
+from collector.stats.arenas import arena_name
+from collector.stats.derived import PLAYER_KEYS, Stats, aggregate, rounded
 from collector.stats.schema import LINE_FIELDS
 
 _MAX_ID: Final = 2**63 - 1
@@ -134,7 +135,8 @@ def _sessions(conn: sqlite3.Connection, sql: str, params: dict[str, Any]
 def _match_json(line: Sequence[Any]) -> dict[str, Any]:
     winner, team = line[6], line[7]
     return {
-        "id": line[0], "guid": line[1], "arena": line[2], "playlist": line[3],
+        "id": line[0], "guid": line[1], "arena": line[2], "arena_name": arena_name(line[2]),
+        "playlist": line[3],
         "started_at": line[4], "ended_at": line[5], "winner": winner, "team": team,
         "won": None if winner is None or team is None else winner == team,
         **dict(zip(LINE_FIELDS, line[8:15], strict=True)),
@@ -181,4 +183,4 @@ def session_stats(per_match: Sequence[Stats | None]) -> Stats:
     """The derived statistics of the matches that have them, aggregated
     (:func:`collector.stats.derived.aggregate`); every key null when none has them."""
     stats = aggregate([s for s in per_match if s is not None])
-    return stats or dict.fromkeys(PLAYER_KEYS)
+    return rounded(stats) if stats else dict.fromkeys(PLAYER_KEYS)

@@ -54,7 +54,7 @@ from collector.stats.damage import (
     is_damage,
     unclean_stop,
 )
-from collector.stats.derived import MatchStats
+from collector.stats.derived import MatchStats, rounded
 from collector.stats.schema import SCHEMA_VERSION, STATS_FILE, migrate, schema_version
 
 log = structlog.get_logger(__name__)
@@ -66,7 +66,6 @@ _ENGINE_EVENTS: Final = (formats.Phase, formats.Clock, formats.Demolition)
 #: Engines of open matches kept in memory between transactions (one a feed, usually).
 _ENGINES_KEPT: Final = 16
 #: Keys rounded to 0.1 (uu, uu/s); every other number to 0.01.
-_TENTHS: Final = frozenset({"distance", "speed_avg"})
 
 
 @dataclass(slots=True)
@@ -280,16 +279,6 @@ def _scoreboard(snap: formats.Snapshot) -> tuple[Any, ...]:
             snap.time_seconds, snap.overtime, snap.winner, snap.replay, snap.timestamp,
             tuple((p.name, p.primary_id, p.team, p.score, p.goals, p.shots, p.assists,
                    p.saves, p.touches, p.demos) for p in snap.players))
-
-
-def rounded(stats: Mapping[str, Any]) -> dict[str, Any]:
-    """A player's derived statistics as stored: 0.1 for uu and uu/s, else 0.01."""
-    out: dict[str, Any] = {}
-    for key, value in stats.items():
-        if isinstance(value, float):
-            value = round(value, 1 if key in _TENTHS else 2)
-        out[key] = value
-    return out
 
 
 def write_derived(conn: sqlite3.Connection, match_id: int, engine: MatchStats) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from collector.stats.derived import aggregate
+from collector.stats.derived import aggregate, rounded
 from collector.stats.sessions import parse_session_id, streak
 from collector.stats.store import StatsStore
 from tests.support.model import one_line, run_cli
@@ -175,8 +175,11 @@ async def test_session_stats_are_the_aggregate_of_its_matches(data_dir: Path) ->
         await store.close()
     assert session is not None
     assert bob is not None
-    assert session["stats"] == aggregate([s3, s4])
+    # The aggregate, rounded as a match's own statistics are (0.1 uu, else 0.01).
+    assert session["stats"] == rounded(aggregate([s3, s4]))
     assert session["stats"]["tracked_s"] == 420.0
+    assert all(v == round(v, 2) for v in session["stats"].values() if isinstance(v, float))
+    assert [m["arena_name"] for m in session["matches"]] == ["DFH Stadium"] * 3
     assert [m["stats"] for m in session["matches"]] == [s3, s4, None]
     # No match of the session has statistics: every key, null.
     assert set(bob["stats"]) == set(s3)
