@@ -189,12 +189,12 @@ class Match:
                 self.touch()
             if rng.random() < dt / 25:
                 self._demo()
-            if rng.random() < dt / 9:
+            if rng.random() < dt / 14:
                 shooter = self.touch()
                 shooter.line["Shots"] += 1
                 shooter.line["Score"] += 20
                 self.statfeed("Shot", shooter)
-                if rng.random() < 0.33:
+                if rng.random() < 0.25:
                     self.state()
                     self._goal(shooter)
                     return "goal"

@@ -86,7 +86,7 @@ class SystemView {
       statTile("pending", fmtNum(queue.pending), { "data-field": "pending" }),
       statTile("in flight", fmtNum(queue.in_flight), { "data-field": "in-flight" }),
       statTile("jobs/s", rate === null ? "–" : fmtNum(rate, rate < 10 ? 1 : 0), { "data-field": "rate" }),
-      statTile("processed", fmtNum(queue.processed_total), { "data-field": "processed" }),
+      statTile("processed, ever", fmtNum(queue.processed_total), { "data-field": "processed" }),
       statTile("dead letters", fmtNum(queue.dead),
         { "data-field": "dead", class: queue.dead ? "tile bad" : "tile" }),
       statTile("oldest waiting", queue.oldest_pending_age_s == null ? "–"
@@ -98,7 +98,7 @@ class SystemView {
         ? fmtDuration(now - m.process_start_time_seconds) : "–"),
       statTile("memory", m.process_resident_memory_bytes
         ? `${fmtNum(m.process_resident_memory_bytes / 1048576)} MiB` : "–"),
-      statTile("events accepted", fmtNum(m.collector_events_accepted_total)),
+      statTile("accepted since start", fmtNum(m.collector_events_accepted_total)),
       statTile("requests refused", fmtNum(m.collector_requests_rejected_total || 0)),
       statTile("events / commit", commits
         ? fmtNum(m.collector_queue_commit_batch_events_sum / commits, 1) : "–"),
