@@ -4,6 +4,10 @@ aiohttp and the socket module describe a refused connection as
 ``Cannot connect to host 127.0.0.1:9 ssl:default [Connect call failed ('127.0.0.1', 9)]``
 or ``[Errno 111] Connection refused``; the log lines and the one-line errors say
 ``cannot connect to http://127.0.0.1:9 (connection refused)`` instead.
+
+Over HTTPS, a certificate the client does not accept says what to do about it:
+``https://homeserver:8765: certificate not trusted (self-signed? pass --ca-file FILE)``.
+That is a setting of the sender, like a wrong token: :func:`certificate_rejected`.
 """
 
 from __future__ import annotations
@@ -27,6 +31,16 @@ _REASONS: Final = {
     errno.EPIPE: "connection closed",
 }
 _ERRNO_IN_TEXT: Final = re.compile(r"\[Errno (-?\d+)\]")
+#: OpenSSL's verification results (X509_V_ERR_*) that say "nothing trusted here issued
+#: this certificate": unable to get the issuer (2, 20), unable to verify the leaf (21),
+#: self-signed (18), a self-signed root in the chain (19).
+_UNTRUSTED: Final = frozenset({2, 18, 19, 20, 21})
+_EXPIRED: Final = 10
+_NOT_YET_VALID: Final = 9
+_NAME_MISMATCH: Final = frozenset({62, 64})  # host name, IP address
+#: The flag that makes a client trust a private certificate (bridge, replay, the admin
+#: commands all spell it so).
+CA_HINT: Final = "pass --ca-file FILE"
 
 
 class DeliveryFailed(Exception):
@@ -65,18 +79,48 @@ def os_reason(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def certificate_rejected(exc: BaseException) -> bool:
+    """True when `exc` is the server's certificate refused by this client: a setting of
+    the sender to fix (--ca-file, the URL's host name), not a failure that passes."""
+    return isinstance(exc, aiohttp.ClientConnectorCertificateError)
+
+
+def certificate_problem(exc: aiohttp.ClientConnectorCertificateError, host: str) -> str:
+    """Why the certificate was refused, and what to do: a few words."""
+    error = exc.certificate_error
+    code = getattr(error, "verify_code", None)
+    if code in _UNTRUSTED:
+        return f"certificate not trusted (self-signed? {CA_HINT})"
+    if code in _NAME_MISMATCH:
+        return (f"certificate not valid for {host} (use a host name or address that its "
+                "subjectAltName lists)")
+    if code == _EXPIRED:
+        return "certificate expired (renew it on the server)"
+    if code == _NOT_YET_VALID:
+        return "certificate not valid yet (check the clocks)"
+    message = getattr(error, "verify_message", None) or " ".join(str(error).split())
+    return f"certificate not accepted ({message})"
+
+
 def request_failure(exc: BaseException, url: str, *, timeout: float | None = None) -> str:
     """Why a request to `url` got no answer, in one line naming where it went."""
     where = origin(url)
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return f"cannot connect to {where} (unknown host)"
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return f"cannot connect to {where} (TLS certificate not accepted)"
+        return f"{where}: {certificate_problem(exc, exc.host)}"
     if isinstance(exc, aiohttp.ClientConnectorSSLError | aiohttp.ClientSSLError):
-        return f"cannot connect to {where} (TLS handshake failed)"
+        reason = getattr(exc.os_error, "reason", None)
+        if reason == "WRONG_VERSION_NUMBER":
+            return (f"cannot connect to {where} (TLS handshake failed: the server does not "
+                    "speak TLS; plain HTTP? use http://)")
+        why = reason.lower().replace("_", " ") if reason else os_reason(exc.os_error)
+        return f"cannot connect to {where} (TLS handshake failed: {why})"
     if isinstance(exc, aiohttp.ClientConnectorError):
         return f"cannot connect to {where} ({os_reason(exc.os_error)})"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
+        if where.startswith("http://"):  # an HTTPS port drops a plain request unanswered
+            return f"{where} closed the connection without answering (an HTTPS port? use https://)"
         return f"{where} closed the connection without answering"
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         within = f" within {timeout:g} s" if timeout else ""
@@ -87,4 +131,5 @@ def request_failure(exc: BaseException, url: str, *, timeout: float | None = Non
     return f"the request to {where} failed ({type(exc).__name__}{': ' if text else ''}{text})"
 
 
-__all__ = ["DeliveryFailed", "origin", "os_reason", "request_failure"]
+__all__ = ["CA_HINT", "DeliveryFailed", "certificate_problem", "certificate_rejected", "origin",
+           "os_reason", "request_failure"]

@@ -11,9 +11,11 @@ import asyncio
 import contextlib
 import random
 import re
+import ssl
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
+from pathlib import Path
 from typing import Final
 
 import aiohttp
@@ -21,7 +23,12 @@ import orjson
 import structlog
 from yarl import URL
 
-from collector.bridge.failures import DeliveryFailed, request_failure
+from collector.bridge.failures import (
+    CA_HINT,
+    DeliveryFailed,
+    certificate_rejected,
+    request_failure,
+)
 from collector.bridge.spool import Batch, DeadLetter
 from collector.retry import backoff_delay
 
@@ -71,6 +78,30 @@ def events_url(base: str) -> str:
     return url if url.endswith("/v1/events") else url + "/v1/events"
 
 
+def client_ssl(ca_file: Path) -> ssl.SSLContext:
+    """How a client checks an https:// collector that a private CA signed, or whose
+    certificate is self-signed: the certificates in the PEM file `ca_file` as the only
+    trusted issuers, host name checked. Blocking (it reads the file). ValueError, one line
+    naming the file, when `ca_file` cannot be used.
+
+    A certificate in the file is trusted as it is, even one that a CA signed (the
+    server's own certificate, say): partial chains are on, as in Python 3.13's default.
+    """
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except FileNotFoundError:
+        raise ValueError(f"no such file {ca_file}") from None
+    except IsADirectoryError:
+        raise ValueError(f"{ca_file} is a folder, not a PEM certificate file") from None
+    except ssl.SSLError:
+        raise ValueError(f"{ca_file} holds no PEM certificate") from None
+    except OSError as exc:
+        text = exc.strerror or str(exc)
+        raise ValueError(f"cannot read {ca_file} ({text[:1].lower() + text[1:]})") from None
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
+
+
 def _page_text(text: str) -> str:
     """A body that is not JSON (a proxy's or another server's page): its first words,
     without HTML tags, on one line."""
@@ -105,6 +136,9 @@ class _Answer:
     error: str  # the error code of a JSON answer; with no answer: why, in plain words
     detail: str
     retry_after: float | None = None
+    #: No answer because this client refused the server's certificate: a setting of the
+    #: sender, like a wrong token (status 0).
+    untrusted: bool = False
 
     def text(self) -> str:
         """The answer in one line: `HTTP 401 Unauthorized (unauthorized: ...)`, or why
@@ -182,7 +216,18 @@ class Poster:
                 return await self._refused(batch, answer)
             self.counters.failed_attempts += 1
             self.reason = answer.text()
-            if status in _CONFIG_STATUSES:
+            if answer.untrusted:
+                # Retried like a wrong token (the spool keeps everything), until the flag
+                # is fixed or the server's certificate changes.
+                if self._stop_on_misconfig:
+                    self.state = "refusing"
+                    raise DeliveryFailed(answer.text())
+                delay = self._cap
+                self.state = "refusing"
+                log.error("collector_certificate_rejected", error=answer.text(),
+                          hint=f"{CA_HINT} (the collector's certificate or its CA)",
+                          retry_in_s=delay, source=batch.source, sequence=batch.sequence)
+            elif status in _CONFIG_STATUSES:
                 hint = _HINTS.get(status, "check --to")
                 if self._stop_on_misconfig:
                     self.state = "refusing"
@@ -246,7 +291,8 @@ class Poster:
                 status = resp.status
                 retry_after = _retry_after(resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return _Answer(0, request_failure(exc, self._url, timeout=seconds), "")
+            return _Answer(0, request_failure(exc, self._url, timeout=seconds), "",
+                           untrusted=certificate_rejected(exc))
         error, detail = "", _page_text(text)
         if status >= 300:
             with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError):

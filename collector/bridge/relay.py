@@ -18,7 +18,8 @@ client, persist-queue for the spool; no uvloop.
 * Failures: connection errors, 408, 429 and 5xx are retried with exponential backoff
   (or after ``Retry-After``), forever. 401/403/404/405/415 say the bridge is
   misconfigured (or the server too old), not that the batch is bad: also retried (at the
-  backoff cap), loudly, so that a wrong token never empties the spool. Any other 4xx
+  backoff cap), loudly, so that a wrong token never empties the spool; so is an https://
+  collector whose certificate the bridge does not trust (``ssl_context``). Any other 4xx
   refuses the batch: a 400 or 413 on a batch of several events splits it in halves
   (each with its own key) to find the culprit; what is still refused alone goes to the
   spool's dead letters and the line moves on.
@@ -30,6 +31,7 @@ import re
 import secrets
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -86,6 +88,9 @@ class BridgeConfig:
     game_host: str = "127.0.0.1"
     game_port: int = DEFAULT_GAME_PORT
     token: str | None = field(default=None, repr=False)
+    #: How to check an https:// collector's certificate (poster.client_ssl: a private CA
+    #: or a self-signed certificate); None: the system's trust store.
+    ssl_context: ssl.SSLContext | None = None
     reconnect_interval: float = 3.0
     connect_timeout: float = 5.0
     batch_max_events: int = 200
@@ -361,7 +366,8 @@ async def run_bridge(
     spool = Spool(config.spool_dir)
     await spool.open()
     try:
-        async with aiohttp.ClientSession() as session:
+        connector = aiohttp.TCPConnector(ssl=config.ssl_context or True)
+        async with aiohttp.ClientSession(connector=connector) as session:
             bridge = Bridge(config, spool, session, status_line=status_line)
             log.info("bridge_started", game=f"{config.game_host}:{config.game_port}",
                      collector=events_url(config.url), spool=str(spool.path),

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import secrets
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -158,6 +159,7 @@ async def replay(
     url: str,
     *,
     token: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
     rate: float = DEFAULT_RATE,
     speed: float = 1.0,
     fast: bool = False,
@@ -174,7 +176,10 @@ async def replay(
     A replay is one-shot: a collector that refuses every batch (a wrong token or URL)
     ends it at once, and one that cannot be reached ends it after `give_up_after`
     seconds, both with DeliveryFailed. A recording without a single message raises
-    ReplayError; a cancelled replay raises ReplayInterrupted.
+    ReplayError; a cancelled replay raises ReplayInterrupted. An https:// collector's
+    certificate is checked with `ssl_context` (poster.client_ssl), else against the
+    system's trust store; one that is not trusted ends the replay at once
+    (DeliveryFailed).
     """
     if rate <= 0 or speed <= 0:
         raise ValueError("rate and speed must be positive")
@@ -193,7 +198,8 @@ async def replay(
                           max_delay=batch_max_delay)
         batcher.start(source)
         splitter = JsonStreamSplitter(max_object_bytes=DEFAULT_MAX_OBJECT_BYTES)
-        async with aiohttp.ClientSession() as session:
+        connector = aiohttp.TCPConnector(ssl=ssl_context or True)
+        async with aiohttp.ClientSession(connector=connector) as session:
             poster = Poster(session, events_url(url), token=token, backoff_base=backoff_base,
                             backoff_cap=backoff_cap, give_up_after=give_up_after,
                             stop_on_misconfig=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
@@ -112,3 +113,15 @@ def http_url(text: str) -> str:
             f"not an http(s) URL with a host: {text!r} (like http://127.0.0.1:8765)")
     del port
     return text
+
+
+def ca_file(text: str) -> ssl.SSLContext:
+    """`--ca-file`: a PEM file of certificates to trust for https:// (a private CA, or a
+    self-signed certificate itself), loaded at once into the client's SSLContext, so that
+    a missing, unreadable or non-PEM file is a usage error before any work."""
+    from collector.bridge.poster import client_ssl
+
+    try:
+        return client_ssl(Path(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -33,12 +33,15 @@ _MAX_SOURCE: Final = 256
 
 def _add_collector_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument("--to", required=required, metavar="URL",
-                        help="the collector, e.g. http://homeserver:8765")
+                        help="the collector, e.g. http://homeserver:8765 (or https://)")
     token = parser.add_mutually_exclusive_group()
     token.add_argument("--token", help="bearer token of the collector (visible in the "
                                        "process list: prefer --token-file)")
     token.add_argument("--token-file", type=Path, metavar="FILE",
                        help="file holding the bearer token")
+    parser.add_argument("--ca-file", type=types.ca_file, metavar="FILE", dest="ssl_context",
+                        help="PEM certificate to trust for an https:// collector: its CA, or "
+                             "its self-signed certificate (default: the system's trust store)")
     parser.add_argument("--max-backoff", type=types.positive_float, default=30.0, metavar="SECONDS",
                         help="longest wait between two tries of a failed request (default 30)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
@@ -216,8 +219,8 @@ def _cmd_bridge(args: argparse.Namespace) -> int:
     if args.show_dead:
         return _show_dead(spool_dir)
     config = BridgeConfig(
-        url=_url(args), token=_token(args), spool_dir=spool_dir, game_host=host,
-        game_port=port, reconnect_interval=args.reconnect_interval,
+        url=_url(args), token=_token(args), ssl_context=args.ssl_context, spool_dir=spool_dir,
+        game_host=host, game_port=port, reconnect_interval=args.reconnect_interval,
         batch_max_events=args.batch_max_events, batch_max_delay=args.batch_max_delay,
         backoff_cap=args.max_backoff, status_interval=args.status_interval,
     )
@@ -300,7 +303,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     async def run() -> ReplaySummary:
         with _cancel_on_signals(received):
             return await replay(
-                path, url, token=token, rate=args.rate, speed=args.speed, fast=args.fast,
+                path, url, token=token, ssl_context=args.ssl_context, rate=args.rate,
+                speed=args.speed, fast=args.fast,
                 source=source, backoff_cap=args.max_backoff,
                 give_up_after=args.give_up_after, status_line=status,
             )
