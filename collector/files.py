@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from collector.errors import StartupError
 
@@ -92,13 +93,17 @@ def locked_data_dir(path: Path) -> Iterator[Path]:
 DAEMON_FILE = "daemon.json"
 
 
-def record_daemon(data_dir: Path, urls: list[str]) -> None:
+def record_daemon(data_dir: Path, urls: list[str], *, cert_file: Path | None = None) -> None:
     """Write where the running daemon answers (its pid and URLs) into the data dir, for
-    `collector status --data-dir` and the other commands that look for it there."""
+    `collector status --data-dir` and the other commands that look for it there. With
+    HTTPS, also its certificate file (public, never the key), so that a command that can
+    read the data dir can trust the certificate of the daemon it finds there."""
     path = data_dir / DAEMON_FILE
+    record: dict[str, object] = {"pid": os.getpid(), "urls": urls}
+    if cert_file is not None:
+        record["tls_cert_file"] = str(cert_file.absolute())
     temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"pid": os.getpid(), "urls": urls}) + "\n",
-                         encoding="utf-8")
+    temporary.write_text(json.dumps(record) + "\n", encoding="utf-8")
     temporary.replace(path)
 
 
@@ -109,9 +114,18 @@ def forget_daemon(data_dir: Path) -> None:
         (data_dir / DAEMON_FILE).unlink()
 
 
-def read_daemon(data_dir: Path) -> tuple[int | None, list[str]]:
-    """(pid, urls) of the daemon recorded in the data dir; (pid from the lock, []) when
-    there is no record."""
+class DaemonRecord(NamedTuple):
+    """What daemon.json says of the data dir's running daemon."""
+
+    pid: int | None
+    urls: list[str]
+    #: The certificate it serves HTTPS with (None: plain HTTP, or no record).
+    tls_cert_file: Path | None = None
+
+
+def read_daemon(data_dir: Path) -> DaemonRecord:
+    """(pid, urls, certificate) of the daemon recorded in the data dir; (pid from the lock,
+    [], None) when there is no record."""
     try:
         text = (data_dir / LOCK_FILE).read_text(encoding="utf-8").strip()
     except OSError:
@@ -120,13 +134,15 @@ def read_daemon(data_dir: Path) -> tuple[int | None, list[str]]:
     try:
         record = json.loads((data_dir / DAEMON_FILE).read_text(encoding="utf-8"))
         pid, urls = record["pid"], record["urls"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return holder, []
+        cert = record.get("tls_cert_file")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return DaemonRecord(holder, [])
     # A record left by a daemon killed with -9 names another process (the lock's holder
     # now is whoever took it since): it is not this data dir's daemon.
     if type(pid) is not int or pid != holder or not isinstance(urls, list):
-        return holder, []
-    return pid, [str(url) for url in urls]
+        return DaemonRecord(holder, [])
+    return DaemonRecord(pid, [str(url) for url in urls],
+                        Path(cert) if isinstance(cert, str) and cert else None)
 
 
 def aside_name(path: Path, kind: str) -> Path:

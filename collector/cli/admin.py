@@ -99,11 +99,11 @@ async def _status(args: argparse.Namespace) -> int:
         if daemon_holds(data_dir):
             # A daemon runs on this data dir (the healthy case): ask it where it said it
             # answers; if it cannot be asked, its lock still says it runs.
-            pid, urls = read_daemon(data_dir)
+            pid, urls, cert = read_daemon(data_dir)
             tried = None if why is None else (args.url or daemon_url(settings))
             for url in (u for u in urls if u != tried):
                 try:
-                    async with http_session(args, settings, url=url,
+                    async with http_session(args, settings, url=url, cert_file=cert,
                                             read_timeout=_STATUS_TIMEOUT_S) as admin:
                         return await admin.status()
                 except AdminError as exc:

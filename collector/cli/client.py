@@ -3,8 +3,12 @@ data dir. One way for every command (`status`, `dead`, `queue`, `export`, `impor
 `matches`, `players`).
 
 By default a command asks the daemon at ``--url`` (default: the configured host:port,
-i.e. http://127.0.0.1:8765; token from ``--token-file``, ``--token``, the config or
-systemd's credential file). With ``--data-dir`` it works on the data dir's files
+i.e. http://127.0.0.1:8765, https:// when the config gives the daemon a certificate;
+token from ``--token-file``, ``--token``, the config or systemd's credential file). Over
+HTTPS the daemon's certificate is checked against ``--ca-file`` alone when it is given,
+else against the system's trust store plus the daemon's own certificate file, as the
+config names it (server.tls_cert_file) or as the daemon recorded it in its data dir's
+daemon.json. With ``--data-dir`` it works on the data dir's files
 instead: the queue file of a STOPPED daemon (the data dir's lock keeps a running one
 and the command apart), or stats.db read-only (fine while the daemon runs). Commands
 that only read (`status`, `matches`, `players`) fall back to the data dir when no
@@ -19,6 +23,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +32,8 @@ from typing import Any, Final, Protocol, TypeVar
 import aiohttp
 import orjson
 
-from collector.bridge.failures import request_failure
-from collector.cli.args import http_url
+from collector.bridge.failures import certificate_rejected, request_failure
+from collector.cli.args import ca_file, http_url
 from collector.config import Settings, check_token, load_settings, read_token_file
 from collector.errors import StartupError
 from collector.files import LOCK_FILE, locked_data_dir
@@ -131,6 +136,8 @@ class HttpAdmin:
                 raw = await resp.read()
                 status = resp.status
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            if certificate_rejected(exc):  # reached, but not trusted: say so, never fall back
+                raise AdminError(request_failure(exc, url)) from None
             raise UnreachableError(f"{method} {url}: {request_failure(exc, url)}") from None
         except aiohttp.ClientError as exc:
             raise AdminError(f"{method} {url}: {exc}") from None
@@ -201,6 +208,8 @@ class HttpAdmin:
                     if line.strip():
                         yield orjson.loads(line)
         except (aiohttp.ClientError, TimeoutError) as exc:
+            if certificate_rejected(exc):
+                raise AdminError(request_failure(exc, url)) from None
             raise AdminError(f"GET {url}: {request_failure(exc, url)}") from None
 
     async def put(self, batch: ImportBatch) -> tuple[int, bool]:
@@ -225,7 +234,9 @@ class HttpAdmin:
                                          f"{_explain(_loads(raw))}")
                     wait = float(resp.headers.get("Retry-After", "1"))
             except (aiohttp.ClientError, TimeoutError) as exc:
-                raise AdminError(f"POST {url}: {exc or type(exc).__name__}") from None
+                if certificate_rejected(exc):
+                    raise AdminError(request_failure(exc, url)) from None
+                raise AdminError(f"POST {url}: {request_failure(exc, url)}") from None
             await asyncio.sleep(min(wait, 10.0))
         raise AdminError(f"POST {url}: still busy (503) after {_BUSY_RETRIES} tries")
 
@@ -314,12 +325,25 @@ def settings_for(args: argparse.Namespace) -> Settings:
 
 
 def daemon_url(settings: Settings) -> str:
-    """http://host:port of the configured daemon (a wildcard address means this machine)."""
+    """http(s)://host:port of the configured daemon (a wildcard address means this
+    machine; https when it has a certificate)."""
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(  # noqa: S104
         settings.server.host, settings.server.host)
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{settings.server.port}"
+    scheme = "http" if settings.server.tls_cert_file is None else "https"
+    return f"{scheme}://{host}:{settings.server.port}"
+
+
+def daemon_trust(own_certs: list[Path]) -> ssl.SSLContext:
+    """The system's trust store plus the daemon's own certificate files (its self-signed
+    certificate, or its chain), those of them this user can read. Blocking."""
+    context = ssl.create_default_context()
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the daemon's own, CA-signed or not
+    for cert in own_certs:
+        with contextlib.suppress(OSError, ssl.SSLError):  # unreadable: --ca-file is the way
+            context.load_verify_locations(cafile=cert)
+    return context
 
 
 def token_for(args: argparse.Namespace, settings: Settings) -> str | None:
@@ -406,22 +430,40 @@ async def daemon_or_data_dir(args: argparse.Namespace,
 
 @contextlib.asynccontextmanager
 async def http_session(args: argparse.Namespace, settings: Settings, *, url: str | None = None,
-                       read_timeout: float = 60.0) -> AsyncIterator[HttpAdmin]:
-    """The daemon at `url`, --url or the configured address, with the token."""
+                       read_timeout: float = 60.0, cert_file: Path | None = None
+                       ) -> AsyncIterator[HttpAdmin]:
+    """The daemon at `url`, --url or the configured address, with the token. Over HTTPS
+    its certificate must be signed by --ca-file's certificates when given; else by the
+    system's trust store, or be the configured server.tls_cert_file or `cert_file` (what
+    daemon.json recorded)."""
+    where = url or args.url or daemon_url(settings)
+    tls: ssl.SSLContext | bool = True
+    given: ssl.SSLContext | None = getattr(args, "ssl_context", None)
+    if given is not None:
+        tls = given
+    elif where.lower().startswith("https://"):
+        own = [c for c in (settings.server.tls_cert_file, cert_file) if c is not None]
+        tls = await asyncio.to_thread(daemon_trust, own)
     timeout = aiohttp.ClientTimeout(total=None, connect=min(10.0, read_timeout),
                                     sock_read=read_timeout)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        yield HttpAdmin(session, url or args.url or daemon_url(settings),
-                        token_for(args, settings))
+    async with aiohttp.ClientSession(timeout=timeout,
+                                     connector=aiohttp.TCPConnector(ssl=tls)) as session:
+        yield HttpAdmin(session, where, token_for(args, settings))
 
 
 def connection_options() -> argparse.ArgumentParser:
-    """--url, --token-file, --token, --config, --data-dir and --json, for every command."""
+    """--url, --ca-file, --token-file, --token, --config, --data-dir and --json, for every
+    command."""
     common = argparse.ArgumentParser(add_help=False)
     where = common.add_argument_group("where the data is")
     where.add_argument("--url", metavar="URL", type=http_url,
                        help="the running daemon (default: the configured host:port, "
-                            "http://127.0.0.1:8765)")
+                            "http://127.0.0.1:8765, or https:// when the config sets "
+                            "server.tls_cert_file)")
+    where.add_argument("--ca-file", type=ca_file, metavar="FILE", dest="ssl_context",
+                       help="PEM certificate to trust for an https:// daemon: its CA, or "
+                            "its self-signed certificate (default: the system's trust store "
+                            "and the configured server.tls_cert_file)")
     where.add_argument("--token-file", type=Path, metavar="FILE",
                        help="file holding the bearer token (default: the configured token)")
     where.add_argument("--token", help="bearer token (visible in `ps`; prefer --token-file)")

@@ -1,10 +1,12 @@
-"""Run the daemon: AppRunner + TCPSite, signals, graceful shutdown."""
+"""Run the daemon: AppRunner + TCPSite (HTTPS with a certificate), signals, graceful shutdown."""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
 import signal
+import ssl
+from pathlib import Path
 
 import structlog
 from aiohttp import web
@@ -31,6 +33,8 @@ log = structlog.get_logger(__name__)
 
 async def serve(settings: Settings) -> None:
     """Serve until SIGTERM/SIGINT, then stop taking requests, finish the job and close."""
+    tls = await load_tls(settings)  # a bad certificate stops us before anything is opened
+    scheme = "http" if tls is None else "https"
     app = create_app(settings)
     runner = web.AppRunner(
         app,
@@ -48,9 +52,10 @@ async def serve(settings: Settings) -> None:
     await runner.setup()  # opens the queue, replays nothing yet, starts the worker
     try:
         sites: list[web.BaseSite] = (
-            [web.SockSite(runner, sock, backlog=1024) for sock in inherited] if inherited
+            [web.SockSite(runner, sock, backlog=1024, ssl_context=tls) for sock in inherited]
+            if inherited
             else [web.TCPSite(runner, settings.server.host, settings.server.port,
-                              backlog=1024, reuse_address=True)]
+                              backlog=1024, reuse_address=True, ssl_context=tls)]
         )
         try:
             for site in sites:
@@ -62,20 +67,24 @@ async def serve(settings: Settings) -> None:
             ) from None
         addresses = [(str(a[0]), int(a[1])) for a in runner.addresses]
         state = app[STATE]
-        state.warnings = open_without_token(addresses, has_token=state.token is not None)
+        state.warnings = open_without_token(addresses, has_token=state.token is not None,
+                                            scheme=scheme)
         for warning in state.warnings:
             log.warning("listening_without_token", detail=warning)
-        record_daemon(settings.server.data_dir, [daemon_url(a) for a in addresses])
+        record_daemon(settings.server.data_dir, [daemon_url(a, scheme) for a in addresses],
+                      cert_file=None if tls is None else settings.server.tls_cert_file)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         if inherited:
-            log.info("listening", sockets=[site.name for site in sites], inherited=True,
-                     pending=app[QUEUE].pending, data_dir=str(settings.server.data_dir))
+            log.info("listening", scheme=scheme, sockets=[site.name for site in sites],
+                     inherited=True, pending=app[QUEUE].pending,
+                     data_dir=str(settings.server.data_dir))
         else:
-            log.info("listening", host=settings.server.host, port=settings.server.port,
-                     pending=app[QUEUE].pending, data_dir=str(settings.server.data_dir))
+            log.info("listening", scheme=scheme, host=settings.server.host,
+                     port=settings.server.port, pending=app[QUEUE].pending,
+                     data_dir=str(settings.server.data_dir))
         notifier = app[NOTIFIER]
         notifier.ready(await queue_status(app[QUEUE]))  # the port answers, recovery is done
         await stop.wait()
@@ -90,11 +99,12 @@ async def serve(settings: Settings) -> None:
     log.info("stopped")
 
 
-def open_without_token(addresses: list[tuple[str, int]], *, has_token: bool) -> list[str]:
+def open_without_token(addresses: list[tuple[str, int]], *, has_token: bool,
+                       scheme: str = "http") -> list[str]:
     """A warning for each address other machines can reach when no token is set."""
     if has_token:
         return []
-    return [f"listening on {daemon_url(a)} without a token: anyone who can reach it can "
+    return [f"listening on {daemon_url(a, scheme)} without a token: anyone who can reach it can "
             "post events and drop dead letters (set server.token_file)"
             for a in addresses if not _loopback(a[0])]
 
@@ -108,7 +118,74 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def daemon_url(address: tuple[str, int]) -> str:
-    """http://host:port for a bound address (IPv6 in brackets)."""
+def daemon_url(address: tuple[str, int], scheme: str = "http") -> str:
+    """http(s)://host:port for a bound address (IPv6 in brackets)."""
     host, port = address
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+# -- HTTPS ------------------------------------------------------------------------------------
+
+
+class _EncryptedKeyError(Exception):
+    """The key file asks for a passphrase (which a daemon has nobody to ask)."""
+
+
+def _no_passphrase() -> str:
+    raise _EncryptedKeyError
+
+
+async def load_tls(settings: Settings) -> ssl.SSLContext | None:
+    """The server's TLS context when server.tls_cert_file and tls_key_file are set (None
+    otherwise), loaded in a thread; any problem with the files is a one-line StartupError
+    that names the setting and the file."""
+    cert, key = settings.server.tls_cert_file, settings.server.tls_key_file
+    if cert is None or key is None:  # config.py refuses one without the other
+        return None
+    return await asyncio.get_running_loop().run_in_executor(None, server_tls_context, cert, key)
+
+
+def server_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """An SSLContext for serving with the PEM certificate (chain) `cert` and its key `key`:
+    TLS 1.2 at least, Python's server defaults otherwise. Blocking (it reads the files)."""
+    _readable(cert, "server.tls_cert_file", "certificate")
+    _readable(key, "server.tls_key_file", "private key")
+    try:  # the certificate alone first, so that a failure below is the key's
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=cert)
+    except ssl.SSLError:
+        raise StartupError(f"server.tls_cert_file: {cert} holds no PEM certificate") from None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key, password=_no_passphrase)
+    except _EncryptedKeyError:
+        raise StartupError(f"server.tls_key_file: {key} is encrypted with a passphrase, which "
+                           "the daemon cannot ask for (write it without one: openssl pkey "
+                           "-in KEY -out NEW_KEY)") from None
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise StartupError(f"server.tls_key_file: {key} is not the key of the "
+                               f"certificate in {cert} (server.tls_cert_file)") from None
+        raise StartupError(f"server.tls_key_file: {key} holds no PEM private key") from None
+    except OSError as exc:  # changed since it was read just now
+        raise StartupError(f"server.tls_cert_file, tls_key_file: cannot read {cert} or "
+                           f"{key} ({_strerror(exc)})") from None
+    return context
+
+
+def _readable(path: Path, setting: str, what: str) -> None:
+    """A one-line StartupError unless `path` is a file this user can read."""
+    try:
+        with path.open("rb") as handle:
+            handle.read(1)
+    except FileNotFoundError:
+        raise StartupError(f"{setting}: no such file {path} (the {what}, PEM)") from None
+    except IsADirectoryError:
+        raise StartupError(f"{setting}: {path} is a folder, not a {what} file") from None
+    except OSError as exc:
+        raise StartupError(f"{setting}: cannot read {path} ({_strerror(exc)})") from None
+
+
+def _strerror(exc: OSError) -> str:
+    text = exc.strerror or str(exc)
+    return text[:1].lower() + text[1:]
