@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import html
 import mimetypes
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Final
 
@@ -105,40 +105,27 @@ def _page(request: web.Request, page: str) -> web.Response:
                         headers={**headers, hdrs.CACHE_CONTROL: "no-cache"})
 
 
-@routes.get("/")
-async def home(request: web.Request) -> web.Response:
-    """The home page: the live match, recent matches and sessions, players."""
-    return _page(request, "home")
+#: The pages at their stable paths (the ids are those of the JSON API).
+_PATHS: Final = {
+    "/": "home",  # the live match, recent matches and sessions, players
+    "/matches/{id}": "match",  # scoreboard, goals, the players' statistics side by side
+    "/players/{id}": "player",  # career figures, trends over their matches, sessions
+    "/sessions/{id}": "session",  # its matches, wins and losses, streak, averages
+    "/live": "live",  # the current match following /v1/live; ?overlay=1 for OBS
+    "/system": "system",  # the queue's health and the dead letters, for the operator
+}
 
 
-@routes.get("/matches/{id}")
-async def match(request: web.Request) -> web.Response:
-    """A match: scoreboard, goals, the players' statistics side by side."""
-    return _page(request, "match")
+def _page_handler(page: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handler(request: web.Request) -> web.Response:
+        return _page(request, page)
+
+    handler.__name__ = handler.__qualname__ = f"{page}_page"
+    return handler
 
 
-@routes.get("/players/{id}")
-async def player(request: web.Request) -> web.Response:
-    """A player: career figures, trends over their matches, sessions."""
-    return _page(request, "player")
-
-
-@routes.get("/sessions/{id}")
-async def session(request: web.Request) -> web.Response:
-    """A session: its matches, wins and losses, streak, averages."""
-    return _page(request, "session")
-
-
-@routes.get("/live")
-async def live(request: web.Request) -> web.Response:
-    """The current match following /v1/live; ``?overlay=1`` for OBS."""
-    return _page(request, "live")
-
-
-@routes.get("/system")
-async def system(request: web.Request) -> web.Response:
-    """The queue's health and the dead letters, for the operator."""
-    return _page(request, "system")
+for _path, _name in _PATHS.items():
+    routes.get(_path)(_page_handler(_name))
 
 
 @routes.get("/static/{path:.+}")

@@ -1,7 +1,7 @@
 """The dashboard in a real headless Chromium (Debian's), driven by Playwright's sync API.
 
 The daemons are `collector serve` subprocesses, so the tests are plain sync functions and
-never touch pytest-aiohttp's event loop. One browser for the session, a new context (fresh
+never touch pytest-aiohttp's event loop. One browser for the package, a new context (fresh
 cookies and localStorage) per test. Every page a test opens is guarded: at teardown the
 test fails on a console error, an uncaught exception, or a request to any origin but the
 daemon's (such requests are aborted before they leave, and recorded).
@@ -29,9 +29,11 @@ if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page, ViewportSize
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
-    """Debian's Chromium, headless, once for the whole session."""
+    """Debian's Chromium, headless, once for the browser tests (package scope: while
+    Playwright's sync API runs, its event loop is the thread's, and the async tests that
+    come after must find none)."""
     B.chromium_path()  # skip before starting the driver when there is no Chromium
     playwright = B.start_playwright()
     try:
@@ -156,7 +158,7 @@ def _started(tmp: Path, *, token: str | None = None) -> Daemon:
     return daemon
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stats_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """A daemon (stats handler, no token) holding the season, the real recording and the
     synthetic league; the worker has applied all of it."""
@@ -165,7 +167,7 @@ def stats_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     daemon.server.kill()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def token_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """The same data behind a bearer token (COLLECTOR_SERVER_TOKEN)."""
     daemon = _started(tmp_path_factory.mktemp("token-daemon"), token=B.TOKEN)
@@ -173,7 +175,7 @@ def token_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     daemon.server.kill()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def artifacts() -> Path:
     """Where the screenshots go (build/artifacts/screenshots unless $COLLECTOR_ARTIFACTS)."""
     return B.artifacts_dir()

@@ -101,8 +101,9 @@ function trend(canvas, matches, key) {
   });
 }
 
-function matchesSection(matches) {
-  const out = section("Matches", table([
+// A player's line in each of their matches: the matches tables of players and sessions.
+export function matchLineColumns() {
+  return [
     { label: "When", cell: (m) => link(`/matches/${m.id}`, fmtWhen(m.started_at)) },
     { label: "", cell: (m) => resultBadge(m.won) },
     { label: "Arena", cell: (m) => m.arena_name || m.arena || "–" },
@@ -110,8 +111,15 @@ function matchesSection(matches) {
     { label: "G", num: true, title: "goals", cell: (m) => fmtNum(m.goals) },
     { label: "A", num: true, title: "assists", cell: (m) => fmtNum(m.assists) },
     { label: "Sv", num: true, title: "saves", cell: (m) => fmtNum(m.saves) },
+    { label: "Sh", num: true, title: "shots", cell: (m) => fmtNum(m.shots) },
     { label: "BPM", num: true, cell: (m) => statValue(m.stats, "bpm") },
-  ], matches.slice(0, 15), { rowAttrs: (m) => ({ "data-match-id": m.id }) }));
+    { label: "km/h", num: true, cell: (m) => statValue(m.stats, "speed_avg", "kmh") },
+  ];
+}
+
+function matchesSection(matches) {
+  const out = section("Matches", table(matchLineColumns(), matches.slice(0, 15),
+    { rowAttrs: (m) => ({ "data-match-id": m.id }) }));
   out.dataset.testid = "player-matches";
   return out;
 }

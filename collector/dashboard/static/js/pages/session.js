@@ -2,11 +2,10 @@
 
 import { api } from "../api.js";
 import {
-  fmtDuration, fmtNum, fmtWhen, h, link, mount, pathId, ready, resultBadge, section, statTile,
-  table,
+  fmtDuration, fmtNum, fmtWhen, h, link, mount, pathId, ready, section, statTile, table,
 } from "../dom.js";
 import { statValue } from "./match.js";
-import { streakText } from "./player.js";
+import { matchLineColumns, streakText } from "./player.js";
 
 const AVERAGES = [
   ["score", "Score"], ["goals", "Goals"], ["assists", "Assists"], ["saves", "Saves"],
@@ -46,18 +45,8 @@ export async function render(main) {
 }
 
 function matchesSection(matches) {
-  const out = section("Matches", table([
-    { label: "When", cell: (m) => link(`/matches/${m.id}`, fmtWhen(m.started_at)) },
-    { label: "", cell: (m) => resultBadge(m.won) },
-    { label: "Arena", cell: (m) => m.arena_name || m.arena || "–" },
-    { label: "Score", num: true, cell: (m) => fmtNum(m.score) },
-    { label: "G", num: true, title: "goals", cell: (m) => fmtNum(m.goals) },
-    { label: "A", num: true, title: "assists", cell: (m) => fmtNum(m.assists) },
-    { label: "Sv", num: true, title: "saves", cell: (m) => fmtNum(m.saves) },
-    { label: "Sh", num: true, title: "shots", cell: (m) => fmtNum(m.shots) },
-    { label: "BPM", num: true, cell: (m) => statValue(m.stats, "bpm") },
-    { label: "km/h", num: true, cell: (m) => statValue(m.stats, "speed_avg", "kmh") },
-  ], matches, { rowAttrs: (m) => ({ "data-match-id": m.id }) }));
+  const out = section("Matches", table(matchLineColumns(), matches,
+    { rowAttrs: (m) => ({ "data-match-id": m.id }) }));
   out.dataset.testid = "session-matches";
   return out;
 }
