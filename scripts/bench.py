@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark `collector serve --handler noop` against a bare aiohttp reference server.
 
-    python3 scripts/bench.py                 # every figure (about 7 minutes)
+    python3 scripts/bench.py                 # every figure (about 9 minutes)
     python3 scripts/bench.py --quick         # smaller runs and counts: a smoke run
     python3 scripts/bench.py --only single   # one figure (repeatable)
     python3 scripts/bench.py --json out.json # also write the results as JSON
@@ -32,6 +32,13 @@ Figures (noop handler, the worker draining concurrently unless said otherwise):
   pipeline the whole pipeline on real recorded messages (every message of the recording,
            in copies that are matches of their own), POSTed in 100-event arrays until the
            last is applied: the default handler (stats) against noop, in turns
+  dashboard the dashboard's pages on a history of 2,000 3v3 matches among 40 players in 200
+           sittings, built in this process through the real StatsStore.apply_run (each
+           match a short live stretch, so every line has its derived statistics, then its
+           goals and MatchEnded), under a `collector serve` (default handler): each JSON
+           API call a page makes when it opens, p50/p95 and the bytes of its answer, beside
+           GET /healthz timed in the same rounds; each page's calls at once; and each
+           page's weight (the shell and every static file it loads, uncompressed)
 
 With --busy N, N processes spin on the CPUs for the whole run (each a program of its own,
 in a session of its own, at the default priority), as other services would on a home
@@ -47,6 +54,8 @@ Ctrl-C. Servers, load generators and the temporary directory are removed in ever
 from __future__ import annotations
 
 import argparse
+import collections
+import concurrent.futures
 import contextlib
 import ctypes
 import dataclasses
@@ -55,6 +64,9 @@ import json
 import math
 import os
 import platform
+import posixpath
+import random
+import re
 import resource
 import shutil
 import signal
@@ -63,7 +75,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -76,7 +88,8 @@ REFERENCE = REPO / "scripts" / "reference_server.py"
 GATE_HANDLER = "scripts.bench_handlers:gate"
 GATE_ENV = "BENCH_GATE_FILE"  # the variable scripts/bench_handlers.py reads
 QUEUE_FILES = ("queue.db", "queue.db-wal", "queue.db-shm")
-FIGURES = ("single", "arrays", "latency", "drain", "memory", "cycles", "token", "pipeline")
+FIGURES = ("single", "arrays", "latency", "drain", "memory", "cycles", "token", "pipeline",
+           "dashboard")
 HOST = "127.0.0.1"
 EVENTS_PER_ARRAY = 100
 REQUEST_TIMEOUT_S = 10  # a load-generator request slower than this counts as timed out
@@ -113,13 +126,18 @@ class Plan:
     rounds: int = 3  # runs of each server, in turns, for the load figures; drains
     single_rounds: int = 5  # ... for the single-event figure, the one whose target is a ratio
     pipeline_copies: int = 40  # copies of the recording, each a match of its own (pipeline)
+    history_matches: int = 2_000  # the dashboard's history: 3v3 matches,
+    history_players: int = 40  # ... among this many players,
+    history_sittings: int = 200  # ... in this many sittings
+    dashboard_rounds: int = 100  # timings of each call and page (after one warm-up round)
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
         if quick:
             return cls(quick=True, duration_s=2, warmup_s=1, drain_jobs=20_000,
                        memory_jobs=50_000, cycle_jobs=20_000, serve_s=1.0, rounds=1,
-                       single_rounds=1, pipeline_copies=4)
+                       single_rounds=1, pipeline_copies=4, history_matches=60,
+                       history_players=12, history_sittings=6, dashboard_rounds=10)
         return cls(quick=False, duration_s=10, warmup_s=1)
 
 
@@ -1249,6 +1267,494 @@ def figure_pipeline(h: Harness) -> None:
     h.report.add(Row("pipeline, default handler vs noop", "events/s", stats_rate, noop_rate,
                      Target("min_ratio", 0.25, "≥ 0.25x noop"), reference_label="noop"))
 
+# -- the dashboard --------------------------------------------------------------------------
+
+#: The pages the figure measures: page -> (its path, the JSON API calls its script makes
+#: when it opens, in collector/dashboard/static/js/pages/<page>.js). {match}, {player} and
+#: {session} are filled from the history. /live is left out: it follows one stream.
+DASHBOARD_PAGES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "home": ("/", ("/v1/matches?limit=15", "/v1/sessions?limit=8", "/v1/players?limit=12")),
+    "match": ("/matches/{match}", ("/v1/matches/{match}",)),
+    "player": ("/players/{player}", ("/v1/players/{player}",
+                                     "/v1/players/{player}/matches?limit=50",
+                                     "/v1/sessions?player={player}&limit=10")),
+    "session": ("/sessions/{session}", ("/v1/sessions/{session}",)),
+    "system": ("/system", ("/v1/queue", "/metrics", "/v1/dead?limit=50&offset=0")),
+}
+DASHBOARD_REFERENCE = "/healthz"
+DASHBOARD_SLOW_MS = 50.0  # a call slower than this (p50, here) is looked into
+HISTORY_T0 = 1_780_000_000.0  # the first sitting's start (2026)
+HISTORY_TEAM_SIZE = 3
+HISTORY_TICK_RATE = 4  # UpdateStates a game second in each match's live stretch
+HISTORY_LIVE_S = 3  # game seconds of that stretch (the derived statistics come from it)
+HISTORY_BATCH = 500  # jobs a StatsStore.apply_run (one transaction)
+HISTORY_ARENAS = ("Stadium_P", "cs_p", "EuroStadium_Night_P", "UtopiaStadium_P", "Park_P",
+                  "Wasteland_S_P", "NeoTokyo_Standard_P", "TrainStation_P")
+HISTORY_COLORS = (("1873FF", "E5E5E5"), ("C26418", "E5E5E5"))
+_NAME_HEADS = ("Zeph", "Kak", "Mira", "Turbo", "Lum", "Okapi", "Vex", "Grizz", "Picco",
+               "Sunny", "Nick", "Zone", "Kilo", "Dusk", "Orbit", "Pixel")
+_NAME_TAILS = ("yr", "tus", "_tom", "en", " D", "lo", "Killa", "m", "x", "99", "_rl", "ster")
+
+
+@dataclass(frozen=True)
+class HistoryShape:
+    """The history the dashboard figure is measured on."""
+
+    matches: int
+    players: int
+    sittings: int  # evenings of play: the same six play their matches in a row
+    seed: int = 7
+
+
+def history_names(count: int, rng: random.Random) -> list[tuple[str, str]]:
+    """`count` distinct (name, primary id) pairs, Steam and Epic ids as the game sends."""
+    names: list[str] = []
+    while len(names) < count:
+        name = rng.choice(_NAME_HEADS) + rng.choice(_NAME_TAILS)
+        name += str(rng.randint(2, 9)) if name in names else ""
+        if name not in names:
+            names.append(name)
+    return [(name, f"Steam|7656119{rng.randrange(10**10):010d}|0" if k % 2 else
+             f"Epic|{rng.getrandbits(128):032x}|0") for k, name in enumerate(names)]
+
+
+class _HistoryMatch:
+    """One 3v3 match as the Stats API sends it, cut short: a live stretch of
+    HISTORY_LIVE_S game seconds (every car shown, so each line gets its derived
+    statistics), then each goal (the snapshot with the team score up, GoalScored), the
+    final scoreboard and MatchEnded. received_at spreads them over the match's length."""
+
+    def __init__(self, rng: random.Random, roster: Sequence[tuple[str, str]], start: float
+                 ) -> None:
+        self.rng = rng
+        self.start = start
+        self.guid = f"{rng.getrandbits(128):032X}"
+        self.arena = rng.choice(HISTORY_ARENAS)
+        order = list(roster)
+        rng.shuffle(order)
+        self.players = [(name, pid, k // HISTORY_TEAM_SIZE, k + 1)
+                        for k, (name, pid) in enumerate(order)]
+        self.lines = {name: dict.fromkeys(("Score", "Goals", "Shots", "Assists", "Saves",
+                                           "Touches", "Demos"), 0) for name, *_ in self.players}
+        self.cars = {name: [rng.uniform(0, 100), rng.uniform(0, 2300)]
+                     for name, *_ in self.players}
+        self.score = [0, 0]
+        goals = [rng.randint(0, 5), rng.randint(0, 5)]
+        self.overtime = goals[0] == goals[1]
+        if self.overtime:
+            goals[rng.randint(0, 1)] += 1
+        self.goals = [0] * goals[0] + [1] * goals[1]
+        rng.shuffle(self.goals)
+        if self.overtime:  # the deciding goal comes last
+            self.goals.remove(last := 0 if goals[0] > goals[1] else 1)
+            self.goals.append(last)
+        self.winner = 0 if goals[0] > goals[1] else 1
+        self.length = 300.0 + (rng.uniform(10, 150) if self.overtime else 0.0)
+        self.jobs: list[tuple[dict[str, Any], float]] = []
+
+    @property
+    def end(self) -> float:
+        return self.start + self.length
+
+    def event(self, name: str, data: dict[str, Any], at: float) -> None:
+        self.jobs.append(({"Event": name, "Data": json.dumps({"MatchGuid": self.guid, **data})},
+                          at))
+
+    def state(self, at: float, clock: int, *, cars: bool, overtime: bool = False,
+              winner: int | None = None) -> None:
+        players = []
+        for name, pid, team, shortcut in self.players:
+            line: dict[str, Any] = {"Name": name, "PrimaryId": pid, "Shortcut": shortcut,
+                                    "TeamNum": team, **self.lines[name]}
+            if cars:
+                boost, speed = self.cars[name]
+                line.update({"bHasCar": True, "Boost": round(boost),
+                             "Speed": round(speed * 0.036, 3), "bBoosting": boost > 40,
+                             "bOnGround": speed < 1900, "bOnWall": 1500 < speed < 1600,
+                             "bPowersliding": speed < 400, "bSupersonic": speed >= 2200})
+            players.append({k: v for k, v in line.items() if v not in (0, False)}
+                           | {"TeamNum": team, "Name": name})
+        self.event("UpdateState", {"Players": players, "Game": {
+            "Teams": [{"Name": team, "TeamNum": num, "Score": self.score[num],
+                       "ColorPrimary": HISTORY_COLORS[num][0],
+                       "ColorSecondary": HISTORY_COLORS[num][1]}
+                      for num, team in enumerate(("Blue", "Orange"))],
+            "TimeSeconds": clock, "bOvertime": overtime,
+            "Ball": {"Speed": round(self.rng.uniform(0, 90), 2), "TeamNum": 255},
+            "bReplay": False, "bHasWinner": winner is not None,
+            "Winner": "" if winner is None else ("Blue", "Orange")[winner],
+            "Arena": self.arena}}, at)
+
+    def messages(self) -> list[tuple[dict[str, Any], float]]:
+        rng = self.rng
+        ticks = HISTORY_LIVE_S * HISTORY_TICK_RATE
+        for tick in range(ticks + 1):
+            for name, car in self.cars.items():
+                car[0] = min(100.0, max(0.0, car[0] + rng.uniform(-12, 9)))
+                car[1] = min(2300.0, max(0.0, car[1] + rng.uniform(-500, 500)))
+                if rng.random() < 0.1:
+                    self.lines[name]["Touches"] += 1
+                    self.lines[name]["Score"] += 2
+            self.state(self.start + tick / HISTORY_TICK_RATE, 300 - tick // HISTORY_TICK_RATE,
+                       cars=True)
+        for n, team in enumerate(self.goals, start=1):
+            at = self.start + self.length * n / (len(self.goals) + 1)
+            mates = [p for p in self.players if p[2] == team]
+            scorer = rng.choice(mates)
+            assister = rng.choice([p for p in mates if p is not scorer]) \
+                if rng.random() < 0.6 else None
+            for who, field_, points in ((scorer, "Goals", 100), (assister, "Assists", 50)):
+                if who is not None:
+                    self.lines[who[0]][field_] += 1
+                    self.lines[who[0]]["Score"] += points
+            self.lines[scorer[0]]["Shots"] += 1
+            self.score[team] += 1
+            elapsed = at - self.start
+            self.state(at, round(abs(300 - elapsed)), cars=False, overtime=elapsed > 300)
+            speed = round(rng.uniform(40, 125), 2)
+            goal: dict[str, Any] = {
+                "GoalSpeed": speed, "GoalTime": round(rng.uniform(3, 40), 2),
+                "ImpactLocation": {"X": round(rng.uniform(-800, 800), 1),
+                                   "Y": 5120.0 if team == 0 else -5120.0,
+                                   "Z": round(rng.uniform(95, 600), 1)},
+                "Scorer": {"Name": scorer[0], "Shortcut": scorer[3], "TeamNum": team},
+                "BallLastTouch": {"Player": scorer[0], "Speed": speed}}
+            if assister is not None:
+                goal["Assister"] = {"Name": assister[0], "Shortcut": assister[3],
+                                    "TeamNum": team}
+            self.event("GoalScored", goal, at + 0.05)
+        for line in self.lines.values():  # the rest of the match, in its totals
+            extra_shots, saves = rng.randint(0, 4), rng.randint(0, 3)
+            line["Shots"] += extra_shots
+            line["Saves"] += saves
+            line["Touches"] += rng.randint(10, 40)
+            line["Demos"] += rng.randint(0, 2)
+            line["Score"] += 20 * extra_shots + 50 * saves + 2 * line["Touches"]
+        self.state(self.end, round(self.length - 300), cars=False, overtime=self.overtime,
+                   winner=self.winner)
+        self.event("MatchEnded", {"WinnerTeamNum": self.winner}, self.end + 0.05)
+        return self.jobs
+
+
+def history_messages(shape: HistoryShape) -> list[tuple[dict[str, Any], float]]:
+    """The whole history's messages, (payload, received_at), in the order played: each
+    sitting six players drawn from the pool playing their share of the matches in a
+    row (a minute or two between matches), sittings 6 to 30 hours apart."""
+    rng = random.Random(shape.seed)
+    pool = history_names(shape.players, rng)
+    out: list[tuple[dict[str, Any], float]] = []
+    at = HISTORY_T0
+    for sitting in range(shape.sittings):
+        roster = rng.sample(pool, 2 * HISTORY_TEAM_SIZE)
+        count = shape.matches // shape.sittings + (sitting < shape.matches % shape.sittings)
+        for _ in range(count):
+            match = _HistoryMatch(rng, roster, at)
+            out.extend(match.messages())
+            at = match.end + rng.uniform(45, 150)
+        at += rng.uniform(6, 30) * 3600
+    return out
+
+
+def build_history(data_dir: Path, shape: HistoryShape, log: Path) -> dict[str, Any]:
+    """stats.db in `data_dir` holding `shape`'s history, applied through the real
+    StatsStore.apply_run (HISTORY_BATCH jobs a transaction, durability "normal": this
+    builds a file, it measures nothing). The store's log lines of warning and above go
+    to `log` (JSON lines), under "warnings" in what is returned with the counts."""
+    import asyncio
+
+    _import_collector()
+    from collector.jobs import Job
+    from collector.stats.store import StatsStore
+
+    started = time.monotonic()
+    messages = history_messages(shape)
+    generated = time.monotonic() - started
+    jobs = [Job(seq=n, payload=payload, received_at=at, source=None, sequence=None)
+            for n, (payload, at) in enumerate(messages, start=1)]
+
+    async def apply() -> list[str]:
+        store = StatsStore(data_dir, durability="normal")
+        await store.open()
+        outcomes: list[str] = []
+        try:
+            for i in range(0, len(jobs), HISTORY_BATCH):
+                outcomes += await store.apply_run(jobs[i:i + HISTORY_BATCH])
+        finally:
+            await store.close()
+        return outcomes
+
+    with _quiet_logs(log):
+        outcomes = asyncio.run(apply())
+    seconds = time.monotonic() - started
+    db = data_dir / "stats.db"
+    counts = _history_counts(db)
+    if counts["matches"] != shape.matches or counts["lines_without_stats"] or \
+            counts["ended"] != shape.matches:
+        raise BenchError(f"dashboard history: {counts} for {shape}")
+    warnings = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return {"events": len(jobs), "seconds": seconds, "generate_s": generated,
+            "db_bytes": db.stat().st_size, "outcomes": dict(collections.Counter(outcomes)),
+            "warnings": warnings, **counts}
+
+
+@contextlib.contextmanager
+def _quiet_logs(path: Path) -> Iterator[None]:
+    """collector's logging (warning and above) into `path` for the block, then the
+    process's logging configuration as it was."""
+    import logging
+
+    import structlog
+
+    from collector.logs import configure_logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    config = structlog.get_config()
+    with path.open("a") as out:
+        configure_logging("warning", "json", stream=out, cache=False)
+        try:
+            yield
+        finally:
+            for handler in list(root.handlers):
+                root.removeHandler(handler)
+            for handler in handlers:
+                root.addHandler(handler)
+            root.setLevel(level)
+            structlog.configure(**config)
+
+
+def _history_counts(db: Path) -> dict[str, int]:
+    """What stats.db holds, read directly (sessions with the default 30 minute gap)."""
+    import sqlite3
+
+    from collector.stats.sessions import sessions_page
+
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        def one(sql: str) -> int:
+            return int(conn.execute(sql).fetchone()[0])
+
+        page = sessions_page(conn, gap_s=30 * 60.0, limit=2**31)
+        assert page is not None
+        return {"matches": one("SELECT count(*) FROM matches"),
+                "ended": one("SELECT count(*) FROM matches WHERE winner IS NOT NULL"),
+                "players": one("SELECT count(*) FROM players"),
+                "lines": one("SELECT count(*) FROM match_players"),
+                "lines_without_stats": one("SELECT count(*) FROM match_players "
+                                           "WHERE stats IS NULL"),
+                "goals": one("SELECT count(*) FROM goals"),
+                "sessions": len(page["sessions"]),
+                "newest_match": one("SELECT max(id) FROM matches"),
+                "busiest_player": one("SELECT id FROM players ORDER BY matches DESC, id "
+                                      "LIMIT 1"),
+                "busiest_player_matches": one("SELECT max(matches) FROM players")}
+    finally:
+        conn.close()
+
+
+def _import_collector() -> None:
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The nearest-rank `q`-th percentile (q in 0..100) of a non-empty sample."""
+    ranked = sorted(values)
+    return ranked[max(0, math.ceil(q / 100 * len(ranked)) - 1)]
+
+
+class _Client:
+    """One kept-alive connection, as a browser keeps one: (status, body, seconds)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.conn = http.client.HTTPConnection(HOST, port, timeout=30.0)
+
+    def get(self, path: str) -> tuple[bytes, float]:
+        started = time.perf_counter()
+        try:
+            self.conn.request("GET", path)
+            resp = self.conn.getresponse()
+            status, body = resp.status, resp.read()
+        except (OSError, http.client.HTTPException):
+            self.conn.close()  # once more on a new connection (the server closed it)
+            self.conn = http.client.HTTPConnection(HOST, self.port, timeout=30.0)
+            started = time.perf_counter()
+            self.conn.request("GET", path)
+            resp = self.conn.getresponse()
+            status, body = resp.status, resp.read()
+        elapsed = time.perf_counter() - started
+        if status != 200:
+            raise BenchError(f"GET {path} answered {status}: {body[:200]!r}")
+        return body, elapsed
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+_STATIC_REF = re.compile(r'(?:href|src)="(/static/[^"?#]+)')
+_JS_IMPORT = re.compile(r'(?:\bfrom\s*|\bimport\s*)"(\.{1,2}/[^"]+)"')
+_PAGE_IMPORT = re.compile(r"import\(\s*`([^`$]*)\$\{page\}([^`]*)`\s*\)")
+_DATA_PAGE = re.compile(r'data-page="([a-z]+)"')
+
+
+def page_files(client: _Client, path: str) -> tuple[int, dict[str, int]]:
+    """The shell's bytes at `path`, and every static file the page loads with its bytes
+    (uncompressed, as served): what its <link> and <script> tags name, and the ES
+    modules main.js and the page's module import, followed to the end."""
+    shell, _ = client.get(path)
+    text = shell.decode()
+    page = _DATA_PAGE.search(text)
+    if page is None:
+        raise BenchError(f"GET {path}: no data-page in the shell")
+    files: dict[str, int] = {}
+    todo = _STATIC_REF.findall(text)
+    while todo:
+        url = todo.pop(0)
+        if url in files:
+            continue
+        body, _ = client.get(url)
+        files[url] = len(body)
+        if not url.endswith(".js") or "/vendor/" in url:
+            continue
+        source = body.decode()
+        found = list(_JS_IMPORT.findall(source))
+        found += [a + page.group(1) + b for a, b in _PAGE_IMPORT.findall(source)]
+        todo += [posixpath.normpath(posixpath.join(posixpath.dirname(url), rel))
+                 for rel in found]
+    if not any(f"/pages/{page.group(1)}.js" in url for url in files):
+        raise BenchError(f"GET {path}: the page's module js/pages/{page.group(1)}.js was not "
+                         "found among main.js's imports")
+    return len(shell), files
+
+
+def _dashboard_targets(client: _Client, built: dict[str, Any]) -> dict[str, str]:
+    """The ids the pages are opened with: the newest match, the player with the most
+    matches, the session the home page lists first."""
+    sessions = json.loads(client.get("/v1/sessions?limit=1")[0])["sessions"]
+    if not sessions:
+        raise BenchError("dashboard: the history has no session")
+    return {"match": str(built["newest_match"]), "player": str(built["busiest_player"]),
+            "session": sessions[0]["id"]}
+
+
+def _page_load(clients: Sequence[_Client], calls: Sequence[str],
+               pool: concurrent.futures.ThreadPoolExecutor) -> float:
+    """A page's calls at once, each on a connection of its own (the page awaits them
+    with Promise.all): seconds until the last answer."""
+    started = time.perf_counter()
+    futures = [pool.submit(client.get, call) for client, call in zip(clients, calls,
+                                                                     strict=False)]
+    for future in futures:
+        future.result()
+    return time.perf_counter() - started
+
+
+def figure_dashboard(h: Harness) -> None:
+    """The dashboard's pages on a realistic history: each JSON API call a page makes
+    (latency p50/p95, bytes), each page's calls at once, and each page's weight."""
+    plan = h.plan
+    shape = HistoryShape(plan.history_matches, plan.history_players, plan.history_sittings)
+    say(f"\n== dashboard: a history of {shape.matches:,} matches (3v3, {shape.players} players,"
+        f" {shape.sittings} sittings) built through StatsStore.apply_run; `collector serve` "
+        f"(default handler) on it; {plan.dashboard_rounds} rounds, each call in turn on one "
+        f"kept-alive connection with {DASHBOARD_REFERENCE} (the reference), then each page's "
+        "calls at once")
+    data_dir = h.tmp / "dashboard-data"
+    built = build_history(data_dir, shape, h.tmp / "dashboard-build.log")
+    h.report.problems += [f"dashboard history build log: {line[:400]}"
+                          for line in built["warnings"]]
+    say(f"  built in {built['seconds']:.1f} s ({built['generate_s']:.1f} s of it generating):"
+        f" {built['events']:,} events, {built['matches']:,} matches, {built['players']} "
+        f"players, {built['lines']:,} lines (each with its derived statistics), "
+        f"{built['goals']:,} goals, {built['sessions']:,} player sessions; stats.db "
+        f"{built['db_bytes'] / MB:.1f} MB")
+    server = h.collector(data_dir, handler="stats")
+    server.wait_ready()
+    client = _Client(server.port)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=3)
+    page_clients = [_Client(server.port) for _ in range(3)]
+    try:
+        ids = _dashboard_targets(client, built)
+        pages = {page: (path.format(**ids), tuple(call.format(**ids) for call in calls))
+                 for page, (path, calls) in DASHBOARD_PAGES.items()}
+        calls = [DASHBOARD_REFERENCE] + [c for _, cs in pages.values() for c in cs]
+        times: dict[str, list[float]] = {call: [] for call in calls}
+        sizes: dict[str, int] = {}
+        loads: dict[str, list[float]] = {page: [] for page in pages}
+        for round_ in range(plan.dashboard_rounds + 1):  # round 0 warms up, not counted
+            for call in calls:
+                body, seconds = client.get(call)
+                sizes[call] = len(body)
+                if round_:
+                    times[call].append(seconds * 1000)
+            for page, (_, page_calls) in pages.items():
+                seconds = _page_load(page_clients, page_calls, pool)
+                if round_:
+                    loads[page].append(seconds * 1000)
+        weights = {page: page_files(client, path) for page, (path, _) in pages.items()}
+    finally:
+        client.close()
+        for one in page_clients:
+            one.close()
+        pool.shutdown()
+    h.finish(server)
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+    def p(call: str, q: float) -> float:
+        return percentile(times[call], q)
+
+    ref50, ref95 = p(DASHBOARD_REFERENCE, 50), p(DASHBOARD_REFERENCE, 95)
+    say(f"  pages opened with match {ids['match']} (the newest), player {ids['player']} "
+        f"({built['busiest_player_matches']} matches, the most), session {ids['session']} "
+        f"(the newest of {built['sessions']:,} player sessions)")
+    say(f"  each call, p50 / p95 over {plan.dashboard_rounds} rounds, and its answer:")
+    width = max(len(call) for call in calls)
+    for page, (_, page_calls) in [("reference", ("", (DASHBOARD_REFERENCE,))),
+                                  *pages.items()]:
+        for call in page_calls:
+            slow = "  SLOW (> 50 ms p50)" if p(call, 50) > DASHBOARD_SLOW_MS else ""
+            say(f"  {page:<9} GET {call:<{width}}  {p(call, 50):7.2f} / {p(call, 95):7.2f} ms"
+                f"  {p(call, 50) / ref50:6.1f}x /healthz  {sizes[call]:>9,} bytes{slow}")
+    say("  each page, its calls at once (p50 / p95), its data and its weight (uncompressed, "
+        "as served: the shell + every static file it loads):")
+    details_pages: dict[str, Any] = {}
+    for page, (path, page_calls) in pages.items():
+        shell, files = weights[page]
+        static = sum(files.values())
+        data = sum(sizes[call] for call in page_calls)
+        load50, load95 = percentile(loads[page], 50), percentile(loads[page], 95)
+        say(f"  {page:<9} {len(page_calls)} call(s) {load50:7.2f} / {load95:7.2f} ms; data "
+            f"{data:>9,} bytes; weight {shell + static:>9,} bytes (shell {shell:,} + "
+            f"{len(files)} files {static:,})")
+        details_pages[page] = {
+            "path": path, "calls": {call: {"p50_ms": p(call, 50), "p95_ms": p(call, 95),
+                                           "bytes": sizes[call]} for call in page_calls},
+            "load_p50_ms": load50, "load_p95_ms": load95, "data_bytes": data,
+            "shell_bytes": shell, "files": files, "weight_bytes": shell + static}
+        h.report.add(Row(f"dashboard {page} page: its {len(page_calls)} call(s) at once, p50",
+                         "ms", load50, ref50, None, "GET /healthz"))
+    say(f"  reference: GET {DASHBOARD_REFERENCE} {ref50:.2f} / {ref95:.2f} ms (p50 / p95)")
+    slowest = max(calls[1:], key=lambda call: p(call, 50))
+    heaviest = max(details_pages, key=lambda page: details_pages[page]["weight_bytes"])
+    say(f"  slowest call: GET {slowest}, p50 {p(slowest, 50):.2f} ms, p95 "
+        f"{p(slowest, 95):.2f} ms; heaviest page: {heaviest}, "
+        f"{details_pages[heaviest]['weight_bytes']:,} bytes")
+    for call in calls[1:]:
+        if p(call, 50) > DASHBOARD_SLOW_MS:
+            h.report.problems.append(f"dashboard: GET {call} p50 {p(call, 50):.1f} ms "
+                                     f"(> {DASHBOARD_SLOW_MS:.0f} ms) on this history")
+    h.report.details["dashboard"] = {
+        "history": dataclasses.asdict(shape) | built, "ids": ids,
+        "rounds": plan.dashboard_rounds,
+        "reference": {"call": DASHBOARD_REFERENCE, "p50_ms": ref50, "p95_ms": ref95,
+                      "bytes": sizes[DASHBOARD_REFERENCE]},
+        "pages": details_pages, "slowest_call": slowest, "heaviest_page": heaviest}
+    h.report.add(Row(f"dashboard slowest call, p50: GET {slowest}", "ms", p(slowest, 50),
+                     ref50, None, "GET /healthz"))
+    h.report.add(Row(f"dashboard page weight, heaviest ({heaviest})", "KiB",
+                     details_pages[heaviest]["weight_bytes"] / 1024, None))
+
 
 FIGURE_FUNCS: dict[str, Callable[[Harness], None]] = {
     "single": figure_single,
@@ -1259,13 +1765,14 @@ FIGURE_FUNCS: dict[str, Callable[[Harness], None]] = {
     "cycles": figure_cycles,
     "token": figure_token,
     "pipeline": figure_pipeline,
+    "dashboard": figure_dashboard,
 }
 
 FIGURE_ROWS = {  # the rows a figure adds, for the table when it could not be measured
     "single": "single-event POSTs", "arrays": "100-event array POSTs",
     "latency": "p99 latency", "drain": "drain", "memory": "memory and start-up",
     "cycles": "fill/drain cycles", "token": "token check",
-    "pipeline": "pipeline, default handler vs noop",
+    "pipeline": "pipeline, default handler vs noop", "dashboard": "dashboard",
 }
 
 
@@ -1283,6 +1790,8 @@ def fmt_value(value: float | None, unit: str) -> str:
         return f"{value:.3f}"
     if unit == "MB":
         return f"{value:.1f} MB"
+    if unit == "KiB":
+        return f"{value:,.1f} KiB"
     if unit == "ms":
         return f"{value:.2f} ms"
     return f"{value:.2f} {unit}" if value >= 0.01 or value == 0 else f"{value:.4f} {unit}"

@@ -1,8 +1,10 @@
 """scripts/bench.py: the drain arithmetic, and a smoke run of the harness.
 
 The smoke run uses the bench's own load generator (`--no-wrk`), so it needs no wrk and
-also covers that fallback. It checks the shape of what is printed and written, never the
-numbers: this machine is shared and its figures are noise at this size.
+also covers that fallback. The dashboard figure gets a smoke run of its own (`--quick`: a
+60-match history) and a test of its history builder. Both check the shape of what is
+printed and written, never the numbers: this machine is shared and its figures are
+noise at this size.
 """
 
 from __future__ import annotations
@@ -18,19 +20,23 @@ import pytest
 
 from scripts.bench import (
     BUSY_LOOP,
+    DASHBOARD_PAGES,
     FIGURE_FUNCS,
     FIGURES,
     Harness,
+    HistoryShape,
     LoadResult,
     Plan,
     Report,
     Row,
     Target,
+    build_history,
     drain_rates,
     figure_token,
     median_run,
     median_value,
     parse_args,
+    percentile,
     time_at,
     token_timing,
 )
@@ -220,3 +226,79 @@ def test_the_pipeline_figure_replays_the_recording_as_matches_of_their_own() -> 
     assert all(len(found) == 3 for found in guids if found)  # three matches, one per copy
     assert copies[:len(lines)] == lines  # copy 0 is the recording itself, byte for byte
     assert FIGURE_FUNCS["pipeline"] is figure_pipeline
+
+
+def test_percentile_is_the_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]  # 1..100
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 95) == 95.0
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile([7.0], 95) == 7.0
+
+
+def test_the_dashboard_history_is_built_through_the_stats_store(tmp_path: Path) -> None:
+    """Two sittings of six players, three matches each: every match ended with a winner,
+    every line has its derived statistics, and each player of a sitting has one session
+    from it (the sittings are hours apart, the matches a minute or two)."""
+    shape = HistoryShape(matches=6, players=9, sittings=2)
+    built = build_history(tmp_path / "data", shape, tmp_path / "build.log")
+    assert (built["matches"], built["ended"], built["lines"]) == (6, 6, 36), built
+    assert built["lines_without_stats"] == 0, built
+    assert built["sessions"] == 12, built
+    assert built["goals"] > 0, built
+    assert built["warnings"] == [], built
+    assert built["newest_match"] == 6, built
+    assert built["busiest_player_matches"] in (3, 6), built
+    assert set(built["outcomes"]) <= {"applied", "unchanged"}, built
+    again = build_history(tmp_path / "again", shape, tmp_path / "again.log")
+    assert {k: again[k] for k in ("events", "goals", "busiest_player")} == {
+        k: built[k] for k in ("events", "goals", "busiest_player")}  # seeded: the same
+
+
+@pytest.mark.slow
+def test_quick_dashboard_run(tmp_path: Path) -> None:
+    """`--quick --only dashboard`: a small history, a real daemon on it, every call of
+    every page timed and weighed, with /healthz beside them. The shape, not the numbers."""
+    out_json = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--only", "dashboard", "--json", str(out_json),
+         "--work-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=100, env=env, cwd=REPO, check=False,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    for line in ("== dashboard: a history of 60 matches", "reference GET /healthz",
+                 "GET /v1/sessions?limit=8", "GET /metrics", "slowest call: GET /v1/",
+                 "| dashboard home page: its 3 call(s) at once, p50",
+                 "| dashboard page weight, heaviest"):
+        assert line in out, out
+    assert "match_opened" not in out  # the store's log lines stay out of the report
+
+    data = json.loads(out_json.read_text())
+    assert not data["errors"], data
+    details = data["details"]["dashboard"]
+    assert details["history"]["matches"] == 60, details["history"]
+    assert details["history"]["lines_without_stats"] == 0, details["history"]
+    assert details["reference"]["call"] == "/healthz", details["reference"]
+    assert details["reference"]["p50_ms"] > 0, details["reference"]
+    assert set(details["pages"]) == set(DASHBOARD_PAGES)
+    for page, one in details["pages"].items():
+        assert len(one["calls"]) == len(DASHBOARD_PAGES[page][1]), one
+        for call, figures in one["calls"].items():
+            assert "{" not in call, call  # the ids were filled in
+            assert 0 < figures["p50_ms"] <= figures["p95_ms"], (call, figures)
+            assert figures["bytes"] > 0, (call, figures)
+        assert one["load_p50_ms"] > 0, one
+        files = one["files"]
+        assert f"/static/js/pages/{page}.js" in files, files
+        assert "/static/vendor/chart.js/chart.umd.min.js" in files, files
+        assert "/static/app.css" in files, files
+        assert one["weight_bytes"] == one["shell_bytes"] + sum(files.values()), one
+    rows = {row["figure"]: row for row in data["rows"]}
+    home = rows["dashboard home page: its 3 call(s) at once, p50"]
+    assert home["collector"] > 0, home
+    assert home["reference"] > 0, home
+    assert home["target"] is None, home  # context: the bench judges no latency here
+    assert FIGURE_FUNCS["dashboard"].__name__ == "figure_dashboard"
+    assert list(tmp_path.glob("collector-bench-*")) == []
