@@ -4,6 +4,7 @@ never 404s on an installed daemon while the editable checkout the tests use is f
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,12 +19,17 @@ pytestmark = pytest.mark.timeout(300)
 
 
 def test_the_wheel_carries_every_dashboard_file(tmp_path: Path) -> None:
+    # A copy without build/: setuptools would pack what an earlier build left there.
+    source = tmp_path / "src"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache", "collector-data"))
+    wheels = tmp_path / "wheels"
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-         "--wheel-dir", str(tmp_path), str(REPO)],
+         "--wheel-dir", str(wheels), str(source)],
         capture_output=True, text=True, check=False, cwd=tmp_path)
     assert build.returncode == 0, build.stderr
-    (wheel,) = tmp_path.glob("collector-*.whl")
+    (wheel,) = wheels.glob("collector-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         packed = {name for name in archive.namelist() if name.startswith("collector/dashboard/")}
     ours = {f"collector/dashboard/static/{p.relative_to(STATIC_DIR).as_posix()}"
