@@ -71,7 +71,7 @@ async def serve(settings: Settings) -> None:
                                             scheme=scheme)
         for warning in state.warnings:
             log.warning("listening_without_token", detail=warning)
-        record_daemon(settings.server.data_dir, [daemon_url(a, scheme) for a in addresses],
+        record_daemon(settings.server.data_dir, [local_url(a, scheme) for a in addresses],
                       cert_file=None if tls is None else settings.server.tls_cert_file)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -116,6 +116,17 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host.split("%")[0]).is_loopback
     except ValueError:
         return False
+
+
+#: A client on this machine reaches a daemon bound to every interface at loopback; the
+#: wildcard itself is no address to connect to, nor a name the Host check knows.
+_WILDCARD_TO_LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104 - names, not a bind
+
+
+def local_url(address: tuple[str, int], scheme: str = "http") -> str:
+    """The URL a command on this machine uses for a bound address (daemon.json)."""
+    host, port = address
+    return daemon_url((_WILDCARD_TO_LOOPBACK.get(host, host), port), scheme)
 
 
 def daemon_url(address: tuple[str, int], scheme: str = "http") -> str:

@@ -9,7 +9,10 @@ on any route that changes it. CORS only for configured origins.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -155,6 +158,14 @@ def test_on_every_interface_the_address_connected_to_is_answered(
         conn.request("GET", "/v1/queue", headers={"Host": f"{host}:{port}"})
         assert conn.getresponse().status == status, (host, connect)
         conn.close()
+    # The commands on this machine find it at loopback, not at the wildcard (no name).
+    record = json.loads((server.data_dir / "daemon.json").read_text())
+    assert record["urls"] == [f"http://127.0.0.1:{port}"]
+    status = subprocess.run([sys.executable, "-m", "collector", "status", "--data-dir",
+                             str(server.data_dir), "--json"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert status.returncode == 0, status.stderr
+    assert "421" not in status.stdout
 
 
 # -- Origin ---------------------------------------------------------------------------------
