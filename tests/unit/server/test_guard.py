@@ -161,11 +161,11 @@ def test_on_every_interface_the_address_connected_to_is_answered(
     # The commands on this machine find it at loopback, not at the wildcard (no name).
     record = json.loads((server.data_dir / "daemon.json").read_text())
     assert record["urls"] == [f"http://127.0.0.1:{port}"]
-    status = subprocess.run([sys.executable, "-m", "collector", "status", "--data-dir",
-                             str(server.data_dir), "--json"],
-                            capture_output=True, text=True, timeout=60, check=False)
-    assert status.returncode == 0, status.stderr
-    assert "421" not in status.stdout
+    asked = subprocess.run([sys.executable, "-m", "collector", "status", "--data-dir",
+                            str(server.data_dir), "--json"],
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert asked.returncode == 0, asked.stderr
+    assert "421" not in asked.stdout
 
 
 # -- Origin ---------------------------------------------------------------------------------
