@@ -2,13 +2,14 @@
 
 The only package that touches PostgreSQL (and the only one that imports asyncpg, in
 `db`). `schema` creates and migrates the tables; `log` is the shared ordered log (the
-serialised append, the leader's reader, fenced settling, dead letters, numbers).
-See docs/scale-out.md.
+serialised append, the leader's reader, fenced settling, dead letters, numbers);
+`leader` elects the one node that applies the log. See docs/scale-out.md.
 """
 
 from __future__ import annotations
 
 from collector.postgres.db import Connection, Pool, connect, create_pool
+from collector.postgres.leader import Candidate, Term
 from collector.postgres.log import (
     Appended,
     DeadLetter,
@@ -22,6 +23,7 @@ from collector.postgres.log import (
 from collector.postgres.schema import migrate
 
 __all__ = [
-    "Appended", "Connection", "DeadLetter", "FencedError", "KeyConflictError", "LogReader",
-    "LogState", "Pool", "Request", "SharedLog", "connect", "create_pool", "migrate",
+    "Appended", "Candidate", "Connection", "DeadLetter", "FencedError", "KeyConflictError",
+    "LogReader", "LogState", "Pool", "Request", "SharedLog", "Term", "connect",
+    "create_pool", "migrate",
 ]
