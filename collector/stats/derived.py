@@ -576,12 +576,11 @@ def aggregate(matches: Iterable[Mapping[str, Value]]) -> Stats:
     sums: dict[str, float] = {}
     counted: set[str] = set()
     weighted = dict.fromkeys(_AVERAGES, 0.0)
-    order: list[str] = []
+    order: dict[str, None] = {}  # the keys as first seen (a dict: a list made it quadratic)
     for match in matches:
         tracked = match.get("tracked_s")
         for key, value in match.items():
-            if key not in order:
-                order.append(key)
+            order.setdefault(key)
             if key in _PER_MINUTE or not isinstance(value, int | float):
                 continue
             if key in _AVERAGES:

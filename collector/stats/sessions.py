@@ -53,7 +53,10 @@ SELECT page.player, page.first_id, p.name,
        m.id, m.guid, m.arena, m.playlist, m.started_at, m.ended_at, m.winner, mp.team,
        mp.score, mp.goals, mp.shots, mp.assists, mp.saves, mp.touches, mp.demos, mp.stats
 FROM page
-JOIN numbered n ON n.player = page.player AND n.nth = page.nth
+-- CROSS JOIN keeps this order: page (a few rows) first. Left to itself SQLite scanned
+-- the whole of numbered once per line of the player (2 million rows for one with 460
+-- matches: 219 ms against 2.5 ms; docs/performance-log.md).
+CROSS JOIN numbered n ON n.player = page.player AND n.nth = page.nth
 JOIN matches m ON m.id = n.match_id
 JOIN match_players mp ON mp.match_id = m.id AND mp.player_id = page.player
 JOIN players p ON p.id = page.player

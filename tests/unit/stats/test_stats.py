@@ -489,7 +489,7 @@ async def test_each_goal_keeps_the_clock_it_fell_at(store: StatsStore) -> None:
     """The clock of the snapshot before GoalScored (the score goes up one message before
     it), overtime included; a goal applied late (a dead letter put back after later
     snapshots) has no clock rather than a wrong one."""
-    a = [("A", "Steam|1|0", 0, 100, 1)]
+    a: list[tuple[str, str | None, int, int, int]] = [("A", "Steam|1|0", 0, 100, 1)]
     items = jobs([
         update(GUID, a, (0, 0), TimeSeconds=251, bOvertime=False),
         update(GUID, a, (1, 0), TimeSeconds=250, bOvertime=False),

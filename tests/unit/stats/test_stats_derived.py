@@ -28,9 +28,9 @@ from collector.jobs import Job
 from collector.stats import apply as stats_apply
 from collector.stats import formats
 from collector.stats.arenas import arena_name
-from collector.stats.derived import PLAYER_KEYS, MatchStats
+from collector.stats.derived import PLAYER_KEYS, MatchStats, rounded
 from collector.stats.schema import MIGRATIONS, STATS_FILE
-from collector.stats.store import StatsStore, rounded
+from collector.stats.store import StatsStore
 from tests.support import synthetic
 from tests.support.server import ClientFactory, ServerProcess, wait_until
 from tests.support.synthetic import BLUE, GHOST, ORANGE
