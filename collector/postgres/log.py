@@ -49,8 +49,8 @@ from typing import Any
 import orjson
 
 from collector.jobs import Job
-from collector.postgres.db import Connection, Pool, Record
-from collector.postgres.schema import APPEND_LOCK, LOCK_SPACE
+from collector.postgres.db import Connection, Pool, PostgresError, Record
+from collector.postgres.schema import KEY_CONFLICT_STATE
 
 
 class FencedError(Exception):
@@ -147,95 +147,32 @@ class SharedLog:
             raise ValueError("a request without events")
         if not requests:
             return []
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire() as conn:  # one statement: its own transaction
             return await self._append(conn, requests)
 
     async def _append(self, conn: Connection, requests: Sequence[Request],
                       revive: Sequence[int] = ()) -> list[Appended]:
-        """The append, inside the caller's transaction; `revive`: dead letters whose
-        events these are (deleted in the same transaction)."""
-        if self._serialise:
-            await conn.execute(
-                "SELECT set_config('synchronous_commit', 'on', true), "
-                "pg_advisory_xact_lock($1, $2)", LOCK_SPACE, APPEND_LOCK)
-        else:
-            await conn.execute("SELECT set_config('synchronous_commit', 'on', true)")
-        known: dict[str, Appended] = {}
-        keys = list({r.key for r in requests if r.key is not None})
-        by_digest = {key_digest(k): k for k in keys}
-        if keys:
-            # After the lock: every earlier append of these keys is committed and seen.
-            for row in await conn.fetch(
-                    "SELECT digest, first_seq, last_seq, accepted FROM log_keys "
-                    "WHERE digest = ANY($1::bytea[]) AND created_at > log_now() - $2",
-                    list(by_digest), self._ttl_s):
-                known[by_digest[row["digest"]]] = Appended(row["accepted"], row["first_seq"],
-                                             row["last_seq"], replayed=True)
-        fresh: list[int] = []  # indexes of the requests stored now
-        for index, request in enumerate(requests):
-            if request.key is None or request.key not in known:
-                fresh.append(index)
-                if request.key is not None:
-                    known[request.key] = Appended(0, 0, 0)  # placeholder: stored now
-        total = sum(len(requests[i].events) for i in fresh)
-        seqs: list[int] = []
-        if total:
-            # Under the lock these are consecutive; without it (the control) they may not be.
-            seqs = sorted(r[0] for r in await conn.fetch(
-                "SELECT nextval('log_seq') FROM generate_series(1, $1)", total))
-        columns: tuple[list[int], list[bytes], list[float], list[str | None],
-                       list[int | None]] = ([], [], [], [], [])
-        stored: dict[int, Appended] = {}  # by index of the request
-        at = 0
-        for i in fresh:
-            request = requests[i]
-            n = len(request.events)
-            mine = seqs[at:at + n]
-            at += n
-            for index, (seq, event) in enumerate(zip(mine, request.events, strict=True)):
-                columns[0].append(seq)
-                columns[1].append(event)
-                columns[2].append(request.received_at)
-                columns[3].append(request.source)
-                columns[4].append(None if request.sequence is None else request.sequence + index)
-            stored[i] = Appended(n, mine[0], mine[-1])
-        if total:
-            await conn.execute(
-                "INSERT INTO log (seq, payload, received_at, source, sequence) "
-                "SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::float8[], $4::text[], "
-                "$5::bigint[])", *columns)
-        new_keys = [(key, stored[i]) for i in fresh if (key := requests[i].key) is not None]
-        if new_keys:
-            # An expired key is replaced; a live one cannot be there (looked up under
-            # the lock), unless the append runs without the lock.
+        """The append: one call of the schema's `log_append` (lock, keys, seqs, rows, in
+        one round trip: the lock is held for as short as possible); `revive`: dead
+        letters whose events these are (deleted in the caller's transaction)."""
+        try:
             rows = await conn.fetch(
-                "INSERT INTO log_keys (digest, first_seq, last_seq, accepted, created_at) "
-                "SELECT k, f, l, a, log_now() FROM unnest($1::bytea[], $2::bigint[], "
-                "$3::bigint[], $4::integer[]) AS t(k, f, l, a) "
-                "ON CONFLICT (digest) DO UPDATE SET first_seq = EXCLUDED.first_seq, "
-                "last_seq = EXCLUDED.last_seq, accepted = EXCLUDED.accepted, "
-                "created_at = EXCLUDED.created_at WHERE log_keys.created_at <= log_now() - $5 "
-                "RETURNING digest",
-                [key_digest(k) for k, _ in new_keys], [a.first_seq for _, a in new_keys],
-                [a.last_seq for _, a in new_keys], [a.accepted for _, a in new_keys],
+                "SELECT r_first, r_last, r_accepted, r_replayed FROM log_append("
+                "$1, $2, $3, $4, $5, $6, $7, $8) ORDER BY r_ord",
+                self._serialise, [len(r.events) for r in requests],
+                [event for r in requests for event in r.events],
+                [r.received_at for r in requests], [r.source for r in requests],
+                [r.sequence for r in requests],
+                [None if r.key is None else key_digest(r.key) for r in requests],
                 self._ttl_s)
-            if len(rows) != len(new_keys):
-                raise KeyConflictError("an Idempotency-Key was stored by a concurrent append")
+        except PostgresError as exc:
+            if getattr(exc, "sqlstate", None) == KEY_CONFLICT_STATE:
+                raise KeyConflictError(str(exc)) from None
+            raise
         if revive:
             await conn.execute("DELETE FROM log_dead WHERE seq = ANY($1::bigint[])", list(revive))
-        results: list[Appended] = []
-        first_answer: dict[str, Appended] = {}
-        for index, request in enumerate(requests):
-            result = stored.get(index)
-            if result is not None:
-                if request.key is not None:
-                    first_answer[request.key] = Appended(result.accepted, result.first_seq,
-                                                         result.last_seq, replayed=True)
-                results.append(result)
-            else:
-                assert request.key is not None
-                results.append(first_answer.get(request.key) or known[request.key])
-        return results
+        return [Appended(r["r_accepted"], r["r_first"], r["r_last"], r["r_replayed"])
+                for r in rows]
 
     # -- reading (the leader) -------------------------------------------------------------
 

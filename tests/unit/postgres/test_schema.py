@@ -8,7 +8,20 @@ import pytest
 
 from collector.errors import StartupError
 from collector.postgres import connect, migrate
-from collector.postgres.schema import LOG_MIGRATIONS, schema_version
+from collector.postgres.schema import (
+    APPEND_LOCK,
+    KEY_CONFLICT_STATE,
+    LOCK_SPACE,
+    LOG_APPEND,
+    LOG_MIGRATIONS,
+    schema_version,
+)
+
+
+def test_the_append_function_uses_the_programs_lock_and_error_code() -> None:
+    """The SQL text spells them out: it must say what the Python constants say."""
+    assert f"pg_advisory_xact_lock({LOCK_SPACE}, {APPEND_LOCK});" in LOG_APPEND
+    assert f"USING ERRCODE = '{KEY_CONFLICT_STATE}';" in LOG_APPEND
 
 
 async def test_nodes_starting_together_migrate_once(pg_dsn: str) -> None:
