@@ -4,9 +4,10 @@ The order, and why it is made this way
 --------------------------------------
 Concurrent transactions commit in another order than the one in which they took their
 sequence numbers. A reader that takes ``seq > last`` then skips a row whose transaction
-committed after a higher seq was already read: measured on this machine kind with 4
-writers, such a reader missed 78,941 of 1.77M committed rows (4.5 %). Two techniques
-keep every row (both measured, /work/shared/notes/postgres.md):
+committed after a higher seq was already read: measured with 4 writers, such a reader
+missed 4.5 % of the rows (the figures, and where they come from, are in
+docs/scale-out.md; tests/unit/postgres/test_order.py shows it as its control). Two
+techniques keep every row:
 
 * **Serialise the append** (chosen). Each append transaction first takes
   ``pg_advisory_xact_lock(LOCK_SPACE, APPEND_LOCK)``, then its seqs, inserts, commits.
@@ -18,13 +19,15 @@ keep every row (both measured, /work/shared/notes/postgres.md):
   says. The lock is held through the commit's WAL flush, which caps small transactions
   near 6k commits/s whatever the number of writers; but each node group-commits many
   requests per transaction, and with 100-event transactions 4 writers measured 180k
-  events/s under the lock (190-200k for one writer without it; 127k with the
-  Idempotency-Key table in the same transaction).
+  events/s under the lock against 270-310k without it, 240k with the insert inside one
+  plpgsql call (which is what ``log_append`` in collector.postgres.schema does: the
+  lock is held for one statement and the commit).
 * Read below the horizon on ``(xid, seq)`` (not chosen): no writer waits, but the apply
   order becomes xid order, so the ``seq`` in the ``202`` would no longer say where an
   event stands in the order the handlers see, and one long-open transaction stalls all
-  reading. It breaks the contract for a little throughput the group commit makes
-  unnecessary.
+  reading. It breaks the contract for throughput the group commit makes unnecessary.
+
+The reader must read the primary (the server the appends commit on).
 
 The same lock makes Idempotency-Keys exact across nodes: the key is looked up after the
 lock is taken, so of two appends of one key at the same instant (two nodes), the second
