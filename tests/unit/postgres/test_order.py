@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from collector.postgres import Request, SharedLog
+from collector.postgres import LogReader, Request, SharedLog
 from tests.support.postgres import PoolFactory
 
 WRITERS = 4
@@ -32,8 +32,8 @@ class Run:
 async def _load(make_pool: PoolFactory, *, serialise: bool, transactions: int,
                 requests: int, events: int) -> Run:
     """WRITERS writers (one connection each, as separate nodes) append `transactions`
-    group commits of `requests` requests of `events` events; a reader drains meanwhile
-    with `seq > cursor ORDER BY seq`, then once more after the last commit."""
+    group commits of `requests` requests of `events` events; the leader's reader
+    (`seq > cursor ORDER BY seq`) drains meanwhile, then once more after the last commit."""
     run = Run(per_writer=[[] for _ in range(WRITERS)])
     logs = [SharedLog(await make_pool(max_size=1), serialise=serialise) for _ in range(WRITERS)]
     reader = SharedLog(await make_pool(max_size=1))
@@ -52,16 +52,14 @@ async def _load(make_pool: PoolFactory, *, serialise: bool, transactions: int,
                     run.per_writer[w] += seqs
 
     async def read() -> None:
-        cursor = 0
+        leaders_reader = LogReader(reader, after=0, page=10_000)
         while True:
             finished = done.is_set()  # read once more after the writers are done
-            jobs = await reader.jobs_after(cursor, 10_000)
+            jobs = await leaders_reader.take()
             for job in jobs:
                 run.seen.append(job.seq)
                 run.payloads[job.seq] = job.payload
-            if jobs:
-                cursor = jobs[-1].seq
-            elif finished:
+            if finished and not jobs:
                 return
             await asyncio.sleep(0)
 
@@ -97,3 +95,15 @@ async def test_control_without_the_append_lock_the_same_reader_skips(
     print(f"control: the naive reader missed {missed} of {total} committed events "  # noqa: T201
           f"({100 * missed / total:.1f} %)")
     assert missed > 0, "the control did not skip: make the run heavier"
+
+
+async def test_the_leaders_reader_waits_for_the_next_commit(make_pool: PoolFactory) -> None:
+    log = SharedLog(await make_pool())
+    reader = LogReader(log, after=0, poll_s=0.005)
+    waiting = asyncio.create_task(reader.wait())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await log.append([Request([b'{"n":1}', b'{"n":2}'], 1.0)])
+    jobs = await asyncio.wait_for(waiting, 5)
+    assert [(j.seq, j.payload) for j in jobs] == [(1, {"n": 1}), (2, {"n": 2})]
+    assert await reader.take() == []
