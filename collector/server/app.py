@@ -65,7 +65,8 @@ def create_app(settings: Settings) -> web.Application:
             'server.allowed_hosts is ["*"]: any Host is answered, so a web page can reach '
             "this server through a visitor's browser (DNS rebinding)")
         log.warning("host_check_off", detail=app[STATE].config_warnings[-1])
-    app.on_response_prepare.append(guard.on_response_prepare)
+    if guard.cors:  # a signal costs every answer a call; only when there is CORS to add
+        app.on_response_prepare.append(guard.on_response_prepare)
     # Every route is wrapped by http.endpoint (request_id, token, JSON errors), and a
     # last route answers 404/405 in the same shape.
     http.add_routes(app, ingest.routes, stats_routes.routes, live_routes.routes, admin.routes,
