@@ -5,7 +5,7 @@ Every function runs in the store's executor thread on its connection.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 import orjson
@@ -131,8 +131,41 @@ def match(conn: sqlite3.Connection, key: int | str) -> dict[str, Any] | None:
     return out
 
 
-def players_page(conn: sqlite3.Connection, limit: int, before: tuple[int, int] | None
-                 ) -> dict[str, Any]:
+class Careers:
+    """Each player's derived statistics over all their matches, kept between reads.
+
+    Summing a career reads every line the player ever played (a busy player's page took
+    tens of ms). The store forgets a player here when it commits new statistics for one
+    of their lines (StatsDb._keep), so what is kept is what the file holds.
+    """
+
+    MAX_KEPT: Final = 10_000
+
+    def __init__(self) -> None:
+        self._kept: dict[int, Stats] = {}
+
+    def get(self, conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, Stats]:
+        missing = [i for i in ids if i not in self._kept]
+        if missing:
+            if len(self._kept) + len(missing) > self.MAX_KEPT:
+                self._kept.clear()
+            for player_id in missing:
+                self._kept[player_id] = dict.fromkeys(PLAYER_KEYS)  # no line with statistics
+            self._kept.update(_headlines(conn, missing))
+        return {i: dict(self._kept[i]) for i in ids}  # copies: callers may change them
+
+    def forget(self, ids: Iterable[int]) -> None:
+        for player_id in ids:
+            self._kept.pop(player_id, None)
+
+
+def _careers(conn: sqlite3.Connection, ids: Sequence[int], careers: Careers | None
+             ) -> dict[int, Stats]:
+    return careers.get(conn, ids) if careers is not None else _headlines(conn, ids)
+
+
+def players_page(conn: sqlite3.Connection, limit: int, before: tuple[int, int] | None,
+                 careers: Careers | None = None) -> dict[str, Any]:
     last, pid = before if before is not None else (2**63 - 1, 2**63 - 1)
     rows = conn.execute(
         f"SELECT {_PLAYER_COLUMNS} FROM players p "  # noqa: S608 - constants only
@@ -142,7 +175,7 @@ def players_page(conn: sqlite3.Connection, limit: int, before: tuple[int, int] |
     more = len(rows) > limit
     rows = rows[:limit]
     players = [_player_json(r) for r in rows]
-    headlines = _headlines(conn, [r[0] for r in rows])
+    headlines = _careers(conn, [r[0] for r in rows], careers)
     for one in players:
         stats = headlines.get(one["id"]) or dict.fromkeys(PLAYER_KEYS)
         one["stats"] = {key: stats[key] for key in HEADLINE_KEYS}
@@ -150,7 +183,8 @@ def players_page(conn: sqlite3.Connection, limit: int, before: tuple[int, int] |
     return {"players": players, "next": cursor}
 
 
-def player(conn: sqlite3.Connection, player_id: int) -> dict[str, Any] | None:
+def player(conn: sqlite3.Connection, player_id: int, careers: Careers | None = None
+           ) -> dict[str, Any] | None:
     row = conn.execute(
         f"SELECT {_PLAYER_COLUMNS} FROM players p WHERE p.id = ?",  # noqa: S608
         (player_id,),
@@ -158,7 +192,8 @@ def player(conn: sqlite3.Connection, player_id: int) -> dict[str, Any] | None:
     if row is None:
         return None
     out = _player_json(row)
-    out["stats"] = _headlines(conn, [player_id]).get(player_id) or dict.fromkeys(PLAYER_KEYS)
+    out["stats"] = (_careers(conn, [player_id], careers).get(player_id)
+                    or dict.fromkeys(PLAYER_KEYS))
     out["recent_matches"] = _player_matches(conn, player_id, _RECENT_MATCHES, None)
     return out
 

@@ -225,11 +225,13 @@ class StatsStore:
     async def players_page(self, *, limit: int = 20, before: tuple[int, int] | None = None
                            ) -> dict[str, Any]:
         """``{"players": [...], "next": cursor}``, most recently active first."""
-        return await self._guarded(queries.players_page, self._require().conn, limit, before)
+        db = self._require()
+        return await self._guarded(queries.players_page, db.conn, limit, before, db.careers)
 
     async def player(self, player_id: int) -> dict[str, Any] | None:
         """A player's career totals and recent matches, or None."""
-        return await self._guarded(queries.player, self._require().conn, player_id)
+        db = self._require()
+        return await self._guarded(queries.player, db.conn, player_id, db.careers)
 
     async def player_matches(self, player_id: int, *, limit: int = 20,
                              before: int | None = None) -> dict[str, Any] | None:
@@ -269,6 +271,7 @@ class _Tx:
     #: same scoreboard changes nothing in the tables (see StatsDb._same_scoreboard).
     boards: dict[str, tuple[tuple[Any, ...], int, int | None]] = field(default_factory=dict)
     marks: dict[str, int] = field(default_factory=dict)  # X-Sequence marks not written yet
+    written: set[int] = field(default_factory=set)  # players whose statistics it wrote
 
 
 def _scoreboard(snap: formats.Snapshot) -> tuple[Any, ...]:
@@ -281,8 +284,9 @@ def _scoreboard(snap: formats.Snapshot) -> tuple[Any, ...]:
                    p.saves, p.touches, p.demos) for p in snap.players))
 
 
-def write_derived(conn: sqlite3.Connection, match_id: int, engine: MatchStats) -> None:
-    """The engine's state and figures into the match's rows (inside a transaction)."""
+def write_derived(conn: sqlite3.Connection, match_id: int, engine: MatchStats) -> list[int]:
+    """The engine's state and figures into the match's rows (inside a transaction); the
+    ids of the players whose statistics were written."""
     conn.execute(
         "INSERT INTO match_engine (match_id, state) VALUES (?, ?) "
         "ON CONFLICT (match_id) DO UPDATE SET state = excluded.state",
@@ -302,6 +306,7 @@ def write_derived(conn: sqlite3.Connection, match_id: int, engine: MatchStats) -
         (match_id,),
     ).fetchall())
     cars = engine.cars()
+    written = []
     for key, stats in engine.players().items():
         player_id = ids.get(key)
         if player_id is not None:
@@ -312,6 +317,8 @@ def write_derived(conn: sqlite3.Connection, match_id: int, engine: MatchStats) -
                 (orjson.dumps(rounded(stats)).decode(),
                  None if car is None else orjson.dumps(car).decode(), match_id, player_id),
             )
+            written.append(player_id)
+    return written
 
 
 class _Db:
@@ -356,6 +363,9 @@ class _Db:
             (self.last_seq,) = conn.execute("SELECT last_seq FROM applied").fetchone()
             #: The engines of open matches, as committed (see _keep).
             self.engines: dict[int, MatchStats] = {}
+            #: Each player's aggregated statistics between writes (None when read-only:
+            #: another process may write).
+            self.careers: queries.Careers | None = None if readonly else queries.Careers()
         except BaseException:
             conn.close()
             raise
@@ -576,7 +586,7 @@ class _Db:
         conn = self.conn
         self._write_marks(tx)
         for match_id in sorted(tx.fed):
-            write_derived(conn, match_id, tx.engines[match_id])
+            tx.written.update(write_derived(conn, match_id, tx.engines[match_id]))
         for match_id, at in tx.last_event.items():
             conn.execute(
                 "UPDATE matches SET last_event_at = ? WHERE id = ? "
@@ -585,7 +595,10 @@ class _Db:
             )
 
     def _keep(self, tx: _Tx) -> None:
-        """After a commit: the engines of open matches stay in memory for the next run."""
+        """After a commit: the engines of open matches stay in memory for the next run,
+        and the careers of the players whose lines changed are read again when asked."""
+        if self.careers is not None:
+            self.careers.forget(tx.written)
         engines = self.engines
         for match_id, engine in tx.engines.items():
             if match_id not in tx.closed:
