@@ -336,6 +336,13 @@ class Apply:
         match = self._resolve(snap.match_guid, snapshot=snap)
         assert match is not None
         self.match_id = match.id
+        if match.ended and not match.offline and self._went_down(match, snap):
+            # A match that is over keeps its final scoreboard: a snapshot with a lower
+            # score or fewer goals for a player is from before the end (the recording
+            # played again from another source, a request that lost the race with
+            # MatchEnded). One with equal or higher numbers still counts.
+            self._count("stale_skipped")
+            return "stale"
         if snap.timestamp is not None:
             if match.last_snapshot_ts is not None and snap.timestamp < match.last_snapshot_ts:
                 self._count("stale_skipped")

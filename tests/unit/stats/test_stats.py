@@ -508,3 +508,26 @@ async def test_each_goal_keeps_the_clock_it_fell_at(store: StatsStore) -> None:
     by_time = {g["game_time"]: (g["clock"], g["overtime"]) for g in match["goals"]}
     assert by_time == {12.0: (250, False), 40.0: (31, True), 50.0: (35, True),
                        60.0: (None, None)}
+
+
+async def test_an_ended_match_keeps_its_final_scoreboard(store: StatsStore) -> None:
+    """The start of the same match played again from another source (a recording sent
+    twice) cannot roll back the final lines, team scores or careers of a match that is
+    over; a snapshot with the same or higher numbers still counts."""
+    final = update(GUID, [("A", "Steam|1|0", 0, 300, 2), ("B", "Steam|2|0", 1, 120, 1)], (2, 1))
+    assert await apply_all(store, jobs([
+        update(GUID, [("A", "Steam|1|0", 0, 100, 1), ("B", "Steam|2|0", 1, 20, 0)], (1, 0)),
+        final,
+        api("MatchEnded", {"MatchGuid": GUID, "WinnerTeamNum": 0}),
+    ], source="first")) == ["applied", "applied", "applied"]
+    before = await only_match(store), await careers(store)
+    again = jobs([update(GUID, [("A", "Steam|1|0", 0, 100, 1), ("B", "Steam|2|0", 1, 20, 0)],
+                         (1, 0))], first_seq=10, source="replay")
+    assert await apply_all(store, again) == ["stale"]
+    assert (await only_match(store), await careers(store)) == before
+    assert store.counters.stale_skipped == 1
+    # A late last snapshot with a higher number (it lost the race with MatchEnded) counts.
+    late = jobs([update(GUID, [("A", "Steam|1|0", 0, 310, 2), ("B", "Steam|2|0", 1, 120, 1)],
+                        (2, 1))], first_seq=11, source="first")
+    assert await apply_all(store, late) == ["applied"]
+    assert lines(await only_match(store))["A"] == (0, 310, 2)
