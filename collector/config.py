@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from collector.errors import ConfigError
 
@@ -138,6 +138,23 @@ class StatsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PostgresSettings:
+    """[postgres]: several nodes on one PostgreSQL (docs/scale-out.md); off when unset."""
+
+    #: postgresql://user:password@host:port/dbname; prefer dsn_file (or systemd's
+    #: LoadCredential=postgres-dsn). Never logged: its password is masked.
+    dsn: str | None = field(default=None, repr=False)
+    dsn_file: Path | None = None
+    #: This node's name in GET /v1/queue and the leader election (default host:port).
+    node: str | None = None
+
+
+#: What the stats handler needs and the PostgreSQL mode does not have yet.
+POSTGRES_NO_STATS = ("[postgres] dsn: the stats handler does not run on PostgreSQL yet "
+                     "(issue 20); configure other handlers")
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Every setting of the daemon."""
 
@@ -148,6 +165,29 @@ class Settings:
     archive: ArchiveSettings = field(default_factory=ArchiveSettings)
     forward: ForwardSettings = field(default_factory=ForwardSettings)
     stats: StatsSettings = field(default_factory=StatsSettings)
+    postgres: PostgresSettings = field(default_factory=PostgresSettings)
+
+    def postgres_dsn(self) -> str | None:
+        """The DSN from `dsn`, `dsn_file` or systemd's credential `postgres-dsn`; None
+        for the embedded SQLite mode. A ConfigError when the configured handlers cannot
+        run on PostgreSQL yet."""
+        p = self.postgres
+        dsn = p.dsn
+        if not dsn:
+            path = p.dsn_file
+            if path is None:
+                creds = os.environ.get("CREDENTIALS_DIRECTORY")
+                if creds and (Path(creds) / "postgres-dsn").is_file():
+                    path = Path(creds) / "postgres-dsn"
+            if path is None:
+                return None
+            dsn = _read_secret(path, "postgres.dsn_file", "DSN")
+            if not _dsn_ok(dsn):
+                raise ConfigError(f"postgres.dsn_file: {path} does not hold a "
+                                  "postgresql:// URL")
+        if "stats" in self.worker.handlers:
+            raise ConfigError(POSTGRES_NO_STATS)
+        return dsn
 
     def token_value(self) -> str | None:
         """The bearer token from `token`, `token_file` or systemd's credential, if any."""
@@ -166,17 +206,46 @@ class Settings:
 def read_token_file(path: Path, what: str) -> str:
     """The token in `path` (whitespace around it ignored); `what` names the setting or
     flag in the one-line error for a missing, unreadable or empty file."""
+    return check_token(_read_secret(path, what, "token"), f"{what}: {path}")
+
+
+def _read_secret(path: Path, what: str, kind: str) -> str:
+    """The text of a credential file, stripped; one-line ConfigErrors naming `what`."""
     if path.is_dir():
-        raise ConfigError(f"{what}: {path} is a folder, not a token file")
+        raise ConfigError(f"{what}: {path} is a folder, not a {kind} file")
     try:
-        token = path.read_text(encoding="utf-8").strip()
+        text = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError(f"{what}: cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{what}: {path} is not a text file") from None
-    if not token:
+    if not text:
         raise ConfigError(f"{what}: {path} is empty")
-    return check_token(token, f"{what}: {path}")
+    return text
+
+
+def _dsn_ok(dsn: str) -> bool:
+    return dsn.startswith(("postgresql://", "postgres://")) and dsn.isprintable()
+
+
+def mask_dsn(dsn: str) -> str:
+    """`dsn` with its password (in the URL or a `password=` parameter) replaced by ***."""
+    try:
+        parts = urlsplit(dsn)
+        password = parts.password
+    except ValueError:
+        return "***"
+    netloc = parts.netloc
+    if password is not None:
+        userinfo, _, hostinfo = netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        netloc = f"{user}:***@{hostinfo}"
+    query = "&".join(
+        f"{k}=***" if k.lower() == "password" else part
+        for part in parts.query.split("&") if part
+        for k in [part.partition("=")[0]]
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def check_token(token: str, what: str) -> str:
@@ -196,6 +265,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "archive": ArchiveSettings,
     "forward": ForwardSettings,
     "stats": StatsSettings,
+    "postgres": PostgresSettings,
 }
 
 
@@ -261,6 +331,7 @@ def _convert(name: str, hint: Any, value: Any, *, from_text: bool) -> Any:
 def _check_ranges(settings: Settings) -> None:
     s, q, w = settings.server, settings.queue, settings.worker
     a, f, st = settings.archive, settings.forward, settings.stats
+    pg = settings.postgres
     checks: list[tuple[bool, str]] = [
         (0 <= s.port <= 65535, f"server.port: {s.port} is not a port number"),
         (s.max_body_bytes >= 1024, "server.max_body_bytes: must be at least 1024"),
@@ -293,6 +364,12 @@ def _check_ranges(settings: Settings) -> None:
          "stats.idle_close_minutes: must be above 0 and at most 1440"),
         (0 < st.session_gap_minutes <= 7 * 24 * 60,
          "stats.session_gap_minutes: must be above 0 and at most 10080"),
+        (pg.dsn is None or _dsn_ok(pg.dsn),
+         "postgres.dsn: a postgresql:// URL expected (postgresql://user@host:5432/dbname)"),
+        (not (pg.dsn and pg.dsn_file), "postgres.dsn and postgres.dsn_file: set one, not both"),
+        (pg.node is None or (0 < len(pg.node) <= 200 and pg.node.isprintable()),
+         "postgres.node: 1 to 200 printable characters expected"),
+        (not (pg.dsn or pg.dsn_file) or "stats" not in w.handlers, POSTGRES_NO_STATS),
     ]
     for ok, message in checks:
         if not ok:
@@ -385,6 +462,8 @@ def describe(settings: Settings) -> dict[str, dict[str, Any]]:
         values = {k.name: getattr(section, k.name) for k in dataclasses.fields(section)}
         if "token" in values:
             values["token"] = "***" if values["token"] else None
+        if f.name == "postgres" and values.get("dsn"):
+            values["dsn"] = mask_dsn(values["dsn"])
         out[f.name] = {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
     return out
 
