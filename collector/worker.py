@@ -14,7 +14,7 @@ import structlog
 
 from collector.errors import PermanentError
 from collector.jobs import BatchCall, Handler, Job
-from collector.queue import DurableQueue
+from collector.queue import WorkQueue
 from collector.retry import backoff_delay
 
 log = structlog.get_logger(__name__)
@@ -51,7 +51,7 @@ class Worker:
 
     def __init__(
         self,
-        queue: DurableQueue,
+        queue: WorkQueue,
         handlers: Sequence[tuple[str, Handler]],
         *,
         max_attempts: int = 5,
@@ -103,7 +103,9 @@ class Worker:
         return None if since is None else time.monotonic() - since
 
     def start(self) -> None:
-        """Start the worker task (and the watchdog that enforces handler_timeout)."""
+        """Start the worker task (and the watchdog that enforces handler_timeout); also
+        again after stop() (the PostgreSQL mode stops it when leadership is lost)."""
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name="collector-worker")
         self._watchdog = asyncio.create_task(self._watch(), name="collector-worker-watchdog")
 

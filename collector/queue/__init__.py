@@ -34,11 +34,12 @@ from __future__ import annotations
 
 from collector.queue.check import FileReport, inspect_file, integrity_problems, read_pending
 from collector.queue.durable import DurableQueue, QueueStats
+from collector.queue.protocol import JobQueue, WorkQueue
 from collector.queue.recover import NothingToRecoverError, RecoverReport, recover_file
 from collector.queue.rows import QUEUE_FILE, Accepted, DeadJob, dead_json
 
 __all__ = [
-    "QUEUE_FILE", "Accepted", "DeadJob", "DurableQueue", "FileReport", "NothingToRecoverError",
-    "QueueStats", "RecoverReport", "dead_json", "inspect_file", "integrity_problems",
-    "read_pending", "recover_file",
+    "QUEUE_FILE", "Accepted", "DeadJob", "DurableQueue", "FileReport", "JobQueue",
+    "NothingToRecoverError", "QueueStats", "RecoverReport", "WorkQueue", "dead_json",
+    "inspect_file", "integrity_problems", "read_pending", "recover_file",
 ]
