@@ -20,10 +20,11 @@ from collector.postgres.log import (
     Request,
     SharedLog,
 )
+from collector.postgres.queue import PostgresQueue
 from collector.postgres.schema import migrate
 
 __all__ = [
     "Appended", "Candidate", "Connection", "DeadLetter", "FencedError", "KeyConflictError",
-    "LogReader", "LogState", "Pool", "Request", "SharedLog", "Term", "connect",
+    "LogReader", "LogState", "Pool", "PostgresQueue", "Request", "SharedLog", "Term", "connect",
     "create_pool", "migrate",
 ]

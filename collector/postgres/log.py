@@ -110,6 +110,18 @@ class LogState:
     leader: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class LogNumbers:
+    """The log's figures at one instant (SharedLog.numbers)."""
+
+    stored: int  # jobs in the log not yet done (revived ones included)
+    dead: int
+    processed_total: int
+    applied_seq: int
+    last_seq: int
+    oldest_received_at: float | None
+
+
 def key_digest(key: str) -> bytes:
     """What the log stores of an Idempotency-Key: its SHA-256, so that a key of any
     length or content fits the unique index (a b-tree entry holds at most 2,704 bytes:
@@ -190,12 +202,13 @@ class SharedLog:
                 "WHERE seq > $1 AND NOT revived ORDER BY seq LIMIT $2", after, limit)
         return [_job(r) for r in rows]
 
-    async def revived_jobs(self, limit: int) -> list[Job]:
-        """Dead letters put back in their old place, in seq order: they run first."""
+    async def revived_jobs(self, limit: int, *, after: int = 0) -> list[Job]:
+        """Dead letters put back in their old place, in seq order (seq > `after`): they
+        run first."""
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
                 "SELECT seq, payload, received_at, source, sequence, attempts FROM log "
-                "WHERE revived ORDER BY seq LIMIT $1", limit)
+                "WHERE revived AND seq > $2 ORDER BY seq LIMIT $1", limit, after)
         return [_job(r) for r in rows]
 
     # -- settling (the leader, fenced on its epoch) ---------------------------------------
@@ -273,6 +286,14 @@ class SharedLog:
                 "failed_at FROM log_dead ORDER BY seq LIMIT $1 OFFSET $2", limit, offset)
         return [_dead(r) for r in rows]
 
+    async def dead_letter(self, seq: int) -> DeadLetter | None:
+        """One dead letter by seq, or None."""
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT seq, payload, received_at, source, sequence, attempts, error, "
+                "failed_at FROM log_dead WHERE seq = $1", seq)
+        return None if row is None else _dead(row)
+
     async def dead_count(self) -> int:
         """How many dead letters there are."""
         async with self._pool.acquire() as conn:
@@ -321,6 +342,33 @@ class SharedLog:
         assert row is not None, "log_state has its row from the first migration on"
         return LogState(row["applied_seq"], row["processed_total"], row["epoch"],
                         row["leader"])
+
+    async def known_key(self, key: str) -> Appended | None:
+        """The first answer of a retained Idempotency-Key (replayed), or None."""
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT first_seq, last_seq, accepted FROM log_keys WHERE digest = $1 "
+                "AND created_at > log_now() - $2", key_digest(key), self._ttl_s)
+        return None if row is None else Appended(row["accepted"], row["first_seq"],
+                                                  row["last_seq"], replayed=True)
+
+    async def numbers(self) -> LogNumbers:
+        """Every figure of /v1/queue in one round trip (counts the rows: not per request)."""
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT (SELECT count(*) FROM log) AS stored, "
+                "(SELECT count(*) FROM log_dead) AS dead, s.processed_total, s.applied_seq, "
+                "(SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM log_seq) AS last, "
+                "(SELECT min(received_at) FROM ((SELECT received_at FROM log WHERE revived) "
+                "UNION ALL (SELECT received_at FROM log WHERE seq > s.applied_seq "
+                "ORDER BY seq LIMIT 1)) AS heads) AS oldest "
+                "FROM log_state AS s WHERE s.id = 1")
+        assert row is not None, "log_state has its row from the first migration on"
+        oldest = row["oldest"]
+        return LogNumbers(stored=int(row["stored"]), dead=int(row["dead"]),
+                          processed_total=int(row["processed_total"]),
+                          applied_seq=int(row["applied_seq"]), last_seq=int(row["last"]),
+                          oldest_received_at=None if oldest is None else float(oldest))
 
     async def pending(self) -> int:
         """Jobs stored and not yet done, exactly (counts the rows: for /v1/queue)."""
@@ -384,6 +432,10 @@ class LogReader:
         if jobs:
             self.cursor = jobs[-1].seq
         return jobs
+
+    def is_revived(self, seq: int) -> bool:
+        """Whether `seq` was handed out as a revived dead letter (not yet settled)."""
+        return seq in self._revived_out
 
     def settled(self, job: Job) -> None:
         """`job` (revived) is acknowledged or buried: forget that it was handed out."""
