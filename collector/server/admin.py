@@ -6,17 +6,18 @@ Everything under /v1/ is behind the bearer token (api.endpoint checks it);
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 import orjson
 import structlog
 from aiohttp import hdrs, web
 
-from collector.errors import QueueClosedError
+from collector.errors import QueueClosedError, StorageError
 from collector.jobs import job_json
-from collector.queue import DurableQueue, dead_json
-from collector.server.appkeys import METRICS, QUEUE
+from collector.queue import JobQueue, dead_json
+from collector.server.appkeys import METRICS, POSTGRES, QUEUE
 from collector.server.http import ApiError, json_response
 
 log = structlog.get_logger(__name__)
@@ -27,6 +28,26 @@ NDJSON: Final = "application/x-ndjson"
 _MAX_LIMIT: Final = 1000
 _PAGE: Final = 1000
 _EXPORT_CHUNK: Final = 256  # lines per write of the export stream
+
+
+_Route = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _database(route: _Route) -> _Route:
+    """In the PostgreSQL mode, the database unreachable or too slow is a 503 with
+    Retry-After (SQLite mode: unchanged)."""
+
+    @functools.wraps(route)
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await route(request)
+        except StorageError as exc:
+            if POSTGRES not in request.app:
+                raise
+            raise ApiError(503, "storage_unavailable", str(exc),
+                           headers={hdrs.RETRY_AFTER: "5"}) from None
+
+    return wrapped
 
 
 def _int_param(query: Mapping[str, str], name: str, default: int, *, lo: int, hi: int) -> int:
@@ -58,6 +79,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/dead")
+@_database
 async def list_dead(request: web.Request) -> web.Response:
     """Dead letters in seq order: ?limit= (at most 1000) &offset=."""
     limit = _int_param(request.query, "limit", 100, lo=1, hi=_MAX_LIMIT)
@@ -70,6 +92,7 @@ async def list_dead(request: web.Request) -> web.Response:
 
 
 @routes.get(r"/v1/dead/{seq:\d{1,18}}")
+@_database
 async def show_dead(request: web.Request) -> web.Response:
     """One dead letter with its last error."""
     dead = await request.app[QUEUE].dead_letter_get(_seq(request))
@@ -78,7 +101,7 @@ async def show_dead(request: web.Request) -> web.Response:
     return json_response(dead_json(dead))
 
 
-async def _retry(queue: DurableQueue, seqs: list[int], *, at_tail: bool) -> web.Response:
+async def _retry(queue: JobQueue, seqs: list[int], *, at_tail: bool) -> web.Response:
     try:
         revived = await queue.retry_dead(seqs, at_tail=at_tail)
     except QueueClosedError:
@@ -90,6 +113,7 @@ async def _retry(queue: DurableQueue, seqs: list[int], *, at_tail: bool) -> web.
 
 
 @routes.post(r"/v1/dead/{seq:\d{1,18}}/retry")
+@_database
 async def retry_one(request: web.Request) -> web.Response:
     """Put one dead letter back: ?at=place (default: its old seq, next in line) or ?at=tail."""
     at_tail = _at_tail(request.query.get("at"))
@@ -100,6 +124,7 @@ async def retry_one(request: web.Request) -> web.Response:
 
 
 @routes.delete(r"/v1/dead/{seq:\d{1,18}}")
+@_database
 async def drop_one(request: web.Request) -> web.Response:
     """Delete one dead letter for good."""
     if not await request.app[QUEUE].drop_dead([_seq(request)]):
@@ -126,6 +151,7 @@ async def _selection(request: web.Request) -> tuple[list[int], dict[str, Any]]:
 
 
 @routes.post("/v1/dead/retry")
+@_database
 async def retry_many(request: web.Request) -> web.Response:
     """Put dead letters back in one step, so they keep their order among themselves."""
     seqs, body = await _selection(request)
@@ -134,6 +160,7 @@ async def retry_many(request: web.Request) -> web.Response:
 
 
 @routes.post("/v1/dead/drop")
+@_database
 async def drop_many(request: web.Request) -> web.Response:
     """Delete dead letters for good."""
     seqs, _body = await _selection(request)
@@ -142,6 +169,7 @@ async def drop_many(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/queue/peek")
+@_database
 async def peek(request: web.Request) -> web.Response:
     """The next jobs in line (the one in flight first), without taking them: ?limit=."""
     limit = _int_param(request.query, "limit", 10, lo=1, hi=_MAX_LIMIT)

@@ -7,6 +7,7 @@ import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator
+from typing import cast
 
 import structlog
 from aiohttp import web
@@ -14,7 +15,8 @@ from aiohttp import web
 from collector.config import Settings
 from collector.files import forget_daemon, locked_data_dir
 from collector.handlers import HandlerContext, resolve
-from collector.queue import DurableQueue
+from collector.postgres import Candidate, PostgresQueue
+from collector.queue import DurableQueue, JobQueue
 from collector.server import (
     admin,
     http,
@@ -29,6 +31,7 @@ from collector.server.appkeys import (
     LIVE,
     METRICS,
     NOTIFIER,
+    POSTGRES,
     QUEUE,
     SETTINGS,
     STATE,
@@ -45,12 +48,14 @@ from collector.worker import Worker
 log = structlog.get_logger(__name__)
 
 _PURGE_EVERY_S = 3600.0
+_HEARTBEAT_S = 1.0  # the leader checks its lock and epoch this often (PostgreSQL mode)
 _IDLE_CHECK_MAX_S = 60.0  # idle matches are looked for at least this often
 
 
 def create_app(settings: Settings) -> web.Application:
     """Build the application; resources are opened and closed by its cleanup contexts."""
     factories = [(spec, resolve(spec)) for spec in settings.worker.handlers]
+    dsn = settings.postgres_dsn()  # None: the embedded SQLite queue
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
         # Request bodies are decompressed by the API itself, with a cap (gzip bombs) and
@@ -83,6 +88,24 @@ def create_app(settings: Settings) -> web.Application:
             )
             await queue.open()
             app[QUEUE] = queue
+            try:
+                yield
+            finally:
+                await queue.close()
+
+    async def postgres_ctx(app: web.Application) -> AsyncIterator[None]:
+        # The data dir still holds the lock and the local files (stats.db, archive).
+        q, p = settings.queue, settings.postgres
+        assert dsn is not None
+        with locked_data_dir(settings.server.data_dir) as data_dir:
+            forget_daemon(data_dir)
+            queue = PostgresQueue(
+                dsn, p.node or f"{socket.gethostname()}:{settings.server.port}",
+                max_pending=q.max_pending, ack_interval_ms=q.ack_interval_ms,
+                idempotency_ttl_hours=q.idempotency_ttl_hours)
+            await queue.open()
+            app[QUEUE] = queue
+            app[POSTGRES] = queue
             try:
                 yield
             finally:
@@ -127,12 +150,33 @@ def create_app(settings: Settings) -> web.Application:
             )
             app[WORKER] = worker
             worker.start()
+            postgres = app.get(POSTGRES)
+            if postgres is None:
+                app[STATE].ready_reason = ""
+                try:
+                    yield
+                finally:
+                    app[STATE].stopping = True
+                    await worker.stop(settings.server.shutdown_timeout)
+                return
+            # Every node campaigns; the worker gets jobs only while this node leads.
+            assert dsn is not None
+            candidate = Candidate(dsn, postgres.node)
+            leading = asyncio.create_task(
+                _lead(postgres, candidate, worker, settings.server.shutdown_timeout),
+                name="collector-leader")
             app[STATE].ready_reason = ""
             try:
                 yield
             finally:
                 app[STATE].stopping = True
+                leading.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await leading
+                postgres.depose()
                 await worker.stop(settings.server.shutdown_timeout)
+                await postgres.end_term()
+                await candidate.close()
 
     async def maintenance_ctx(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(_maintain(app), name="collector-maintenance")
@@ -145,7 +189,7 @@ def create_app(settings: Settings) -> web.Application:
 
     async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
         store = app.get(STATS)
-        async with metrics.collecting(app[STATE], app[QUEUE], app[WORKER],
+        async with metrics.collecting(app[STATE], durable_view(app[QUEUE]), app[WORKER],
                                       stale=store.counters if store else None,
                                       live=app.get(LIVE)) as service:
             app[METRICS] = service
@@ -154,7 +198,7 @@ def create_app(settings: Settings) -> web.Application:
     async def notify_ctx(app: web.Application) -> AsyncIterator[None]:
         # READY=1 and STOPPING=1 come from server.serve, which knows when the port listens.
         w = settings.worker
-        async with systemd.service_notifier(app[QUEUE], app[WORKER],
+        async with systemd.service_notifier(durable_view(app[QUEUE]), app[WORKER],
                                             handler_timeout=w.handler_timeout,
                                             backoff_cap=w.backoff_cap) as notifier:
             app[NOTIFIER] = notifier
@@ -170,11 +214,41 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(pages.dashboard_ctx)
     if not settings.server.allowed_hosts:
         app.cleanup_ctx.append(_fqdn_ctx)
-    app.cleanup_ctx.extend([queue_ctx, stats_ctx, live_ctx, worker_ctx, maintenance_ctx])
+    app.cleanup_ctx.extend([queue_ctx if dsn is None else postgres_ctx, stats_ctx, live_ctx,
+                            worker_ctx, maintenance_ctx])
     # They watch the worker, so they start after it and stop before it drains.
     app.cleanup_ctx.extend([metrics_ctx, notify_ctx])
     app.on_shutdown.append(on_shutdown)
     return app
+
+
+def durable_view(queue: JobQueue) -> DurableQueue:
+    """`queue` for metrics and systemd, whose annotations still name DurableQueue: they
+    use only what collector.queue.JobQueue declares (stats, pending, on_commit)."""
+    return cast(DurableQueue, queue)
+
+
+async def _lead(queue: PostgresQueue, candidate: Candidate, worker: Worker,
+                grace: float) -> None:
+    """Campaign for ever; while this node leads, its worker applies the log from the
+    term's committed mark. On a lost lock or a fenced write, stop the worker (the job at
+    hand finishes within `grace`; its acknowledgement is refused if another node leads)
+    and start it again waiting: it gets jobs at the next term."""
+    while True:
+        term = await candidate.lead()
+        queue.begin_term(term)
+        while not queue.lost.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_HEARTBEAT_S):
+                    await queue.lost.wait()
+            if queue.lost.is_set() or not await candidate.still_leading():
+                break
+        log.warning("leadership_lost", node=queue.node, epoch=term.epoch)
+        queue.depose()
+        await worker.stop(grace)
+        await queue.end_term()
+        await candidate.resign()
+        worker.start()
 
 
 _FQDN_WAIT_S = 2.0

@@ -5,7 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from collector.config import Settings
-from collector.queue import DurableQueue
+from collector.postgres import PostgresQueue
+from collector.queue import JobQueue
 from collector.server.live import LiveHub
 from collector.server.metrics import ServiceMetrics
 from collector.server.state import ServiceState
@@ -15,7 +16,9 @@ from collector.worker import Worker
 
 SETTINGS = web.AppKey("settings", Settings)
 STATE = web.AppKey("state", ServiceState)
-QUEUE = web.AppKey("queue", DurableQueue)
+QUEUE: web.AppKey[JobQueue] = web.AppKey("queue")
+#: The same queue in the PostgreSQL mode only (its node name, leadership, readiness).
+POSTGRES = web.AppKey("postgres", PostgresQueue)
 WORKER = web.AppKey("worker", Worker)
 STATS = web.AppKey("stats", StatsStore)
 NOTIFIER = web.AppKey("notifier", Notifier)

@@ -16,7 +16,7 @@ from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from collector.errors import QueueClosedError, QueueFullError, StorageError, StorageFullError
-from collector.server.appkeys import QUEUE, SETTINGS, STATE, WORKER
+from collector.server.appkeys import POSTGRES, QUEUE, SETTINGS, STATE, WORKER
 from collector.server.http import ApiError, json_response
 
 log = structlog.get_logger(__name__)
@@ -273,10 +273,18 @@ async def post_events(request: web.Request) -> web.Response:
 
 @routes.get("/v1/queue")
 async def get_queue(request: web.Request) -> web.Response:
-    """Queue depth and counters."""
-    stats = await request.app[QUEUE].stats()
+    """Queue depth and counters (in the PostgreSQL mode, also this node and whether it
+    leads)."""
+    postgres = request.app.get(POSTGRES)
+    try:
+        stats = await request.app[QUEUE].stats()
+    except StorageError as exc:
+        if postgres is None:
+            raise
+        raise ApiError(503, "storage_unavailable", str(exc),
+                       headers={hdrs.RETRY_AFTER: "5"}) from None
     age = stats.oldest_pending_age_s
-    return json_response({
+    body: dict[str, Any] = {
         "pending": stats.pending,
         "in_flight": stats.in_flight,
         "dead": stats.dead,
@@ -284,7 +292,11 @@ async def get_queue(request: web.Request) -> web.Response:
         "last_seq": stats.last_seq,
         "oldest_pending_age_s": None if age is None else round(age, 3),
         "warnings": request.app[STATE].all_warnings(),
-    })
+    }
+    if postgres is not None:
+        body["node"] = postgres.node
+        body["leader"] = postgres.leading
+    return json_response(body)
 
 
 @routes.get("/healthz")
@@ -295,8 +307,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    """200 only when the queue is open, recovery is done and the worker runs."""
+    """200 only when the queue is open, recovery is done and the worker runs (in the
+    PostgreSQL mode: and the database answers; a follower is ready to take events)."""
     reason = not_ready_reason(request.app)
+    postgres = request.app.get(POSTGRES)
+    if reason is None and postgres is not None:
+        reason = await postgres.unready_reason()
     if reason is not None:
         return json_response({"error": "not_ready", "detail": reason}, status=503)
     return json_response({"status": "ready"})

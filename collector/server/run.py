@@ -15,7 +15,7 @@ from collector import __version__
 from collector.config import Settings, describe_changes
 from collector.errors import StartupError
 from collector.files import forget_daemon, record_daemon
-from collector.server.app import create_app
+from collector.server.app import create_app, durable_view
 from collector.server.appkeys import NOTIFIER, QUEUE, STATE
 from collector.server.systemd import listen_sockets, queue_status
 
@@ -86,11 +86,12 @@ async def serve(settings: Settings) -> None:
                      port=settings.server.port, pending=app[QUEUE].pending,
                      data_dir=str(settings.server.data_dir))
         notifier = app[NOTIFIER]
-        notifier.ready(await queue_status(app[QUEUE]))  # the port answers, recovery is done
+        # The port answers, recovery is done.
+        notifier.ready(await queue_status(durable_view(app[QUEUE])))
         await stop.wait()
         log.info("stopping")
         app[STATE].stopping = True
-        notifier.stopping(f"draining; {await queue_status(app[QUEUE])}")
+        notifier.stopping(f"draining; {await queue_status(durable_view(app[QUEUE]))}")
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     finally:
