@@ -76,6 +76,7 @@ class Cluster:
     port: int
     prefix: tuple[str, ...]
     host: str = "127.0.0.1"
+    options: str = ""  # the server's options (pg_ctl -o), for start_server
     _names: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     @property
@@ -106,6 +107,24 @@ class Cluster:
     def drop_database(self, name: str) -> None:
         """Drop `name`, ending any session still on it."""
         self.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+    def stop_server(self, mode: str = "fast") -> None:
+        """Stop the server (`mode`: fast or immediate), keeping its folder: the
+        database is unreachable until start_server."""
+        subprocess.run(
+            [*self.prefix, str(self.bindir / "pg_ctl"), "-D", str(self.datadir),
+             "-m", mode, "-w", "stop"],
+            capture_output=True, text=True, timeout=_START_TIMEOUT_S, check=True,
+        )
+
+    def start_server(self) -> None:
+        """Start the stopped server again, on the same port and folder."""
+        subprocess.run(
+            [*self.prefix, str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-o",
+             self.options, "-l", str(self.base / "server.log"), "-w", "-t",
+             str(_START_TIMEOUT_S), "start"],
+            capture_output=True, text=True, timeout=_START_TIMEOUT_S + 10, check=True,
+        )
 
     def stop(self) -> None:
         """Stop the server (fast shutdown) and remove the cluster's folder."""
@@ -144,16 +163,12 @@ def start_cluster() -> Cluster:
              "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8", "--no-instructions"],
             capture_output=True, text=True, timeout=_START_TIMEOUT_S, check=True,
         )
-        options = " ".join([
+        cluster.options = " ".join([
             f"-p {cluster.port}", f"-k {base}", "-c listen_addresses=127.0.0.1",
             "-c fsync=on", "-c synchronous_commit=on", "-c full_page_writes=on",
             "-c max_connections=200", "-c shared_buffers=64MB",
         ])
-        subprocess.run(
-            [*prefix, str(bindir / "pg_ctl"), "-D", str(cluster.datadir), "-o", options,
-             "-l", str(base / "server.log"), "-w", "-t", str(_START_TIMEOUT_S), "start"],
-            capture_output=True, text=True, timeout=_START_TIMEOUT_S + 10, check=True,
-        )
+        cluster.start_server()
     except subprocess.CalledProcessError as exc:
         log = cluster.log_tail()
         cluster.stop()

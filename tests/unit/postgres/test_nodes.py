@@ -1,0 +1,261 @@
+"""Real `collector serve` processes on one PostgreSQL: one order, one leader, failover.
+
+Each node is a ServerProcess with COLLECTOR_POSTGRES_DSN and the recorder handler (one
+fsynced line per applied job, with the node's pid), behind no load balancer: the tests
+post to each node directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from collector.config import POSTGRES_NO_STATS
+from tests.support.paths import REPO
+from tests.support.postgres import Cluster, missing_reason, start_cluster
+from tests.support.recorder import Record, read_records
+from tests.support.server import ServerProcess, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def _node(tmp_path: Path, dsn: str, name: str, record: Path) -> ServerProcess:
+    folder = tmp_path / name
+    folder.mkdir()
+    return ServerProcess(folder / "data", args=["--handler", "tests.support.recorder:record"],
+                         env={"COLLECTOR_POSTGRES_DSN": dsn, "COLLECTOR_POSTGRES_NODE": name,
+                              "RECORDER_FILE": str(record)})
+
+
+@contextlib.contextmanager
+def _running(nodes: list[ServerProcess]) -> Iterator[None]:
+    """The nodes started (ready), SIGKILLed at the end."""
+    try:
+        for node in nodes:
+            node.start()
+        yield
+    finally:
+        for node in nodes:
+            node.kill()
+
+
+async def _queue(session: aiohttp.ClientSession, node: ServerProcess) -> dict[str, Any]:
+    async with session.get(f"{node.url}/v1/queue") as resp:
+        assert resp.status == 200, await resp.text()
+        body: dict[str, Any] = await resp.json()
+        return body
+
+
+class Poster:
+    """Posts two-event arrays with unique ids; keeps what each 202 acknowledged."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+        self.ids = itertools.count()
+        self.acked: dict[int, str] = {}  # seq -> event id
+        self.statuses: list[int] = []
+        self.retry_after_missing = 0
+
+    async def post(self, node: ServerProcess, *, key: str | None = None) -> dict[str, Any] | None:
+        n = next(self.ids)
+        ids = [f"e{n}a", f"e{n}b"]
+        headers = {} if key is None else {"Idempotency-Key": key}
+        try:
+            async with self.session.post(f"{node.url}/v1/events", headers=headers,
+                                         json=[{"id": i} for i in ids]) as resp:
+                self.statuses.append(resp.status)
+                body: dict[str, Any] = await resp.json()
+                if resp.status == 503 and "Retry-After" not in resp.headers:
+                    self.retry_after_missing += 1
+        except (TimeoutError, aiohttp.ClientConnectionError):
+            return None  # a node killed or stopping: nothing acknowledged
+        if resp.status == 202 and "Idempotent-Replayed" not in resp.headers:
+            for seq, event_id in zip(range(body["first_seq"], body["last_seq"] + 1), ids,
+                                     strict=True):
+                self.acked.setdefault(seq, event_id)
+        return body
+
+    async def load(self, nodes: list[ServerProcess], stop: asyncio.Event) -> None:
+        for turn in itertools.count():
+            if stop.is_set():
+                return
+            await self.post(nodes[turn % len(nodes)])
+            await asyncio.sleep(0.002)
+
+
+def _applied(record: Path) -> list[Record]:
+    return [r for r in read_records(record) if r.kind == "done"]
+
+
+def _check_once_in_order(records: list[Record], acked: dict[int, str]) -> None:
+    """Every acknowledged event applied, in seq order, with its own payload."""
+    seqs = [r.seq for r in records]
+    assert seqs == sorted(set(seqs)), "applied twice or out of seq order"
+    assert set(acked) <= set(seqs), f"acknowledged, never applied: {sorted(set(acked) - set(seqs))}"
+    by_seq = {r.seq: r.event_id for r in records}
+    assert all(by_seq[s] == e for s, e in acked.items()), "a seq holds another event"
+
+
+async def test_two_nodes_one_order_one_leader(postgres_cluster: Cluster, pg_dsn: str,
+                                               tmp_path: Path) -> None:
+    """Events posted alternately to two nodes are applied once each, in the order of the
+    seqs of their 202s, all by the one leader; the same Idempotency-Key at both nodes at
+    once gets one answer."""
+    record = tmp_path / "applied.txt"
+    nodes = [_node(tmp_path, pg_dsn, f"node{i}", record) for i in range(2)]
+    with _running(nodes):
+        async with aiohttp.ClientSession() as session:
+            poster = Poster(session)
+            for burst in range(10):  # ten bursts of concurrent requests at both nodes
+                await asyncio.gather(*(poster.post(nodes[(burst + i) % 2]) for i in range(10)))
+            assert set(poster.statuses) == {202}
+            assert len(poster.acked) == 200
+            answers = await asyncio.gather(*(poster.post(node, key="same-key")
+                                             for node in nodes))
+            assert answers[0] is not None
+            assert answers[1] is not None
+            assert (answers[0]["first_seq"], answers[0]["last_seq"]) == \
+                (answers[1]["first_seq"], answers[1]["last_seq"])
+            assert len(poster.acked) == 202  # one of the two stored its events
+            await wait_until(lambda: len(_applied(record)) >= len(poster.acked), timeout=30,
+                             what="every acknowledged event applied")
+            seen = [await _queue(session, node) for node in nodes]
+        assert [s["node"] for s in seen] == ["node0", "node1"]
+        assert sorted(s["leader"] for s in seen) == [False, True]
+        leader = nodes[[s["leader"] for s in seen].index(True)]
+        assert leader.proc is not None
+        records = _applied(record)
+        _check_once_in_order(records, poster.acked)
+        assert len(records) == len(poster.acked)  # the repeated key stored nothing
+        assert {r.pid for r in records} == {leader.proc.pid}
+
+
+async def test_leader_killed_another_takes_over(
+        postgres_cluster: Cluster, pg_dsn: str, tmp_path: Path,
+        record_property: Callable[[str, object], None]) -> None:
+    """SIGKILL of the leader under load: the other node leads within seconds, and every
+    acknowledged event is applied, in order; only the events the dead leader had applied
+    after its last committed acknowledgement are applied again (at least once)."""
+    record = tmp_path / "applied.txt"
+    nodes = [_node(tmp_path, pg_dsn, f"node{i}", record) for i in range(2)]
+    with _running(nodes):
+        async with aiohttp.ClientSession() as session:
+            seen = [await _queue(session, node) for node in nodes]
+            old = nodes[[s["leader"] for s in seen].index(True)]
+            survivor = nodes[1 - nodes.index(old)]
+            assert old.proc is not None
+            assert survivor.proc is not None
+            poster = Poster(session)
+            stop = asyncio.Event()
+            load = asyncio.create_task(poster.load(nodes, stop))
+            await wait_until(lambda: len(_applied(record)) >= 100, timeout=30,
+                             what="the leader applying under load")
+            old.kill()
+            killed_at = time.monotonic()
+
+            async def survivor_leads() -> bool:
+                return bool((await _queue(session, survivor))["leader"])
+
+            await wait_until(survivor_leads, timeout=30, what="the survivor to lead")
+            takeover_s = time.monotonic() - killed_at
+            await asyncio.sleep(1.0)  # more load on the new leader
+            stop.set()
+            await load
+            await wait_until(lambda: {r.seq for r in _applied(record)} >= set(poster.acked),
+                             timeout=30, what="every acknowledged event applied")
+        record_property("takeover_s", round(takeover_s, 3))
+        records = _applied(record)
+        by_old = [r for r in records if r.pid == old.proc.pid]
+        by_new = [r for r in records if r.pid == survivor.proc.pid]
+        assert by_old
+        assert by_new
+        assert len(by_old) + len(by_new) == len(records)
+        _check_once_in_order(by_old, {s: e for s, e in poster.acked.items()
+                                      if s <= by_old[-1].seq})
+        _check_once_in_order(by_new, {s: e for s, e in poster.acked.items()
+                                      if s >= by_new[0].seq})
+        # The new leader starts after the old one's committed mark: what it applies again
+        # is a suffix of the old leader's run (the last ack_interval_ms at most), never a
+        # gap before it.
+        again = [r.seq for r in by_old if r.seq >= by_new[0].seq]
+        assert again == [r.seq for r in by_old[len(by_old) - len(again):]]
+        assert by_new[0].seq <= by_old[-1].seq + 1, "events skipped at the takeover"
+        # Bounded: acknowledgements commit every ack_interval_ms (50 ms), and the old
+        # leader had applied 100 or more events before the kill.
+        assert len(again) <= len(by_old) // 2, f"{len(again)} of {len(by_old)} applied again"
+        record_property("applied_again", f"{len(again)} of {len(records)}")
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[Cluster]:
+    """A cluster of this test's own, which it stops and starts."""
+    reason = missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    cluster = start_cluster()
+    yield cluster
+    cluster.stop()
+
+
+async def test_postgres_stopped_under_load(own_cluster: Cluster, tmp_path: Path) -> None:
+    """PostgreSQL stopped while two nodes take events: 503 with Retry-After, never a
+    500 or a 202; once it is back, 202s again and every acknowledged event applied."""
+    name = own_cluster.create_database()
+    dsn = own_cluster.dsn(name)
+    record = tmp_path / "applied.txt"
+    nodes = [_node(tmp_path, dsn, f"node{i}", record) for i in range(2)]
+    with _running(nodes):
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            poster = Poster(session)
+            stop = asyncio.Event()
+            load = asyncio.create_task(poster.load(nodes, stop))
+            await wait_until(lambda: len(poster.acked) >= 100, timeout=30, what="202s")
+            await asyncio.to_thread(own_cluster.stop_server, "immediate")
+            down_from = len(poster.statuses)
+            await wait_until(lambda: poster.statuses.count(503) >= 20, timeout=30,
+                             what="503s while PostgreSQL is down")
+            async with session.get(f"{nodes[0].url}/readyz") as resp:
+                assert resp.status == 503
+                assert "PostgreSQL" in (await resp.json())["detail"]
+            acked_down = len(poster.acked)
+            up_from = len(poster.statuses)  # answered while down, all of them before this
+            await asyncio.to_thread(own_cluster.start_server)
+            await wait_until(lambda: poster.statuses[up_from:].count(202) >= 50, timeout=60,
+                             what="202s once PostgreSQL is back")
+            stop.set()
+            await load
+            await wait_until(lambda: {r.seq for r in _applied(record)} >= set(poster.acked),
+                             timeout=60, what="every acknowledged event applied")
+        statuses = poster.statuses
+        assert set(statuses) <= {202, 503}, f"answers: {sorted(set(statuses))}"
+        assert poster.retry_after_missing == 0
+        assert 202 not in statuses[down_from + 5:up_from], "a 202 while PostgreSQL was down"
+        assert len(poster.acked) > acked_down
+        records = _applied(record)
+        assert {r.seq for r in records} >= set(poster.acked)
+        by_seq = {r.seq: r.event_id for r in records}
+        assert all(by_seq[s] == e for s, e in poster.acked.items())
+
+
+def test_stats_handler_refused(tmp_path: Path) -> None:
+    """`collector serve` with a DSN and the default handler list: one line, exit 2."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
+    env.update(COLLECTOR_POSTGRES_DSN="postgresql://u:secret@127.0.0.1:1/db",
+               PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-m", "collector", "serve", "--data-dir",
+                             str(tmp_path / "data")], capture_output=True, text=True,
+                            env=env, timeout=60, check=False)
+    assert result.returncode == 2
+    assert result.stderr == f"collector: error: {POSTGRES_NO_STATS}\n"
+    assert "secret" not in result.stdout + result.stderr
