@@ -40,7 +40,8 @@ _READ_SIZE: Final = 65536
 _MAX_RETRY_AFTER_S: Final = 600.0
 #: Statuses that say the bridge is misconfigured (token, URL) or speaks a format the
 #: server does not take (415: gzip or NDJSON): true of every batch, not of this one.
-_CONFIG_STATUSES: Final = frozenset({401, 403, 404, 405, 407, 415})
+#: 421: the collector does not answer to the name in the URL (its Host allowlist).
+_CONFIG_STATUSES: Final = frozenset({401, 403, 404, 405, 407, 415, 421})
 #: Statuses that are retried as they are (the server is busy or failing).
 _RETRY_STATUSES: Final = frozenset({408, 425, 429})
 #: A refused batch with one of these statuses is split to find the event at fault.
@@ -50,7 +51,9 @@ _TAG: Final = re.compile(r"<[^>]*>")
 
 #: What to check for each status that says the sender is misconfigured.
 _HINTS: Final = {401: "check --token or --token-file", 403: "check --token or --token-file",
-                 407: "check the proxy settings", 415: "upgrade the collector"}
+                 407: "check the proxy settings", 415: "upgrade the collector",
+                 421: "the collector does not answer to the name in --to: use its address, "
+                      "or add the name to its [server] allowed_hosts"}
 
 
 def events_url(base: str) -> str:

@@ -516,3 +516,29 @@ def test_bridge_cli_rejects_bad_options(tmp_path: Path) -> None:
     assert main(["bridge", "--to", "http://x", "--token-file", str(tmp_path / "none"),
                  "--spool-dir", str(tmp_path)]) == 2
     assert main(["bridge", "--to", "http://x", "--game", "a:b:c"]) == 2
+
+
+@pytest.mark.slow
+async def test_a_name_the_collector_does_not_answer_to_never_empties_the_spool(
+    server_process: ServerFactory, record_file: Path, spool_dir: Path,
+) -> None:
+    """421 (the Host allowlist) is a setting to fix, like a wrong token: the bridge keeps
+    everything in its spool and says which setting, it sets nothing aside."""
+    server = recorder_server(server_process, record_file,
+                             env={"COLLECTOR_SERVER_ALLOWED_HOSTS": "homeserver.lan"})
+    await asyncio.to_thread(server.start)
+    by_name = server.url.replace("127.0.0.1", "localhost")  # not in the allowlist
+    data = b"".join(LINES[:30])
+    with capture_logs() as logs:
+        async with (FakeGame([Session(data)]) as game,
+                    RunningBridge(config(spool_dir, game, by_name, backoff_cap=0.1)) as bridge):
+            await wait_until(
+                lambda: sum(e["event"] == "collector_refuses" for e in logs) >= 3,
+                timeout=30, what="three refusals")
+            summary = await bridge.stop()
+    refusal = next(e for e in logs if e["event"] == "collector_refuses")
+    assert refusal["status"] == 421
+    assert "allowed_hosts" in refusal["hint"]
+    assert summary.set_aside == 0
+    assert summary.spooled == 30
+    assert read_records(record_file) == []
