@@ -235,7 +235,12 @@ async def _lead(queue: PostgresQueue, candidate: Candidate, worker: Worker,
     hand finishes within `grace`; its acknowledgement is refused if another node leads)
     and start it again waiting: it gets jobs at the next term."""
     while True:
-        term = await candidate.lead()
+        try:
+            term = await candidate.lead()
+        except Exception:  # a server error, not a lost connection: try again shortly
+            log.exception("leader_election_failed", node=queue.node)
+            await asyncio.sleep(_HEARTBEAT_S)
+            continue
         queue.begin_term(term)
         while not queue.lost.is_set():
             with contextlib.suppress(TimeoutError):
