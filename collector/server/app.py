@@ -7,7 +7,6 @@ import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator
-from typing import cast
 
 import structlog
 from aiohttp import web
@@ -16,7 +15,7 @@ from collector.config import Settings
 from collector.files import forget_daemon, locked_data_dir
 from collector.handlers import HandlerContext, resolve
 from collector.postgres import Candidate, PostgresQueue
-from collector.queue import DurableQueue, JobQueue
+from collector.queue import DurableQueue
 from collector.server import (
     admin,
     http,
@@ -189,7 +188,7 @@ def create_app(settings: Settings) -> web.Application:
 
     async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
         store = app.get(STATS)
-        async with metrics.collecting(app[STATE], durable_view(app[QUEUE]), app[WORKER],
+        async with metrics.collecting(app[STATE], app[QUEUE], app[WORKER],
                                       stale=store.counters if store else None,
                                       live=app.get(LIVE)) as service:
             app[METRICS] = service
@@ -198,7 +197,7 @@ def create_app(settings: Settings) -> web.Application:
     async def notify_ctx(app: web.Application) -> AsyncIterator[None]:
         # READY=1 and STOPPING=1 come from server.serve, which knows when the port listens.
         w = settings.worker
-        async with systemd.service_notifier(durable_view(app[QUEUE]), app[WORKER],
+        async with systemd.service_notifier(app[QUEUE], app[WORKER],
                                             handler_timeout=w.handler_timeout,
                                             backoff_cap=w.backoff_cap) as notifier:
             app[NOTIFIER] = notifier
@@ -220,12 +219,6 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.extend([metrics_ctx, notify_ctx])
     app.on_shutdown.append(on_shutdown)
     return app
-
-
-def durable_view(queue: JobQueue) -> DurableQueue:
-    """`queue` for metrics and systemd, whose annotations still name DurableQueue: they
-    use only what collector.queue.JobQueue declares (stats, pending, on_commit)."""
-    return cast(DurableQueue, queue)
 
 
 async def _lead(queue: PostgresQueue, candidate: Candidate, worker: Worker,

@@ -26,7 +26,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from collector import __version__
-from collector.queue import DurableQueue, QueueStats
+from collector.queue import JobQueue, QueueStats
 from collector.server.state import ServiceState
 from collector.worker import Worker
 
@@ -88,7 +88,7 @@ class ServiceMetrics(Collector):
     def __init__(
         self,
         state: ServiceState,
-        queue: DurableQueue,
+        queue: JobQueue,
         worker: Worker,
         *,
         stale: StaleCounts | None = None,
@@ -236,7 +236,7 @@ def _histogram(name: str, doc: str, buckets: Buckets) -> HistogramMetricFamily:
 @contextlib.asynccontextmanager
 async def collecting(
     state: ServiceState,
-    queue: DurableQueue,
+    queue: JobQueue,
     worker: Worker,
     *,
     stale: StaleCounts | None = None,

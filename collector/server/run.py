@@ -15,7 +15,7 @@ from collector import __version__
 from collector.config import Settings, describe_changes
 from collector.errors import StartupError
 from collector.files import forget_daemon, record_daemon
-from collector.server.app import create_app, durable_view
+from collector.server.app import create_app
 from collector.server.appkeys import NOTIFIER, QUEUE, STATE
 from collector.server.systemd import listen_sockets, queue_status
 
@@ -87,11 +87,11 @@ async def serve(settings: Settings) -> None:
                      data_dir=str(settings.server.data_dir))
         notifier = app[NOTIFIER]
         # The port answers, recovery is done.
-        notifier.ready(await queue_status(durable_view(app[QUEUE])))
+        notifier.ready(await queue_status(app[QUEUE]))
         await stop.wait()
         log.info("stopping")
         app[STATE].stopping = True
-        notifier.stopping(f"draining; {await queue_status(durable_view(app[QUEUE]))}")
+        notifier.stopping(f"draining; {await queue_status(app[QUEUE])}")
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     finally:

@@ -21,7 +21,7 @@ from typing import Final
 
 import structlog
 
-from collector.queue import DurableQueue
+from collector.queue import JobQueue
 from collector.worker import Worker
 
 log = structlog.get_logger(__name__)
@@ -183,7 +183,7 @@ class WorkerHealth:
         return None
 
 
-async def queue_status(queue: DurableQueue) -> str:
+async def queue_status(queue: JobQueue) -> str:
     """The STATUS= text: queue depth, dead letters, processed total, oldest pending age."""
     try:
         stats = await queue.stats()
@@ -198,7 +198,7 @@ async def queue_status(queue: DurableQueue) -> str:
 
 async def heartbeat(
     notifier: Notifier,
-    queue: DurableQueue,
+    queue: JobQueue,
     worker: Worker,
     health: WorkerHealth,
     *,
@@ -230,7 +230,7 @@ async def heartbeat(
 
 @contextlib.asynccontextmanager
 async def service_notifier(
-    queue: DurableQueue,
+    queue: JobQueue,
     worker: Worker,
     *,
     handler_timeout: float,
