@@ -49,7 +49,7 @@ class DashboardFiles:
 
 DASHBOARD: Final = web.AppKey("dashboard", DashboardFiles)
 
-#: Pages: path -> (page name, title). The ids in the paths are those of the JSON API.
+#: Each page's title (the <title> of its shell).
 _PAGES: Final = {
     "home": "collector",
     "match": "Match",
