@@ -109,6 +109,7 @@ class PostgresQueue:
         self._queued_events = 0
         self._backlog = 0
         self._backlog_at = -_BACKLOG_FRESH_S
+        self._backlog_lock = asyncio.Lock()
         # The worker's side, within a term.
         self._term: Term | None = None
         self._reader: LogReader | None = None
@@ -201,10 +202,16 @@ class PostgresQueue:
     # -- producers -------------------------------------------------------------------------
 
     async def _current_backlog(self) -> int:
-        now = time.monotonic()
-        if now - self._backlog_at >= _BACKLOG_FRESH_S:
-            self._backlog = await self._db(self.shared_log.backlog)
-            self._backlog_at = now
+        """The backlog for queue_full, read again once it is _BACKLOG_FRESH_S old. One read
+        at a time: the requests that arrive while it runs wait for its figure rather than
+        each sending one of their own (at 32 connections, up to 32 reads at once, each a
+        backend of the database busy under the load)."""
+        if time.monotonic() - self._backlog_at < _BACKLOG_FRESH_S:
+            return self._backlog
+        async with self._backlog_lock:
+            if time.monotonic() - self._backlog_at >= _BACKLOG_FRESH_S:
+                self._backlog = await self._db(self.shared_log.backlog)
+                self._backlog_at = time.monotonic()
         return self._backlog
 
     async def put(self, payloads: Sequence[Any], *, blobs: list[bytes] | None = None,
