@@ -7,6 +7,7 @@
     python3 scripts/bench.py --json out.json # also write the results as JSON
     python3 scripts/bench.py --no-wrk        # use scripts/loadgen.py even if wrk exists
     python3 scripts/bench.py --busy 1        # the same on a busy machine (context)
+    python3 scripts/bench.py --only postgres --postgres postgresql://...  # a given server
 
 How it measures (servers as subprocesses, the same load for each, runs in turns and
 medians) is written once, in docs/performance.md, with the current figures and how to
@@ -39,6 +40,13 @@ Figures (noop handler, the worker draining concurrently unless said otherwise):
            API call a page makes when it opens, p50/p95 and the bytes of its answer, beside
            GET /healthz timed in the same rounds; each page's calls at once; and each
            page's weight (the shell and every static file it loads, uncompressed)
+  postgres 100-event array POSTs (as `arrays`, 32 connections in all) at one SQLite-mode
+           node, one PostgreSQL-mode node and two PostgreSQL-mode nodes on one database
+           (a load generator per node, 16 connections each), in turns: events/s, p50/p99
+           latency, each node's group commits, and whether every acknowledged event was
+           applied (the leader's /v1/queue drained; processed against acknowledged).
+           --postgres DSN uses that server; else a private cluster is started for the run
+           (scripts/pgcluster.py: Debian's binaries, fsync on, a free port, never 5432)
 
 With --busy N, N processes spin on the CPUs for the whole run (each a program of its own,
 in a session of its own, at the default priority), as other services would on a home
@@ -89,7 +97,7 @@ GATE_HANDLER = "scripts.bench_handlers:gate"
 GATE_ENV = "BENCH_GATE_FILE"  # the variable scripts/bench_handlers.py reads
 QUEUE_FILES = ("queue.db", "queue.db-wal", "queue.db-shm")
 FIGURES = ("single", "arrays", "latency", "drain", "memory", "cycles", "token", "pipeline",
-           "dashboard")
+           "dashboard", "postgres")
 HOST = "127.0.0.1"
 EVENTS_PER_ARRAY = 100
 REQUEST_TIMEOUT_S = 10  # a load-generator request slower than this counts as timed out
@@ -171,6 +179,7 @@ class Row:
     target: Target | None = None
     reference_label: str = ""
     error: str = ""
+    veto: str = ""  # why the figure fails whatever its value (e.g. events were lost)
 
     @property
     def ratio(self) -> float | None:
@@ -182,6 +191,8 @@ class Row:
     def passed(self) -> bool | None:
         if self.target is None or self.collector is None:
             return None
+        if self.veto:
+            return False
         return self.target.met(self.collector, self.ratio)
 
     def as_json(self) -> dict[str, Any]:
@@ -189,7 +200,7 @@ class Row:
             "figure": self.figure, "unit": self.unit, "collector": self.collector,
             "reference": self.reference, "reference_label": self.reference_label,
             "ratio": self.ratio, "target": self.target.text if self.target else None,
-            "passed": self.passed, "error": self.error or None,
+            "passed": self.passed, "error": self.error or None, "veto": self.veto or None,
         }
 
 
@@ -430,8 +441,9 @@ class Harness:
     """Owns the temporary directory, the servers and the load files; cleans everything up."""
 
     def __init__(self, plan: Plan, *, use_wrk: bool, work_dir: Path | None, keep: bool,
-                 busy: int = 0) -> None:
+                 busy: int = 0, postgres_dsn: str | None = None) -> None:
         self.plan = plan
+        self.postgres_dsn = postgres_dsn  # the postgres figure's database (else its own)
         self.use_wrk = use_wrk
         self.keep = keep
         self.servers: list[Server] = []
@@ -485,15 +497,19 @@ class Harness:
             argv.append("--fast")
         return self._server(name, argv, port, base_env())
 
-    def collector(self, data_dir: Path, *, gate: Path | None = None, handler: str = "noop"
-                  ) -> Server:
-        """`collector serve` on `data_dir`; with `gate`, the worker waits for that file."""
+    def collector(self, data_dir: Path, *, gate: Path | None = None, handler: str = "noop",
+                  dsn: str | None = None) -> Server:
+        """`collector serve` on `data_dir`; with `gate`, the worker waits for that file;
+        with `dsn`, in the PostgreSQL mode on that database (a node of several)."""
         port = free_port()
         argv = [sys.executable, "-m", "collector", "serve", "--port", str(port),
                 "--data-dir", str(data_dir), "--handler", handler if gate is None else GATE_HANDLER]
         env = base_env()
         expected: frozenset[str] = frozenset()
         name = f"collector ({handler})"
+        if dsn is not None:
+            env["COLLECTOR_POSTGRES_DSN"] = dsn
+            name = f"collector ({handler}, PostgreSQL, :{port})"
         if gate is not None:
             name = "collector (gate)"
             env[GATE_ENV] = str(gate)
@@ -535,16 +551,26 @@ class Harness:
     def load(self, server: Server, bodies: Path, *, connections: int, duration_s: int
              ) -> LoadResult:
         """Drive `server` for `duration_s` with wrk (or loadgen.py): closed loop, -t1."""
+        argv = self._load_argv(server, bodies, connections, duration_s)
+        return run_loader(argv, timeout=duration_s + 60, cwd=self.tmp)
+
+    def load_many(self, servers: Sequence[Server], bodies: Path, *, connections: int,
+                  duration_s: int) -> list[LoadResult]:
+        """The same as `load`, one load generator per server, all at once (each with
+        `connections` of its own); their results in the order of `servers`."""
+        argvs = [self._load_argv(s, bodies, connections, duration_s) for s in servers]
+        return run_loaders(argvs, timeout=duration_s + 60, cwd=self.tmp)
+
+    def _load_argv(self, server: Server, bodies: Path, connections: int, duration_s: int
+                   ) -> list[str]:
         url = f"http://{HOST}:{server.port}/v1/events"
         if self.use_wrk:
-            argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s",
+            return ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s",
                     f"--timeout={REQUEST_TIMEOUT_S}s", "--latency", "-s", str(self.lua), url,
                     "--", str(bodies)]
-        else:
-            argv = [sys.executable, str(LOADGEN), "--port", str(server.port),
-                    "--bodies", str(bodies), "--connections", str(connections),
-                    "--duration", str(duration_s), "--timeout", str(REQUEST_TIMEOUT_S)]
-        return run_loader(argv, timeout=duration_s + 60, cwd=self.tmp)
+        return [sys.executable, str(LOADGEN), "--port", str(server.port),
+                "--bodies", str(bodies), "--connections", str(connections),
+                "--duration", str(duration_s), "--timeout", str(REQUEST_TIMEOUT_S)]
 
     def fill(self, server: Server, jobs: int) -> float:
         """Add exactly `jobs` pending jobs (100-event arrays); returns the events/s."""
@@ -669,17 +695,36 @@ class LoadResult:
 
 def run_loader(argv: list[str], *, timeout: float, cwd: Path) -> LoadResult:
     """Run wrk or loadgen.py to the end and parse its BENCH_RESULT line."""
+    return run_loaders([argv], timeout=timeout, cwd=cwd)[0]
+
+
+def run_loaders(argvs: Sequence[list[str]], *, timeout: float, cwd: Path) -> list[LoadResult]:
+    """Run load generators at once, each to the end; their results in order. Each gets
+    an even share of the CPU time they used together (the OS counts children's CPU time
+    only in sum)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = spawn(argv, env=base_env(), cwd=cwd, out=subprocess.PIPE)
+    procs: list[subprocess.Popen[bytes]] = []
+    outs: list[bytes] = []
+    deadline = time.monotonic() + timeout
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        for argv in argvs:
+            procs.append(spawn(argv, env=base_env(), cwd=cwd, out=subprocess.PIPE))
+        for proc in procs:
+            out, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            outs.append(out)
     except BaseException:
-        proc.kill()
-        proc.wait()
+        for proc in procs:
+            proc.kill()
+            proc.wait()
         raise
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # only the loader was reaped since
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # only the loaders were reaped since
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    text = out.decode(errors="replace")
+    return [_load_result(argv, proc.returncode, out.decode(errors="replace"), cpu / len(argvs))
+            for argv, proc, out in zip(argvs, procs, outs, strict=True)]
+
+
+def _load_result(argv: Sequence[str], code: int | None, text: str, cpu: float) -> LoadResult:
+    """The BENCH_RESULT line of a load generator's output."""
     for line in text.splitlines():
         if line.startswith("BENCH_RESULT "):
             data = json.loads(line.removeprefix("BENCH_RESULT "))
@@ -691,7 +736,7 @@ def run_loader(argv: list[str], *, timeout: float, cwd: Path) -> LoadResult:
                 loader_cpu_s=cpu,
             )
     tail = "\n".join(text.splitlines()[-10:])
-    raise BenchError(f"{Path(argv[0]).name} (exit {proc.returncode}) printed no result:\n{tail}")
+    raise BenchError(f"{Path(argv[0]).name} (exit {code}) printed no result:\n{tail}")
 
 
 # -- drain arithmetic -----------------------------------------------------------------------
@@ -1267,6 +1312,286 @@ def figure_pipeline(h: Harness) -> None:
     h.report.add(Row("pipeline, default handler vs noop", "events/s", stats_rate, noop_rate,
                      Target("min_ratio", 0.25, "≥ 0.25x noop"), reference_label="noop"))
 
+# -- the PostgreSQL mode --------------------------------------------------------------------
+
+PG_FLOOR = 50_000  # events/s, two PostgreSQL-mode nodes, 100-event arrays (issue 20)
+PG_LEADER_TIMEOUT_S = 30.0
+_METRIC_LINE = re.compile(r"^(collector_queue_commit_[a-z_]+_(?:sum|count))\s+(\S+)$", re.M)
+
+
+@dataclass(frozen=True)
+class PgSetup:
+    """One of the configurations the postgres figure measures."""
+
+    key: str  # sqlite, pg1, pg2
+    label: str
+    nodes: int
+    postgres: bool
+
+
+PG_SETUPS = (
+    PgSetup("sqlite", "1 SQLite-mode node", 1, False),
+    PgSetup("pg1", "1 PostgreSQL-mode node", 1, True),
+    PgSetup("pg2", "2 PostgreSQL-mode nodes", 2, True),
+)
+
+
+class PgDatabase:
+    """Where the PostgreSQL-mode nodes keep their log: the given DSN, or a private cluster
+    started for this run (scripts/pgcluster.py, fsync on) with a fresh database per run."""
+
+    def __init__(self, dsn: str | None) -> None:
+        self.given = dsn
+        self.cluster: Any = None  # scripts.pgcluster.Cluster, imported on demand
+        if dsn is None:
+            _import_collector()
+            from scripts.pgcluster import missing_reason, start_cluster
+
+            reason = missing_reason()
+            if reason is not None:
+                raise BenchError(f"no --postgres DSN and no private cluster: {reason}")
+            try:
+                self.cluster = start_cluster()
+            except RuntimeError as exc:
+                raise BenchError(str(exc)) from None
+
+    def describe(self) -> str:
+        if self.cluster is None:
+            return "the database of --postgres (its log grows by the bench's events)"
+        version = self.cluster.psql("SHOW server_version")
+        settings = self.cluster.psql(
+            "SELECT string_agg(name || '=' || setting, ', ' ORDER BY name) FROM pg_settings "
+            "WHERE name IN ('fsync', 'synchronous_commit', 'shared_buffers', 'wal_sync_method')")
+        return (f"a private cluster started for this run (PostgreSQL {version}, port "
+                f"{self.cluster.port}, {settings}), a fresh database per run")
+
+    def database(self) -> str:
+        """The DSN for the next run."""
+        if self.cluster is None:
+            assert self.given is not None
+            return self.given
+        dsn: str = self.cluster.dsn(self.cluster.create_database("bench"))
+        return dsn
+
+    def commits(self) -> int | None:
+        """Transactions committed in the cluster so far (the private cluster only)."""
+        if self.cluster is None:
+            return None
+        return int(self.cluster.psql("SELECT sum(xact_commit) FROM pg_stat_database"))
+
+    def close(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()
+            self.cluster = None
+
+
+def commit_metrics(server: Server) -> dict[str, float]:
+    """The group-commit counters of a node's /metrics (..._sum and ..._count)."""
+    status, body = http_request(server.port, "GET", "/metrics")
+    if status != 200:
+        raise BenchError(f"{server.name}: GET /metrics answered {status}")
+    return {m[1]: float(m[2]) for m in _METRIC_LINE.finditer(body.decode())}
+
+
+def _commit_figures(before: dict[str, float], after: dict[str, float], seconds: float
+                    ) -> dict[str, float]:
+    """Group commits of one node over a run: per second, requests and ms per commit."""
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    commits = delta("collector_queue_commit_batch_requests_count")
+    return {
+        "commits": commits,
+        "commits_per_s": commits / seconds if seconds else 0.0,
+        "requests_per_commit": (delta("collector_queue_commit_batch_requests_sum") / commits
+                                if commits else 0.0),
+        "commit_ms": (1000 * delta("collector_queue_commit_duration_seconds_sum") / commits
+                      if commits else 0.0),
+    }
+
+
+def combine_loads(results: Sequence[LoadResult]) -> LoadResult:
+    """Load generators run at once as one: answers and errors summed over the longest
+    duration, CPU time summed, and each latency percentile the higher of theirs (the
+    generators report percentiles, which cannot be merged exactly)."""
+    if len(results) == 1:
+        return results[0]
+    errors: collections.Counter[str] = collections.Counter()
+    statuses: collections.Counter[str] = collections.Counter()
+    for r in results:
+        errors.update(r.errors)
+        statuses.update(r.statuses)
+    keys = set.intersection(*(set(r.latency_us) for r in results))
+    return LoadResult(
+        requests=sum(r.requests for r in results),
+        duration_s=max(r.duration_s for r in results),
+        errors={k: errors[k] for k in sorted(errors)},
+        latency_us={k: max(r.latency_us[k] for r in results) for k in sorted(keys)},
+        statuses={k: statuses[k] for k in sorted(statuses)},
+        loader_cpu_s=sum(r.loader_cpu_s for r in results),
+    )
+
+
+def _wait_leader(servers: Sequence[Server], postgres: bool) -> Server:
+    """The node that runs the worker: the one node in the SQLite mode; in the PostgreSQL
+    mode, the one whose /v1/queue says `leader` (waiting for the election)."""
+    if not postgres:
+        return servers[0]
+    deadline = time.monotonic() + PG_LEADER_TIMEOUT_S
+    while True:
+        leaders = [s for s in servers if s.queue().get("leader")]
+        if len(leaders) == 1:
+            return leaders[0]
+        if time.monotonic() > deadline:
+            raise BenchError(f"{len(leaders)} leaders after {PG_LEADER_TIMEOUT_S:.0f} s")
+        time.sleep(POLL_S)
+
+
+def _pg_once(h: Harness, setup: PgSetup, db: PgDatabase | None, round_: int
+             ) -> dict[str, Any]:
+    """One run of `setup`: fresh node(s), warm-up, the measured load split evenly over the
+    nodes (one load generator each), then wait for the leader to apply everything."""
+    plan = h.plan
+    dsn = db.database() if db is not None else None
+    servers = [h.collector(h.tmp / f"pg-{setup.key}-{round_}-{n}", dsn=dsn)
+               for n in range(setup.nodes)]
+    for server in servers:
+        server.wait_ready()
+    leader = _wait_leader(servers, setup.postgres)
+    per_node = plan.connections // setup.nodes
+    bodies = h.bodies_array
+    h.load_many(servers, bodies, connections=per_node, duration_s=plan.warmup_s)
+    before = _settle(leader, 60.0)
+    metrics_before = [commit_metrics(s) for s in servers]
+    xacts_before = None if db is None else db.commits()
+    loads = h.load_many(servers, bodies, connections=per_node, duration_s=plan.duration_s)
+    at_end = leader.queue()
+    end_time = time.monotonic()
+    xacts_after = None if db is None else db.commits()
+    metrics_after = [commit_metrics(s) for s in servers]
+    _wait_empty(leader, 120.0)
+    catch_up = time.monotonic() - end_time
+    after = _settle(leader, 60.0)
+    leaders = sum(bool(s.queue().get("leader")) for s in servers) if setup.postgres else 1
+    for server in servers:
+        h.finish(server)
+        shutil.rmtree(server.argv[server.argv.index("--data-dir") + 1], ignore_errors=True)
+    combined = combine_loads(loads)
+    seconds = combined.duration_s
+    answered = combined.ok * EVENTS_PER_ARRAY
+    stored = after["last_seq"] - before["last_seq"]
+    applied = after["processed_total"] - before["processed_total"]
+    dead = after["dead"] - before["dead"]
+    lost = max(0, answered - applied)
+    in_flight_max = plan.connections * EVENTS_PER_ARRAY
+    problems = []
+    if not answered <= stored <= answered + in_flight_max:
+        problems.append(f"stored {stored:,} events for {answered:,} acknowledged (at most "
+                        f"{in_flight_max:,} more may have been in flight at the end)")
+    if applied != stored or dead:
+        problems.append(f"{stored:,} events stored, {applied:,} applied, {dead} dead letters")
+    if lost:
+        problems.append(f"{lost:,} acknowledged events not applied")
+    if leaders != 1:
+        problems.append(f"{leaders} nodes say they lead")
+    for text in problems:
+        h.report.problems.append(f"postgres, {setup.label}, round {round_}: {text}")
+    commits = [_commit_figures(b, a, seconds)
+               for b, a in zip(metrics_before, metrics_after, strict=True)]
+    return {
+        "load": combined, "per_node": loads, "answered_events": answered, "stored": stored,
+        "applied": applied, "dead": dead, "lost": lost, "all_applied": not problems,
+        "backlog_at_end": int(at_end["pending"]) + int(at_end["in_flight"]),
+        "catch_up_s": catch_up, "commits": commits,
+        "db_commits_per_s": (None if xacts_before is None or xacts_after is None
+                             else (xacts_after - xacts_before) / seconds),
+        "leader_port": leader.port,
+    }
+
+
+def _fmt_pg_run(run: dict[str, Any]) -> str:
+    load: LoadResult = run["load"]
+    commits = "; ".join(
+        f"node {n + 1}: {c['commits_per_s']:,.0f} commits/s of {c['requests_per_commit']:.1f} "
+        f"requests, {c['commit_ms']:.1f} ms each" for n, c in enumerate(run["commits"]))
+    db = run["db_commits_per_s"]
+    return (f"{_fmt_load(load, EVENTS_PER_ARRAY)}\n"
+            f"        every acknowledged event applied: "
+            f"{'yes' if run['all_applied'] else 'NO'} ({run['answered_events']:,} acknowledged, "
+            f"{run['stored']:,} stored, {run['applied']:,} applied, {run['lost']:,} lost; "
+            f"backlog at the end {run['backlog_at_end']:,}, applied {run['catch_up_s']:.2f} s "
+            f"later)\n"
+            f"        group commits: {commits}"
+            + ("" if db is None else f"; the cluster committed {db:,.0f} transactions/s"))
+
+
+def figure_postgres(h: Harness) -> None:
+    """100-event arrays at one SQLite-mode node, one PostgreSQL-mode node and two
+    PostgreSQL-mode nodes on one database (the load split over them), in turns."""
+    plan = h.plan
+    c = plan.connections
+    db = PgDatabase(h.postgres_dsn)
+    try:
+        say(f"\n== postgres: POSTs of 100-event arrays ({c} connections in all; two nodes get "
+            f"a load generator each, {c // 2} connections each), {plan.duration_s} s each "
+            f"(after {plan.warmup_s} s of warm-up), {plan.rounds} rounds in turns; "
+            "--handler noop")
+        say(f"  PostgreSQL: {db.describe()}")
+        runs: dict[str, list[dict[str, Any]]] = {s.key: [] for s in PG_SETUPS}
+        for round_ in range(1, plan.rounds + 1):
+            for setup in PG_SETUPS:
+                run = _pg_once(h, setup, db if setup.postgres else None, round_)
+                runs[setup.key].append(run)
+                say(f"  {round_}  {setup.label:<24} {_fmt_pg_run(run)}")
+                if setup.nodes > 1:
+                    for n, one in enumerate(run["per_node"], 1):
+                        lat = one.latency_us
+                        say(f"        node {n}: {one.per_second * EVENTS_PER_ARRAY:,.0f} "
+                            f"events/s, p50 {lat['p50'] / 1000:.2f} ms, "
+                            f"p99 {lat['p99'] / 1000:.2f} ms")
+    finally:
+        db.close()
+    medians: dict[str, dict[str, Any]] = {}
+    for setup in PG_SETUPS:
+        load = median_run([r["load"] for r in runs[setup.key]], lambda r: r.per_second)
+        medians[setup.key] = next(r for r in runs[setup.key] if r["load"] is load)
+    sqlite = medians["sqlite"]["load"]
+    lost_all = sum(r["lost"] for rs in runs.values() for r in rs)
+    say("  median runs: " + "; ".join(
+        f"{s.label} {medians[s.key]['load'].per_second * EVENTS_PER_ARRAY:,.0f} events/s"
+        for s in PG_SETUPS))
+    for setup in PG_SETUPS:
+        load = medians[setup.key]["load"]
+        conns = f"c{c}" if setup.nodes == 1 else f"{setup.nodes}x c{c // setup.nodes}"
+        veto = ""
+        if setup.key == "pg2" and not all(r["all_applied"] for r in runs["pg2"]):
+            veto = "events lost or not applied"
+        target = (Target("min", PG_FLOOR, f"≥ {PG_FLOOR:,} events/s, none lost")
+                  if setup.key == "pg2" else None)
+        ref = None if setup.key == "sqlite" else sqlite.per_second * EVENTS_PER_ARRAY
+        h.report.add(Row(f"postgres: 100-event arrays, {setup.label}, {conns}", "events/s",
+                         load.per_second * EVENTS_PER_ARRAY, ref, target,
+                         "" if ref is None else "1 SQLite node", veto=veto))
+        for q in ("p50", "p99"):
+            ref_ms = None if setup.key == "sqlite" else sqlite.latency_us[q] / 1000
+            h.report.add(Row(f"postgres: {q} latency, {setup.label}", "ms",
+                             load.latency_us[q] / 1000, ref_ms, None,
+                             "" if ref_ms is None else "1 SQLite node"))
+    h.report.add(Row("postgres: acknowledged events not applied, every run", "events",
+                     float(lost_all), None, Target("max", 0, "none")))
+
+    def as_json(run: dict[str, Any]) -> dict[str, Any]:
+        return {k: (dataclasses.asdict(v) if isinstance(v, LoadResult) else
+                    [dataclasses.asdict(x) for x in v] if k == "per_node" else v)
+                for k, v in run.items()}
+
+    h.report.details["postgres"] = {
+        "database": "given (--postgres)" if h.postgres_dsn else "private cluster",
+        "median": {k: as_json(v) for k, v in medians.items()},
+        "rounds": {k: [as_json(r) for r in rs] for k, rs in runs.items()},
+    }
+
+
 # -- the dashboard --------------------------------------------------------------------------
 
 #: The pages the figure measures: page -> (its path, the JSON API calls its script makes
@@ -1766,6 +2091,7 @@ FIGURE_FUNCS: dict[str, Callable[[Harness], None]] = {
     "token": figure_token,
     "pipeline": figure_pipeline,
     "dashboard": figure_dashboard,
+    "postgres": figure_postgres,
 }
 
 FIGURE_ROWS = {  # the rows a figure adds, for the table when it could not be measured
@@ -1773,6 +2099,7 @@ FIGURE_ROWS = {  # the rows a figure adds, for the table when it could not be me
     "latency": "p99 latency", "drain": "drain", "memory": "memory and start-up",
     "cycles": "fill/drain cycles", "token": "token check",
     "pipeline": "pipeline, default handler vs noop", "dashboard": "dashboard",
+    "postgres": "postgres: 100-event arrays, SQLite and PostgreSQL modes",
 }
 
 
@@ -1784,7 +2111,7 @@ def fmt_value(value: float | None, unit: str) -> str:
         return "—"
     if math.isinf(value):
         return "∞"
-    if unit in ("req/s", "events/s", "jobs/s"):
+    if unit in ("req/s", "events/s", "jobs/s", "events"):
         return f"{value:,.0f} {unit}"
     if unit == "x":
         return f"{value:.3f}"
@@ -1814,7 +2141,8 @@ def table(rows: Sequence[Row]) -> str:
             row.figure, fmt_value(row.collector, row.unit), ref,
             "—" if ratio is None else f"{ratio:.3f}x",
             row.target.text if row.target else "(context)",
-            "—" if passed is None else ("pass" if passed else "MISSED"),
+            "—" if passed is None else ("pass" if passed else
+                                        f"MISSED ({row.veto})" if row.veto else "MISSED"),
         ])
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     out = []
@@ -1900,6 +2228,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--busy", type=_count, default=0, metavar="N",
                         help="keep N processes spinning on the CPUs during the whole run "
                              "(context: a busy machine; default 0)")
+    parser.add_argument("--postgres", metavar="DSN",
+                        help="the postgres figure's database: postgresql://... of an existing "
+                             "server (a scratch database: the bench appends to its log); "
+                             "default: a private cluster started for the run")
     return parser.parse_args(argv)
 
 
@@ -1931,7 +2263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         with Harness(plan, use_wrk=use_wrk, work_dir=args.work_dir, keep=args.keep,
-                     busy=args.busy) as h:
+                     busy=args.busy, postgres_dsn=args.postgres) as h:
             say(f"  {h.event_count} UpdateState messages; temporary directory {h.tmp}")
             if not h.fast_reference:
                 say("  uvloop or orjson missing: no uvloop+orjson reference rows")

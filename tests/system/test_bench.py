@@ -302,3 +302,88 @@ def test_quick_dashboard_run(tmp_path: Path) -> None:
     assert home["target"] is None, home  # context: the bench judges no latency here
     assert FIGURE_FUNCS["dashboard"].__name__ == "figure_dashboard"
     assert list(tmp_path.glob("collector-bench-*")) == []
+
+
+def test_the_postgres_figure_is_selectable_and_takes_a_dsn() -> None:
+    assert "postgres" in FIGURES
+    assert FIGURE_FUNCS["postgres"].__name__ == "figure_postgres"
+    args = parse_args(["--only", "postgres", "--postgres", "postgresql://u@db:5432/scratch"])
+    assert (args.only, args.postgres) == (["postgres"], "postgresql://u@db:5432/scratch")
+    assert parse_args([]).postgres is None  # the bench starts a private cluster then
+
+
+def test_two_load_generators_combine_into_one_result() -> None:
+    """Two nodes' loads as one: answers summed over the longer run, each percentile the
+    higher of the two (percentiles cannot be merged exactly)."""
+    from scripts.bench import combine_loads
+
+    a = LoadResult(requests=1_000, duration_s=10.0, errors={"status": 10, "timeout": 0},
+                   latency_us={"p50": 900.0, "p99": 5_000.0}, statuses={}, loader_cpu_s=1.0)
+    b = LoadResult(requests=500, duration_s=10.2, errors={"status": 0, "timeout": 1},
+                   latency_us={"p50": 1_100.0, "p99": 4_000.0}, statuses={}, loader_cpu_s=0.5)
+    both = combine_loads([a, b])
+    assert (both.requests, both.duration_s, both.ok) == (1_500, 10.2, 1_490)
+    assert both.errors == {"status": 10, "timeout": 1}
+    assert both.latency_us == {"p50": 1_100.0, "p99": 5_000.0}
+    assert both.loader_cpu_s == 1.5
+    assert combine_loads([a]) is a
+
+
+def test_a_vetoed_row_fails_whatever_its_value() -> None:
+    floor = Target("min", 50_000, "≥ 50,000 events/s, none lost")
+    assert Row("fast", "events/s", 90_000.0, target=floor).passed is True
+    lossy = Row("fast but lossy", "events/s", 90_000.0, target=floor, veto="events lost")
+    assert lossy.passed is False
+    assert lossy.as_json()["veto"] == "events lost"
+    report = Report()
+    report.add(lossy)
+    assert report.verdict() == ("MISSED targets: fast but lossy", True)
+
+
+@pytest.mark.slow
+def test_quick_postgres_run(tmp_path: Path) -> None:
+    """`--quick --only postgres`: one round of each setup (one SQLite node, one and two
+    PostgreSQL nodes on a private cluster the bench starts), with its fields printed and
+    written, and every acknowledged event applied. The shape, not the numbers."""
+    from tests.support.postgres import missing_reason
+
+    reason = missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    out_json = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--only", "postgres", "--json", str(out_json),
+         "--work-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=110, env=env, cwd=REPO, check=False,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    for line in ("== postgres: POSTs of 100-event arrays", "PostgreSQL: a private cluster",
+                 "fsync=on", "1 SQLite-mode node", "1 PostgreSQL-mode node",
+                 "2 PostgreSQL-mode nodes", "every acknowledged event applied: yes",
+                 "group commits: node 1:", "node 2:", "median runs:"):
+        assert line in out, out
+    for cell in ("| postgres: 100-event arrays, 2 PostgreSQL-mode nodes, 2x c16",
+                 "| postgres: p99 latency, 2 PostgreSQL-mode nodes",
+                 "| postgres: acknowledged events not applied, every run",
+                 "| ≥ 50,000 events/s, none lost"):
+        assert cell in out, out
+
+    data = json.loads(out_json.read_text())
+    assert not data["errors"], data
+    rows = {row["figure"]: row for row in data["rows"]}
+    two = rows["postgres: 100-event arrays, 2 PostgreSQL-mode nodes, 2x c16"]
+    assert two["collector"] > 0, two
+    assert two["reference_label"] == "1 SQLite node", two
+    assert two["passed"] is (two["collector"] >= 50_000 and two["veto"] is None), two
+    lost = rows["postgres: acknowledged events not applied, every run"]
+    assert (lost["collector"], lost["passed"]) == (0, True), lost
+    details = data["details"]["postgres"]
+    assert set(details["median"]) == {"sqlite", "pg1", "pg2"}, details
+    for key, run in details["median"].items():
+        assert run["all_applied"] is True, (key, run)
+        assert run["answered_events"] > 0, (key, run)
+        assert len(run["per_node"]) == (2 if key == "pg2" else 1), (key, run)
+        assert len(run["commits"]) == len(run["per_node"]), (key, run)
+    assert list(tmp_path.glob("collector-bench-*")) == []
