@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark `collector serve --handler noop` against a bare aiohttp reference server.
 
-    python3 scripts/bench.py                 # every figure (about 9 minutes)
+    python3 scripts/bench.py                 # every figure (about 12 minutes, postgres 2.5 of them)
     python3 scripts/bench.py --quick         # smaller runs and counts: a smoke run
     python3 scripts/bench.py --only single   # one figure (repeatable)
     python3 scripts/bench.py --json out.json # also write the results as JSON
