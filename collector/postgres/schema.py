@@ -103,6 +103,121 @@ END
 $$"""
 
 
+# The same append, set-based (migration 2). Version 1 read each event as payloads[k] in
+# a loop; an element of an array of variable-length values is found by walking the array
+# from its start, so a group of n events cost O(n^2): 14 requests of 100 events took
+# 27 ms under the append lock. Here the payloads are read once, by unnest WITH
+# ORDINALITY, and joined to their request; only fixed-width arrays (seqs, counts) and
+# the few per-request values are indexed. A key repeated within the group gets the first
+# one's answer, as before.
+LOG_APPEND_SET: Final = """
+CREATE OR REPLACE FUNCTION log_append(
+    serialise boolean, counts integer[], payloads bytea[], received double precision[],
+    sources text[], sequences bigint[], digests bytea[], ttl double precision)
+RETURNS TABLE (r_ord integer, r_first bigint, r_last bigint, r_accepted integer,
+               r_replayed boolean)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    reqs integer := coalesce(array_length(counts, 1), 0);
+    keep boolean[] := array_fill(true, ARRAY[reqs]);
+    firsts bigint[] := array_fill(NULL::bigint, ARRAY[reqs]);
+    lasts bigint[] := array_fill(NULL::bigint, ARRAY[reqs]);
+    taken_n integer[] := array_fill(0, ARRAY[reqs]);
+    same_as integer[] := array_fill(0, ARRAY[reqs]);
+    total integer := 0;
+    stored integer := 0;
+    seqs bigint[];
+    hit record;
+BEGIN
+    PERFORM set_config('synchronous_commit', 'on', true);
+    IF serialise THEN
+        PERFORM pg_advisory_xact_lock(1668246636, 1);  -- LOCK_SPACE, APPEND_LOCK
+    END IF;
+    -- Which requests store their events: not those whose key is retained, nor a key's
+    -- repetition within this group.
+    FOR i IN 1 .. reqs LOOP
+        IF digests[i] IS NOT NULL THEN
+            SELECT k.first_seq, k.last_seq, k.accepted INTO hit FROM log_keys AS k
+             WHERE k.digest = digests[i] AND k.created_at > log_now() - ttl;
+            IF FOUND THEN
+                keep[i] := false;
+                firsts[i] := hit.first_seq;
+                lasts[i] := hit.last_seq;
+                taken_n[i] := hit.accepted;
+                CONTINUE;
+            END IF;
+            FOR e IN 1 .. i - 1 LOOP
+                IF keep[e] AND digests[e] = digests[i] THEN
+                    keep[i] := false;
+                    same_as[i] := e;
+                    EXIT;
+                END IF;
+            END LOOP;
+            CONTINUE WHEN NOT keep[i];
+        END IF;
+        total := total + counts[i];
+    END LOOP;
+    IF total > 0 THEN
+        -- Under the lock these are consecutive (without it, in the tests' control, not).
+        SELECT array_agg(t.s ORDER BY t.s) INTO seqs
+          FROM (SELECT nextval('log_seq') AS s FROM generate_series(1, total)) AS t;
+        INSERT INTO log (seq, payload, received_at, source, sequence)
+        SELECT seqs[m.soff + m.j], p.payload, received[m.i], sources[m.i],
+               sequences[m.i] + m.j - 1
+          FROM unnest(payloads) WITH ORDINALITY AS p(payload, k)
+          JOIN (SELECT r.i, r.off, r.soff, j
+                  FROM (SELECT u.i::integer AS i, u.c,
+                               (sum(u.c) OVER (ORDER BY u.i) - u.c)::integer AS off,
+                               (sum(CASE WHEN keep[u.i] THEN u.c ELSE 0 END)
+                                    OVER (ORDER BY u.i)
+                                - CASE WHEN keep[u.i] THEN u.c ELSE 0 END)::integer AS soff
+                          FROM unnest(counts) WITH ORDINALITY AS u(c, i)) AS r,
+                       generate_series(1, r.c) AS j
+                 WHERE keep[r.i]) AS m
+            ON p.k = m.off + m.j;
+    END IF;
+    FOR i IN 1 .. reqs LOOP
+        r_ord := i;
+        IF keep[i] THEN
+            r_first := seqs[stored + 1];
+            r_last := seqs[stored + counts[i]];
+            r_accepted := counts[i];
+            r_replayed := false;
+            stored := stored + counts[i];
+            firsts[i] := r_first;
+            lasts[i] := r_last;
+            taken_n[i] := counts[i];
+            IF digests[i] IS NOT NULL THEN
+                -- An expired key is replaced; a retained one cannot be there (looked up
+                -- under the lock) unless the append runs without the lock.
+                INSERT INTO log_keys AS k (digest, first_seq, last_seq, accepted, created_at)
+                VALUES (digests[i], r_first, r_last, counts[i], log_now())
+                ON CONFLICT (digest) DO UPDATE SET first_seq = EXCLUDED.first_seq,
+                    last_seq = EXCLUDED.last_seq, accepted = EXCLUDED.accepted,
+                    created_at = EXCLUDED.created_at
+                WHERE k.created_at <= log_now() - ttl;
+                IF NOT FOUND THEN
+                    RAISE EXCEPTION 'Idempotency-Key stored by a concurrent append'
+                        USING ERRCODE = 'CL001';  -- KEY_CONFLICT_STATE
+                END IF;
+            END IF;
+        ELSIF same_as[i] > 0 THEN
+            r_first := firsts[same_as[i]];
+            r_last := lasts[same_as[i]];
+            r_accepted := taken_n[same_as[i]];
+            r_replayed := true;
+        ELSE
+            r_first := firsts[i];
+            r_last := lasts[i];
+            r_accepted := taken_n[i];
+            r_replayed := true;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$$"""
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     """One step of a component's schema: applied in its own transaction, in list order."""
@@ -147,6 +262,9 @@ LOG_MIGRATIONS: Final[tuple[Migration, ...]] = (
         """CREATE FUNCTION log_now() RETURNS double precision LANGUAGE sql VOLATILE
             AS 'SELECT extract(epoch FROM clock_timestamp())::double precision'""",
         LOG_APPEND,
+    )),
+    Migration(2, "the append reads a group's events once (set-based), not one by one", (
+        LOG_APPEND_SET,
     )),
 )
 
