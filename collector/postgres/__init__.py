@@ -11,8 +11,6 @@ from __future__ import annotations
 from collector.postgres.db import Connection, Pool, connect, create_pool
 from collector.postgres.leader import Candidate, Term
 from collector.postgres.log import (
-    Appended,
-    DeadLetter,
     FencedError,
     KeyConflictError,
     LogReader,
@@ -24,7 +22,7 @@ from collector.postgres.queue import PostgresQueue
 from collector.postgres.schema import migrate
 
 __all__ = [
-    "Appended", "Candidate", "Connection", "DeadLetter", "FencedError", "KeyConflictError",
+    "Candidate", "Connection", "FencedError", "KeyConflictError",
     "LogReader", "LogState", "Pool", "PostgresQueue", "Request", "SharedLog", "Term", "connect",
     "create_pool", "migrate",
 ]

@@ -47,13 +47,13 @@ import asyncio
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
 from collector.jobs import Job
 from collector.postgres.db import Connection, Pool, PostgresError, Record
 from collector.postgres.schema import KEY_CONFLICT_STATE
+from collector.queue.rows import Accepted, DeadJob
 
 
 class FencedError(Exception):
@@ -74,30 +74,6 @@ class Request:
     source: str | None = None
     sequence: int | None = None  # X-Sequence of the first event; the next ones follow
     key: str | None = None  # Idempotency-Key
-
-
-@dataclass(frozen=True, slots=True)
-class Appended:
-    """What an appended request gets back; replayed for a repeated Idempotency-Key."""
-
-    accepted: int
-    first_seq: int
-    last_seq: int
-    replayed: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A job in the dead-letter table."""
-
-    seq: int
-    payload: Any
-    received_at: float
-    source: str | None
-    sequence: int | None
-    attempts: int
-    error: str
-    failed_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +110,8 @@ def _job(row: Record) -> Job:
                row["attempts"] + 1, row["source"], row["sequence"])
 
 
-def _dead(row: Record) -> DeadLetter:
-    return DeadLetter(seq=row["seq"], payload=orjson.loads(row["payload"]),
+def _dead(row: Record) -> DeadJob:
+    return DeadJob(seq=row["seq"], payload=orjson.loads(row["payload"]),
                       received_at=row["received_at"], source=row["source"],
                       sequence=row["sequence"], attempts=row["attempts"],
                       error=row["error"], failed_at=row["failed_at"])
@@ -154,7 +130,7 @@ class SharedLog:
 
     # -- appending (any node) -----------------------------------------------------------
 
-    async def append(self, requests: Sequence[Request]) -> list[Appended]:
+    async def append(self, requests: Sequence[Request]) -> list[Accepted]:
         """Store the events of `requests` in one transaction (a node's group commit):
         all or none, committed with `synchronous_commit = on` before this returns.
         Returns one answer per request, in order."""
@@ -166,7 +142,7 @@ class SharedLog:
             return await self._append(conn, requests)
 
     async def _append(self, conn: Connection, requests: Sequence[Request],
-                      revive: Sequence[int] = ()) -> list[Appended]:
+                      revive: Sequence[int] = ()) -> list[Accepted]:
         """The append: one call of the schema's `log_append` (lock, keys, seqs, rows, in
         one round trip: the lock is held for as short as possible); `revive`: dead
         letters whose events these are (deleted in the caller's transaction)."""
@@ -186,7 +162,7 @@ class SharedLog:
             raise
         if revive:
             await conn.execute("DELETE FROM log_dead WHERE seq = ANY($1::bigint[])", list(revive))
-        return [Appended(r["r_accepted"], r["r_first"], r["r_last"], r["r_replayed"])
+        return [Accepted(r["r_accepted"], r["r_first"], r["r_last"], r["r_replayed"])
                 for r in rows]
 
     # -- reading (the leader) -------------------------------------------------------------
@@ -278,7 +254,7 @@ class SharedLog:
 
     # -- dead letters (any node) ------------------------------------------------------------
 
-    async def dead_letters(self, *, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+    async def dead_letters(self, *, limit: int = 100, offset: int = 0) -> list[DeadJob]:
         """Dead letters in seq order."""
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
@@ -286,7 +262,7 @@ class SharedLog:
                 "failed_at FROM log_dead ORDER BY seq LIMIT $1 OFFSET $2", limit, offset)
         return [_dead(r) for r in rows]
 
-    async def dead_letter(self, seq: int) -> DeadLetter | None:
+    async def dead_letter(self, seq: int) -> DeadJob | None:
         """One dead letter by seq, or None."""
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
@@ -343,13 +319,13 @@ class SharedLog:
         return LogState(row["applied_seq"], row["processed_total"], row["epoch"],
                         row["leader"])
 
-    async def known_key(self, key: str) -> Appended | None:
+    async def known_key(self, key: str) -> Accepted | None:
         """The first answer of a retained Idempotency-Key (replayed), or None."""
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 "SELECT first_seq, last_seq, accepted FROM log_keys WHERE digest = $1 "
                 "AND created_at > log_now() - $2", key_digest(key), self._ttl_s)
-        return None if row is None else Appended(row["accepted"], row["first_seq"],
+        return None if row is None else Accepted(row["accepted"], row["first_seq"],
                                                   row["last_seq"], replayed=True)
 
     async def numbers(self) -> LogNumbers:

@@ -35,8 +35,6 @@ from collector.jobs import Job
 from collector.postgres import db
 from collector.postgres.leader import Term
 from collector.postgres.log import (
-    Appended,
-    DeadLetter,
     FencedError,
     KeyConflictError,
     LogReader,
@@ -45,6 +43,7 @@ from collector.postgres.log import (
 )
 from collector.postgres.schema import migrate
 from collector.queue import Accepted, DeadJob, QueueStats
+from collector.queue.rows import all_dead_seqs
 
 log = structlog.get_logger(__name__)
 
@@ -53,7 +52,6 @@ _T = TypeVar("_T")
 _GROUP_MAX: Final = 2000  # requests per append at most
 _BACKLOG_FRESH_S: Final = 0.25  # the backlog figure for queue_full is reused this long
 _SETTLE_RETRY_S: Final = 1.0  # acknowledgements wait this long after a failed commit
-_DEAD_PAGE: Final = 1000
 _POLL_S: Final = 0.005  # the leader looks for new jobs this often when idle
 
 #: What means "PostgreSQL cannot be used right now": a 503, never a 500.
@@ -65,7 +63,7 @@ _DB_OR_TIMEOUT: Final[tuple[type[BaseException], ...]] = (*_DB_ERRORS, TimeoutEr
 @dataclass(slots=True)
 class _Put:
     request: Request
-    future: asyncio.Future[Appended]
+    future: asyncio.Future[Accepted]
 
 
 @dataclass(slots=True)
@@ -78,12 +76,6 @@ class _Acks:
 
     def __bool__(self) -> bool:
         return self.upto is not None or bool(self.revived) or self.processed > 0
-
-
-def _dead_job(d: DeadLetter) -> DeadJob:
-    return DeadJob(seq=d.seq, payload=d.payload, received_at=d.received_at, source=d.source,
-                   sequence=d.sequence, attempts=d.attempts, error=d.error,
-                   failed_at=d.failed_at)
 
 
 class PostgresQueue:
@@ -243,8 +235,7 @@ class PostgresQueue:
         if self._writer is None:
             self._writer = asyncio.create_task(self._write(), name="collector-pg-writer")
             self._writer.add_done_callback(self._writer_done)
-        a = await asyncio.shield(put.future)
-        return Accepted(a.accepted, a.first_seq, a.last_seq, a.replayed)
+        return await asyncio.shield(put.future)
 
     def _writer_done(self, task: asyncio.Task[None]) -> None:
         self._writer = None
@@ -259,7 +250,7 @@ class PostgresQueue:
             started = time.perf_counter()
             requests = [p.request for p in puts]
             try:
-                answers: list[Appended] | None = await self._db(
+                answers: list[Accepted] | None = await self._db(
                     functools.partial(self.shared_log.append, requests))
             except StorageError as exc:
                 log.error("queue_commit_failed", error=str(exc), requests=len(puts))
@@ -457,22 +448,15 @@ class PostgresQueue:
 
     async def dead_letters(self, *, limit: int = 100, offset: int = 0) -> list[DeadJob]:
         """Dead letters in seq order."""
-        dead = await self._db(lambda: self.shared_log.dead_letters(limit=limit, offset=offset))
-        return [_dead_job(d) for d in dead]
+        return await self._db(lambda: self.shared_log.dead_letters(limit=limit, offset=offset))
 
     async def dead_seqs(self) -> list[int]:
         """The seqs of every dead letter, in order."""
-        seqs: list[int] = []
-        while True:
-            page = await self.dead_letters(limit=_DEAD_PAGE, offset=len(seqs))
-            seqs.extend(d.seq for d in page)
-            if len(page) < _DEAD_PAGE:
-                return seqs
+        return await all_dead_seqs(self.dead_letters)
 
     async def dead_letter_get(self, seq: int) -> DeadJob | None:
         """One dead letter by seq, or None."""
-        dead = await self._db(lambda: self.shared_log.dead_letter(seq))
-        return None if dead is None else _dead_job(dead)
+        return await self._db(lambda: self.shared_log.dead_letter(seq))
 
     async def retry_dead(self, seqs: Sequence[int], *, at_tail: bool = False) -> list[Job]:
         """Put dead letters back: in their old place (next up) or at the tail."""

@@ -24,7 +24,7 @@ from collector.errors import (
 )
 from collector.jobs import Job
 from collector.queue.check import SQLITE_DAMAGED
-from collector.queue.rows import QUEUE_FILE, Accepted, DeadJob, Span
+from collector.queue.rows import QUEUE_FILE, Accepted, DeadJob, Span, all_dead_seqs
 from collector.queue.table import Acks, JobTable, Put, translate_error
 
 log = structlog.get_logger(__name__)
@@ -32,7 +32,6 @@ log = structlog.get_logger(__name__)
 _T = TypeVar("_T")
 
 _MEMORY_WINDOW: Final = 4096  # jobs handed to the worker from memory at most
-_DEAD_PAGE: Final = 1000  # dead letters per read when all are wanted
 _PAGE_ROWS: Final = 64  # rows read from disk per executor call at most
 _GROUPS_PER_RUN: Final = 16  # group commits per writer run before other executor work
 _ACKS_FORCE_FLUSH: Final = 10_000  # acknowledgements that trigger a commit of their own
@@ -536,12 +535,7 @@ class DurableQueue:
 
     async def dead_seqs(self) -> list[int]:
         """The seqs of every dead letter, in order."""
-        seqs: list[int] = []
-        while True:
-            page = await self.dead_letters(limit=_DEAD_PAGE, offset=len(seqs))
-            seqs.extend(d.seq for d in page)
-            if len(page) < _DEAD_PAGE:
-                return seqs
+        return await all_dead_seqs(self.dead_letters)
 
     async def dead_letter_get(self, seq: int) -> DeadJob | None:
         """One dead letter by seq, or None."""

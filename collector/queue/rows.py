@@ -8,6 +8,7 @@ the bytes it sent, never serialised again.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -44,6 +45,21 @@ class DeadJob:
     attempts: int
     error: str
     failed_at: float
+
+#: Dead letters per read when all of them are wanted.
+DEAD_PAGE: Final = 1000
+
+
+async def all_dead_seqs(page: Callable[..., Awaitable[Sequence[DeadJob]]]) -> list[int]:
+    """The seqs of every dead letter, in order, read a page at a time through a queue's
+    ``dead_letters(limit=, offset=)``."""
+    seqs: list[int] = []
+    while True:
+        found = await page(limit=DEAD_PAGE, offset=len(seqs))
+        seqs.extend(d.seq for d in found)
+        if len(found) < DEAD_PAGE:
+            return seqs
+
 
 @dataclass(frozen=True, slots=True)
 class Span:
