@@ -13,7 +13,6 @@ from collector.postgres.schema import (
     KEY_CONFLICT_STATE,
     LOCK_SPACE,
     LOG_APPEND,
-    LOG_APPEND_SET,
     LOG_MIGRATIONS,
     schema_version,
 )
@@ -21,9 +20,8 @@ from collector.postgres.schema import (
 
 def test_the_append_function_uses_the_programs_lock_and_error_code() -> None:
     """The SQL text spells them out: it must say what the Python constants say."""
-    for text in (LOG_APPEND, LOG_APPEND_SET):
-        assert f"pg_advisory_xact_lock({LOCK_SPACE}, {APPEND_LOCK});" in text
-        assert f"USING ERRCODE = '{KEY_CONFLICT_STATE}';" in text
+    assert f"pg_advisory_xact_lock({LOCK_SPACE}, {APPEND_LOCK});" in LOG_APPEND
+    assert f"USING ERRCODE = '{KEY_CONFLICT_STATE}';" in LOG_APPEND
 
 
 async def test_nodes_starting_together_migrate_once(pg_dsn: str) -> None:
@@ -53,30 +51,24 @@ async def test_a_schema_newer_than_the_program_is_refused(pg_dsn: str) -> None:
         await conn.close()
 
 
-async def test_a_version_1_log_moves_to_the_set_based_append_and_answers_alike(
+async def test_groups_in_a_row_get_consecutive_seqs_and_their_keys_answers(
         pg_dsn: str) -> None:
-    """Version 2 replaces only the append function: a log written by version 1 goes on
-    with consecutive seqs, and both versions answer the same group (keys, a key repeated
-    in the group, a retained key) the same way."""
+    """The set-based append: two groups in a row (keys, a key repeated in the group, a
+    retained key) answer and store as one request at a time would."""
+
     def group(base: int) -> list[Request]:
         return [Request([b'{"n":%d}' % (base + i) for i in range(3)], 1.0, "a", 10,
                         key=f"k{base}"),
                 Request([b'{"n":%d}' % (base + 9)], 2.0, key=f"k{base}"),  # the same key
                 Request([b'{"n":%d}' % (base + 7)] * 2, 3.0, "b", None)]
 
-    conn = await connect(pg_dsn)
-    try:
-        await migrate(conn, migrations=LOG_MIGRATIONS[:1])
-        assert await schema_version(conn, "log") == 1
-    finally:
-        await conn.close()
     pool = await create_pool(pg_dsn, min_size=1, max_size=2)
     try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
         log = SharedLog(pool)
         old = [(a.accepted, a.first_seq, a.last_seq, a.replayed)
                for a in await log.append(group(100))]
-        async with pool.acquire() as conn:
-            assert await migrate(conn) == 2
         new = [(a.accepted, a.first_seq, a.last_seq, a.replayed)
                for a in await log.append(group(200))]
         again = [(a.accepted, a.first_seq, a.last_seq, a.replayed)
