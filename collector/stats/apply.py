@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -13,6 +12,7 @@ import structlog
 
 from collector.jobs import Job
 from collector.stats import formats
+from collector.stats.backend import Connection
 from collector.stats.schema import LINE_FIELDS
 
 log = structlog.get_logger(__name__)
@@ -40,7 +40,7 @@ class _Feed:
 class Apply:
     """One job's changes, inside the transaction the caller opened."""
 
-    def __init__(self, conn: sqlite3.Connection, job: Job, *, revisit: bool = False) -> None:
+    def __init__(self, conn: Connection, job: Job, *, revisit: bool = False) -> None:
         self.conn = conn
         self.job = job
         self.feed = self._feed(job.source or "")
@@ -157,12 +157,11 @@ class Apply:
         self._supersede_current()
         cur = self.conn.execute(
             "INSERT INTO matches (guid, feed, offline, started_at, opened_seq, opened_pos, "
-            "last_event_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "last_event_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (name, self.feed.name, int(offline), job.received_at, job.seq, self.position,
              job.received_at),
         )
-        match_id = cur.lastrowid
-        assert match_id is not None
+        (match_id,) = cur.fetchone()
         self.feed.current = match_id
         self.changed = True
         log.info("match_opened", match_id=match_id, guid=name, feed=self.feed.name)
@@ -377,12 +376,14 @@ class Apply:
     def _match_fields(self, match: _Match, snap: formats.Snapshot) -> None:
         cur = self.conn.execute(
             "UPDATE matches SET arena = coalesce(?, arena), playlist = coalesce(?, playlist), "
-            "overtime = max(overtime, ?), time_seconds = coalesce(?, time_seconds) "
+            "overtime = CASE WHEN overtime < ? THEN ? ELSE overtime END, "
+            "time_seconds = coalesce(?, time_seconds) "
             "WHERE id = ? AND (arena IS NOT coalesce(?, arena) "
             "OR playlist IS NOT coalesce(?, playlist) OR overtime < ? "
             "OR time_seconds IS NOT coalesce(?, time_seconds))",
-            (snap.arena, snap.playlist, int(snap.overtime), snap.time_seconds, match.id,
-             snap.arena, snap.playlist, int(snap.overtime), snap.time_seconds),
+            (snap.arena, snap.playlist, int(snap.overtime), int(snap.overtime),
+             snap.time_seconds, match.id, snap.arena, snap.playlist, int(snap.overtime),
+             snap.time_seconds),
         )
         self.changed = self.changed or cur.rowcount > 0
         if snap.winner is not None:
@@ -447,13 +448,13 @@ class Apply:
             "SELECT id, name, primary_id FROM players WHERE key = ?", (key,)
         ).fetchone()
         if row is None:
-            cur = self.conn.execute(
-                "INSERT INTO players (key, name, primary_id, last_seq) VALUES (?, ?, ?, ?)",
+            (player_id,) = self.conn.execute(
+                "INSERT INTO players (key, name, primary_id, last_seq) VALUES (?, ?, ?, ?) "
+                "RETURNING id",
                 (key, line.name, line.primary_id, self.job.seq),
-            )
-            assert cur.lastrowid is not None
+            ).fetchone()
             self.changed = True
-            return cur.lastrowid, False
+            return int(player_id), False
         if row[1] != line.name and line.primary_id is not None:
             self.conn.execute("UPDATE players SET name = ? WHERE id = ?", (line.name, row[0]))
             self.changed = True

@@ -4,13 +4,13 @@ Every function runs in the store's executor thread on its connection.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 import orjson
 
 from collector.stats.arenas import arena_name
+from collector.stats.backend import Connection
 from collector.stats.derived import PLAYER_KEYS, Stats, aggregate, rounded
 from collector.stats.schema import LINE_FIELDS
 
@@ -53,7 +53,7 @@ def parse_players_cursor(text: str) -> tuple[int, int] | None:
     return int(left), int(right)
 
 
-def matches_page(conn: sqlite3.Connection, limit: int, before: int | None) -> dict[str, Any]:
+def matches_page(conn: Connection, limit: int, before: int | None) -> dict[str, Any]:
     rows = conn.execute(
         f"SELECT {_MATCH_COLUMNS} FROM matches WHERE id < ? ORDER BY id DESC LIMIT ?",  # noqa: S608
         (before if before is not None else 2**63 - 1, limit + 1),
@@ -65,7 +65,7 @@ def matches_page(conn: sqlite3.Connection, limit: int, before: int | None) -> di
     return {"matches": matches, "next": str(rows[-1][0]) if more else None}
 
 
-def _teams(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+def _teams(conn: Connection, ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
     if not ids:
         return {}
     marks = ",".join("?" * len(ids))
@@ -92,7 +92,7 @@ def _car(text: str | None) -> dict[str, Any] | None:
     return loaded if isinstance(loaded, dict) else None
 
 
-def match(conn: sqlite3.Connection, key: int | str) -> dict[str, Any] | None:
+def match(conn: Connection, key: int | str) -> dict[str, Any] | None:
     where = "id = ?" if isinstance(key, int) else "guid = ?"
     row = conn.execute(
         f"SELECT {_MATCH_COLUMNS} FROM matches WHERE {where}", (key,)  # noqa: S608
@@ -144,7 +144,7 @@ class Careers:
     def __init__(self) -> None:
         self._kept: dict[int, Stats] = {}
 
-    def get(self, conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, Stats]:
+    def get(self, conn: Connection, ids: Sequence[int]) -> dict[int, Stats]:
         missing = [i for i in ids if i not in self._kept]
         if missing:
             if len(self._kept) + len(missing) > self.MAX_KEPT:
@@ -159,12 +159,12 @@ class Careers:
             self._kept.pop(player_id, None)
 
 
-def _careers(conn: sqlite3.Connection, ids: Sequence[int], careers: Careers | None
+def _careers(conn: Connection, ids: Sequence[int], careers: Careers | None
              ) -> dict[int, Stats]:
     return careers.get(conn, ids) if careers is not None else _headlines(conn, ids)
 
 
-def players_page(conn: sqlite3.Connection, limit: int, before: tuple[int, int] | None,
+def players_page(conn: Connection, limit: int, before: tuple[int, int] | None,
                  careers: Careers | None = None) -> dict[str, Any]:
     last, pid = before if before is not None else (2**63 - 1, 2**63 - 1)
     rows = conn.execute(
@@ -183,7 +183,7 @@ def players_page(conn: sqlite3.Connection, limit: int, before: tuple[int, int] |
     return {"players": players, "next": cursor}
 
 
-def player(conn: sqlite3.Connection, player_id: int, careers: Careers | None = None
+def player(conn: Connection, player_id: int, careers: Careers | None = None
            ) -> dict[str, Any] | None:
     row = conn.execute(
         f"SELECT {_PLAYER_COLUMNS} FROM players p WHERE p.id = ?",  # noqa: S608
@@ -198,7 +198,7 @@ def player(conn: sqlite3.Connection, player_id: int, careers: Careers | None = N
     return out
 
 
-def player_matches_page(conn: sqlite3.Connection, player_id: int, limit: int,
+def player_matches_page(conn: Connection, player_id: int, limit: int,
                         before: int | None) -> dict[str, Any] | None:
     """``{"matches": [...], "next": cursor}``: a player's matches, newest first, each as
     in ``recent_matches``; None when there is no such player."""
@@ -210,7 +210,7 @@ def player_matches_page(conn: sqlite3.Connection, player_id: int, limit: int,
     return {"matches": matches, "next": str(matches[-1]["id"]) if more else None}
 
 
-def _player_matches(conn: sqlite3.Connection, player_id: int, limit: int,
+def _player_matches(conn: Connection, player_id: int, limit: int,
                     before: int | None) -> list[dict[str, Any]]:
     """A player's matches below match id `before` (all: None), newest first: the match,
     the player's line and derived statistics in it."""
@@ -231,7 +231,7 @@ def _player_matches(conn: sqlite3.Connection, player_id: int, limit: int,
     ]
 
 
-def _headlines(conn: sqlite3.Connection, ids: Sequence[int]) -> dict[int, Stats]:
+def _headlines(conn: Connection, ids: Sequence[int]) -> dict[int, Stats]:
     """Each player's derived statistics over all their matches (derived.aggregate)."""
     if not ids:
         return {}

@@ -15,13 +15,13 @@ connection.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from typing import Any, Final
 
 import orjson
 
 from collector.stats.arenas import arena_name
+from collector.stats.backend import Connection
 from collector.stats.derived import PLAYER_KEYS, Stats, aggregate, rounded
 from collector.stats.schema import LINE_FIELDS
 
@@ -37,7 +37,8 @@ WITH lines AS (
     FROM match_players mp JOIN matches m ON m.id = mp.match_id {where}
 ), flagged AS (
     SELECT player, match_id, started,
-           (previous_end IS NULL OR started - previous_end >= :gap) AS head
+           CASE WHEN previous_end IS NULL OR started - previous_end >= :gap
+                THEN 1 ELSE 0 END AS head
     FROM lines
 ), numbered AS (
     SELECT player, match_id, started, head,
@@ -46,7 +47,7 @@ WITH lines AS (
     FROM flagged
 ), page AS (
     SELECT player, nth, match_id AS first_id, started AS first_started FROM numbered
-    WHERE head AND {page}
+    WHERE head = 1 AND {page}
     ORDER BY first_started DESC, first_id DESC, player DESC LIMIT :limit
 )
 SELECT page.player, page.first_id, p.name,
@@ -82,7 +83,7 @@ def session_id(player: int, first_match: int) -> str:
     return f"{player}.{first_match}"
 
 
-def sessions_page(conn: sqlite3.Connection, *, gap_s: float, limit: int,
+def sessions_page(conn: Connection, *, gap_s: float, limit: int,
                   before: tuple[int, int] | None = None, player: int | None = None
                   ) -> dict[str, Any] | None:
     """``{"sessions": [...], "next": cursor or None}``, newest first; with `player`,
@@ -106,7 +107,7 @@ def sessions_page(conn: sqlite3.Connection, *, gap_s: float, limit: int,
     return {"sessions": sessions, "next": sessions[-1]["id"] if more else None}
 
 
-def session(conn: sqlite3.Connection, key: tuple[int, int], *, gap_s: float
+def session(conn: Connection, key: tuple[int, int], *, gap_s: float
             ) -> dict[str, Any] | None:
     """One session (``(player id, first match id)``) with its matches, or None when that
     match does not open a session of that player."""
@@ -117,7 +118,7 @@ def session(conn: sqlite3.Connection, key: tuple[int, int], *, gap_s: float
     return found[0] if found else None
 
 
-def _sessions(conn: sqlite3.Connection, sql: str, params: dict[str, Any]
+def _sessions(conn: Connection, sql: str, params: dict[str, Any]
               ) -> list[dict[str, Any]]:
     """The sessions the query finds, in its order, each with its list of matches."""
     out: list[dict[str, Any]] = []

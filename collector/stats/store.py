@@ -47,6 +47,7 @@ from collector.errors import StartupError
 from collector.jobs import Job
 from collector.stats import formats, queries, sessions
 from collector.stats.apply import Apply, Outcome
+from collector.stats.backend import Connection, SharedBackend, StatsUnavailableError
 from collector.stats.damage import (
     REBUILD_COMMAND,
     StatsDamagedError,
@@ -88,10 +89,13 @@ class StatsStore:
         *,
         durability: Literal["full", "normal"] = "full",
         readonly: bool = False,
+        shared: SharedBackend | None = None,
     ) -> None:
         self._path = data_dir / STATS_FILE
         self._durability = durability
         self._readonly = readonly
+        #: The statistics live in a database other nodes share (PostgreSQL), not stats.db.
+        self._shared = shared
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collector-stats")
         self._db: _Db | None = None
         self._damage_logged = False
@@ -102,8 +106,13 @@ class StatsStore:
 
     @property
     def path(self) -> Path:
-        """The database file."""
+        """The database file (in the SQLite mode)."""
         return self._path
+
+    @property
+    def location(self) -> str:
+        """Where the statistics are: stats.db's path, or the shared database's label."""
+        return str(self._path) if self._shared is None else self._shared.label
 
     async def _run(self, func: Callable[..., _T], *args: Any) -> _T:
         loop = asyncio.get_running_loop()
@@ -122,6 +131,13 @@ class StatsStore:
             if not is_damage(exc):
                 raise
             raise self._damaged(str(exc)) from None
+        except Exception as exc:
+            shared = self._shared
+            reason = None if shared is None else shared.unavailable(exc)
+            if shared is None or reason is None:
+                raise
+            raise StatsUnavailableError(
+                f"the statistics in {shared.label} cannot be reached: {reason}") from None
 
     def _damaged(self, problem: str) -> StatsDamagedError:
         error = StatsDamagedError(self._path, problem)
@@ -140,12 +156,16 @@ class StatsStore:
         open, the file is read through a read-only connection (with a quick_check after
         an unclean stop).
         """
-        self._db = await self._guarded(_Db, self._path, self._durability, self._readonly)
+        if self._shared is None:
+            self._db = await self._guarded(
+                _Db.open_file, self._path, self._durability, self._readonly)
+        else:
+            self._db = await self._guarded(_Db.open_shared, self._shared, self._readonly)
         db = self._db
         self.counters.stale_skipped, self.counters.bogus_goals = await self._guarded(
             db.stored_counters
         )
-        log.info("stats_opened", path=str(self._path), schema_version=db.version,
+        log.info("stats_opened", path=self.location, schema_version=db.version,
                  last_seq=db.last_seq, readonly=self._readonly)
 
     async def close(self) -> None:
@@ -284,7 +304,7 @@ def _scoreboard(snap: formats.Snapshot) -> tuple[Any, ...]:
                    p.saves, p.touches, p.demos) for p in snap.players))
 
 
-def write_derived(conn: sqlite3.Connection, match_id: int, engine: MatchStats) -> list[int]:
+def write_derived(conn: Connection, match_id: int, engine: MatchStats) -> list[int]:
     """The engine's state and figures into the match's rows (inside a transaction); the
     ids of the players whose statistics were written."""
     conn.execute(
@@ -324,9 +344,24 @@ def write_derived(conn: sqlite3.Connection, match_id: int, engine: MatchStats) -
 class _Db:
     """One connection, used only by the store's thread."""
 
-    def __init__(self, path: Path, durability: str, readonly: bool) -> None:
-        self.path = path
+    def __init__(self, conn: Connection, *, readonly: bool,
+                 shared: SharedBackend | None) -> None:
+        self.conn = conn
         self.readonly = readonly
+        #: The shared database's hooks (None: stats.db, which only this process writes).
+        self.shared = shared
+        self.version = SCHEMA_VERSION
+        (self.last_seq,) = conn.execute("SELECT last_seq FROM applied").fetchone()
+        #: The engines of open matches, as committed (see _keep); never kept when shared.
+        self.engines: dict[int, MatchStats] = {}
+        #: Each player's aggregated statistics between writes (None when read-only or
+        #: shared: another process or node may write).
+        self.careers: queries.Careers | None = (
+            None if readonly or shared is not None else queries.Careers())
+
+    @classmethod
+    def open_file(cls, path: Path, durability: str, readonly: bool) -> _Db:
+        """stats.db: created and migrated unless read-only; a damaged file refused."""
         if path.exists() and not path.is_file():
             raise StartupError(f"{path} is a folder, not a statistics database")
         if not readonly and path.exists():
@@ -345,7 +380,6 @@ class _Db:
             except OSError as exc:
                 raise StartupError(f"{path.parent}: cannot create it: {exc.strerror}") from None
             conn = sqlite3.connect(path, isolation_level=None)
-        self.conn = conn
         try:
             conn.execute("PRAGMA busy_timeout = 5000")
             if not readonly:
@@ -354,27 +388,56 @@ class _Db:
                                                         else "NORMAL"))
                 conn.execute("PRAGMA foreign_keys = ON")
                 migrate(conn, path)
-            self.version = schema_version(conn)
-            if self.version != SCHEMA_VERSION:
+            version = schema_version(conn)
+            if version != SCHEMA_VERSION:
                 raise StartupError(
-                    f"{path}: schema version {self.version}, this program reads "
+                    f"{path}: schema version {version}, this program reads "
                     f"{SCHEMA_VERSION}; start the daemon once to migrate it"
                 )
-            (self.last_seq,) = conn.execute("SELECT last_seq FROM applied").fetchone()
-            #: The engines of open matches, as committed (see _keep).
-            self.engines: dict[int, MatchStats] = {}
-            #: Each player's aggregated statistics between writes (None when read-only:
-            #: another process may write).
-            self.careers: queries.Careers | None = None if readonly else queries.Careers()
+            return cls(conn, readonly=readonly, shared=None)
+        except BaseException:
+            conn.close()
+            raise
+
+    @classmethod
+    def open_shared(cls, shared: SharedBackend, readonly: bool) -> _Db:
+        """The shared database: the backend creates and migrates its schema."""
+        conn = shared.connect()
+        try:
+            return cls(conn, readonly=readonly, shared=shared)
         except BaseException:
             conn.close()
             raise
 
     def close(self) -> None:
-        if not self.readonly:
+        if not self.readonly and isinstance(self.conn, sqlite3.Connection):
             with contextlib.suppress(sqlite3.Error):
                 self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.conn.close()
+
+    def _begin(self) -> None:
+        """Open a write transaction. A shared database is written by the leader only,
+        but a deposed leader may still be finishing one: the applied mark, taken FOR
+        UPDATE, makes two writers take turns, and is read again (another node may have
+        moved it)."""
+        if self.shared is None:
+            self.conn.execute("BEGIN IMMEDIATE")
+            return
+        self.conn.execute("BEGIN")
+        (self.last_seq,) = self.conn.execute(
+            "SELECT last_seq FROM applied FOR UPDATE").fetchone()
+
+    def _commit(self, changed: frozenset[int]) -> None:
+        """COMMIT; a shared database first checks the lease (a stale leader's
+        transaction raises and is rolled back by the caller) and, after it, says which
+        matches changed."""
+        if self.shared is None:
+            self.conn.execute("COMMIT")
+            return
+        self.shared.before_commit(self.conn)
+        self.conn.execute("COMMIT")
+        if changed:
+            self.shared.after_commit(self.conn, changed)
 
     def stored_counters(self) -> tuple[int, int]:
         rows = dict(self.conn.execute("SELECT name, value FROM counters").fetchall())
@@ -398,7 +461,7 @@ class _Db:
         """
         conn = self.conn
         tx = _Tx()
-        conn.execute("BEGIN IMMEDIATE")
+        self._begin()
         try:
             outcomes = [self._one(job, tx) for job in jobs]
             if not tx.write:
@@ -407,7 +470,7 @@ class _Db:
             self._write_back(tx)
             if tx.last_seq > self.last_seq:
                 conn.execute("UPDATE applied SET last_seq = ?", (tx.last_seq,))
-            conn.execute("COMMIT")
+            self._commit(frozenset(tx.changed))
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -599,6 +662,8 @@ class _Db:
         and the careers of the players whose lines changed are read again when asked."""
         if self.careers is not None:
             self.careers.forget(tx.written)
+        if self.shared is not None:
+            return  # another node may write next: read the engines again
         engines = self.engines
         for match_id, engine in tx.engines.items():
             if match_id not in tx.closed:
@@ -618,7 +683,7 @@ class _Db:
         if not rows:
             return []
         tx = _Tx()
-        conn.execute("BEGIN IMMEDIATE")
+        self._begin()
         try:
             for match_id, last_event_at in rows:
                 conn.execute(
@@ -632,7 +697,7 @@ class _Db:
                 tx.fed.add(match_id)
                 tx.closed.add(match_id)
             self._write_back(tx)
-            conn.execute("COMMIT")
+            self._commit(frozenset(tx.closed))
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

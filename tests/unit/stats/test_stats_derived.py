@@ -455,6 +455,7 @@ async def test_a_run_writes_each_engine_once_not_once_per_event(tmp_path: Path) 
     statements: list[str] = []
     try:
         conn = store._require().conn
+        assert isinstance(conn, sqlite3.Connection)
         await store._run(conn.set_trace_callback, statements.append)
         await store.apply_run(jobs[:400])
         await store._run(conn.set_trace_callback, None)
