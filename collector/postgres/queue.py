@@ -170,6 +170,13 @@ class PostgresQueue:
         """Whether this node holds a term (runs the worker)."""
         return self._term is not None
 
+    @property
+    def term_epoch(self) -> int | None:
+        """The fencing epoch of the term this node's worker runs in (None: it does not
+        lead). Read by the statistics' fence, from the store's thread."""
+        term = self._term
+        return None if term is None else term.epoch
+
     async def _db(self, call: Callable[[], Awaitable[_T]]) -> _T:
         """Run `call` within the timeout; a database failure is a StorageError."""
         try:
