@@ -18,7 +18,7 @@ EXIT_STARTUP = 1
 #: parsers and sets `func(args) -> int` on them.
 COMMAND_MODULES: tuple[str, ...] = (
     "collector.cli.serve", "collector.cli.stats", "collector.cli.bridge", "collector.cli.admin",
-    "collector.cli.maintenance",
+    "collector.cli.maintenance", "collector.cli.migrate",
 )
 
 
