@@ -149,11 +149,6 @@ class PostgresSettings:
     node: str | None = None
 
 
-#: What the stats handler needs and the PostgreSQL mode does not have yet.
-POSTGRES_NO_STATS = ("[postgres] dsn: the stats handler does not run on PostgreSQL yet "
-                     "(issue 20); configure other handlers")
-
-
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Every setting of the daemon."""
@@ -169,8 +164,7 @@ class Settings:
 
     def postgres_dsn(self) -> str | None:
         """The DSN from `dsn`, `dsn_file` or systemd's credential `postgres-dsn`; None
-        for the embedded SQLite mode. A ConfigError when the configured handlers cannot
-        run on PostgreSQL yet."""
+        for the embedded SQLite mode."""
         p = self.postgres
         dsn = p.dsn
         if not dsn:
@@ -185,8 +179,6 @@ class Settings:
             if not _dsn_ok(dsn):
                 raise ConfigError(f"postgres.dsn_file: {path} does not hold a "
                                   "postgresql:// URL")
-        if "stats" in self.worker.handlers:
-            raise ConfigError(POSTGRES_NO_STATS)
         return dsn
 
     def token_value(self) -> str | None:
@@ -369,7 +361,6 @@ def _check_ranges(settings: Settings) -> None:
         (not (pg.dsn and pg.dsn_file), "postgres.dsn and postgres.dsn_file: set one, not both"),
         (pg.node is None or (0 < len(pg.node) <= 200 and pg.node.isprintable()),
          "postgres.node: 1 to 200 printable characters expected"),
-        (not (pg.dsn or pg.dsn_file) or "stats" not in w.handlers, POSTGRES_NO_STATS),
     ]
     for ok, message in checks:
         if not ok:

@@ -7,7 +7,7 @@ Everything else in collector.postgres is checked by mypy against these declarati
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final, Protocol, cast
 
@@ -58,6 +58,10 @@ class Connection(Protocol):
     def get_server_pid(self) -> int: ...
 
     def is_closed(self) -> bool: ...
+
+    def is_in_transaction(self) -> bool: ...
+
+    async def add_listener(self, channel: str, callback: Callable[..., None]) -> None: ...
 
     async def close(self, *, timeout: float | None = None) -> None: ...  # noqa: ASYNC109
 

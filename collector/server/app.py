@@ -11,10 +11,11 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from collector.config import Settings
+from collector.config import Settings, mask_dsn
 from collector.files import forget_daemon, locked_data_dir
 from collector.handlers import HandlerContext, resolve
 from collector.postgres import Candidate, PostgresQueue
+from collector.postgres.stats import PostgresStats, StatsListener
 from collector.queue import DurableQueue
 from collector.server import (
     admin,
@@ -40,7 +41,7 @@ from collector.server.appkeys import (
 from collector.server.guard import Guard
 from collector.server.live import LiveHub
 from collector.server.state import ServiceState
-from collector.stats.damage import StatsDamagedError
+from collector.stats.backend import StatsUnavailableError
 from collector.stats.store import StatsStore
 from collector.worker import Worker
 
@@ -112,7 +113,15 @@ def create_app(settings: Settings) -> web.Application:
 
     async def stats_ctx(app: web.Application) -> AsyncIterator[None]:
         # Opened inside the data dir's lock (queue_ctx), before the worker, closed after it.
-        store = StatsStore(settings.server.data_dir, durability=settings.queue.durability)
+        # In the PostgreSQL mode the statistics are in the shared database, fenced on the
+        # epoch of this node's term (only the leader writes).
+        shared = None
+        postgres = app.get(POSTGRES)
+        if postgres is not None:
+            assert dsn is not None
+            shared = PostgresStats(dsn, mask_dsn(dsn), epoch=lambda: postgres.term_epoch)
+        store = StatsStore(settings.server.data_dir, durability=settings.queue.durability,
+                           shared=shared)
         await store.open()
         app[STATS] = store
         try:
@@ -127,11 +136,23 @@ def create_app(settings: Settings) -> web.Application:
         hub = LiveHub(store)
         await hub.start()
         app[LIVE] = hub
-        store.on_applied = hub.changed
+        if dsn is None:
+            store.on_applied = hub.changed
+            try:
+                yield
+            finally:
+                store.on_applied = None
+                await hub.stop()
+            return
+        # PostgreSQL: every node, the leader too, follows what the leader applied through
+        # its notifications (None: some may have been missed, read again).
+        listener = StatsListener(
+            dsn, lambda ids: hub.resync() if ids is None else hub.changed(ids))
+        await listener.start()
         try:
             yield
         finally:
-            store.on_applied = None
+            await listener.stop()
             await hub.stop()
 
     async def worker_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -276,14 +297,17 @@ async def _close_idle(app: web.Application) -> None:
     every = min(_IDLE_CHECK_MAX_S, max(0.05, idle_s / 4))
     while True:
         await asyncio.sleep(every)
+        postgres = app.get(POSTGRES)
+        if postgres is not None and not postgres.leading:
+            continue  # only the leader writes the statistics
         try:
             now = time.time()
             waiting = (await app[QUEUE].stats()).oldest_pending_age_s
             if waiting is not None:
                 now -= waiting
             await app[STATS].close_idle(idle_s, before=now)
-        except StatsDamagedError:
-            pass  # the store said so once (stats_damaged), with the fix
+        except StatsUnavailableError:
+            pass  # the store said so once (stats_damaged), or the database is away
         except Exception:
             log.exception("idle_close_failed")
 

@@ -25,7 +25,7 @@ import orjson
 import structlog
 from aiohttp import hdrs, web
 
-from collector.stats.damage import StatsDamagedError
+from collector.stats.backend import StatsUnavailableError
 from collector.stats.store import StatsStore
 
 log = structlog.get_logger(__name__)
@@ -106,6 +106,7 @@ class LiveHub:
         self._frame = IDLE_FRAME
         self._version = 0
         self._failing = False
+        self._rescan = False
         #: Documents sent to the clients (one per change of the current match's JSON).
         self.published = 0
         #: Clients dropped because a write did not finish in time or the peer was gone.
@@ -138,6 +139,12 @@ class LiveHub:
         if match_ids:
             self._dirty |= match_ids
             self._wake.set()
+
+    def resync(self) -> None:
+        """Changes may have been missed (the PostgreSQL mode's notifications, while its
+        connection was lost): read the newest matches again."""
+        self._rescan = True
+        self._wake.set()
 
     # -- life --------------------------------------------------------------------------------
 
@@ -177,7 +184,7 @@ class LiveHub:
     async def _guarded_refresh(self, dirty: set[int]) -> None:
         try:
             await self._refresh(dirty)
-        except StatsDamagedError:
+        except StatsUnavailableError:
             self._failing = True  # the store said it once, with the fix (stats_damaged)
         except Exception:
             # Say once that the feed stands still (a damaged stats.db, say), not at every
@@ -191,6 +198,10 @@ class LiveHub:
     async def _refresh(self, dirty: set[int]) -> None:
         """Choose and read the current match; offer it to every client if its JSON changed."""
         store = self._store
+        if self._rescan:
+            self._rescan = False
+            page = await store.matches_page(limit=_READ_AT_ONCE)
+            dirty = dirty | {int(m["id"]) for m in page["matches"]}
         docs: dict[int, dict[str, Any]] = {}
         # Within one read, a higher id (a newer match) counts as the later change.
         for match_id in sorted(dirty)[-_READ_AT_ONCE:]:

@@ -18,7 +18,7 @@ from aiohttp import web
 from collector.server.appkeys import SETTINGS, STATS
 from collector.server.http import ApiError, json_response
 from collector.stats import csvout
-from collector.stats.damage import StatsDamagedError
+from collector.stats.backend import StatsUnavailableError
 from collector.stats.queries import parse_players_cursor
 from collector.stats.sessions import parse_session_id
 from collector.stats.store import StatsStore
@@ -124,7 +124,7 @@ def _reads_stats(handler: Callable[[web.Request], Awaitable[web.Response]]
     async def wrapped(request: web.Request) -> web.Response:
         try:
             return await handler(request)
-        except StatsDamagedError as exc:
+        except StatsUnavailableError as exc:
             raise ApiError(503, "stats_unavailable", str(exc)) from None
 
     return wrapped

@@ -355,16 +355,18 @@ class Apply:
             # A value the snapshot lacks (None) keeps the last known one: a colour once
             # seen stays, whatever a later message leaves out or sends malformed.
             cur = self.conn.execute(
-                "INSERT INTO match_teams (match_id, num, name, score, color_primary, "
+                "INSERT INTO match_teams AS t (match_id, num, name, score, color_primary, "
                 "color_secondary) VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (match_id, num) DO UPDATE SET "
-                "name = coalesce(excluded.name, name), score = coalesce(excluded.score, score), "
-                "color_primary = coalesce(excluded.color_primary, color_primary), "
-                "color_secondary = coalesce(excluded.color_secondary, color_secondary) "
-                "WHERE name IS NOT coalesce(excluded.name, name) "
-                "OR score IS NOT coalesce(excluded.score, score) "
-                "OR color_primary IS NOT coalesce(excluded.color_primary, color_primary) "
-                "OR color_secondary IS NOT coalesce(excluded.color_secondary, color_secondary)",
+                "name = coalesce(excluded.name, t.name), "
+                "score = coalesce(excluded.score, t.score), "
+                "color_primary = coalesce(excluded.color_primary, t.color_primary), "
+                "color_secondary = coalesce(excluded.color_secondary, t.color_secondary) "
+                "WHERE t.name IS NOT coalesce(excluded.name, t.name) "
+                "OR t.score IS NOT coalesce(excluded.score, t.score) "
+                "OR t.color_primary IS NOT coalesce(excluded.color_primary, t.color_primary) "
+                "OR t.color_secondary IS NOT "
+                "coalesce(excluded.color_secondary, t.color_secondary)",
                 (match.id, team.num, team.name, team.score, team.color_primary,
                  team.color_secondary),
             )

@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 from typing import Final, Literal
 
-from collector.errors import StartupError
+from collector.stats.backend import StatsUnavailableError
 
 #: SQLite's primary result codes for a damaged file: SQLITE_CORRUPT, SQLITE_NOTADB.
 SQLITE_DAMAGED: Final = frozenset({11, 26})
@@ -17,7 +17,7 @@ REBUILD_COMMAND: Final = "collector rebuild-stats"
 Check = Literal["reads", "quick", "full"]
 
 
-class StatsDamagedError(StartupError):
+class StatsDamagedError(StatsUnavailableError):
     """stats.db cannot be read: SQLite finds it damaged. It is left as it is."""
 
     def __init__(self, path: Path, problem: str) -> None:

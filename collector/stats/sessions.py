@@ -90,7 +90,7 @@ def sessions_page(conn: Connection, *, gap_s: float, limit: int,
     only theirs. `before` is a session id from a previous page; None is returned when it
     names no match (a cursor that no page gave)."""
     params: dict[str, Any] = {"gap": gap_s, "limit": limit + 1, "player": player}
-    page = "1"
+    page = "1 = 1"
     if before is not None:
         row = conn.execute("SELECT started_at FROM matches WHERE id = ?",
                            (before[1],)).fetchone()
