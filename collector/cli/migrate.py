@@ -34,11 +34,7 @@ def _dsn(text: str) -> str:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    overrides: dict[str, Any] = {
-        # No handler runs here; the default list (stats) would be refused with a DSN
-        # while the stats handler does not run on PostgreSQL.
-        "worker.handlers": ("noop",),
-    }
+    overrides: dict[str, Any] = {}
     if args.data_dir is not None:
         overrides["server.data_dir"] = args.data_dir
     settings = load_settings(args.config, overrides=overrides)

@@ -41,6 +41,7 @@ from collector.errors import StartupError
 from collector.postgres.db import CONNECTION_ERRORS, Connection, PostgresError, connect
 from collector.postgres.log import key_digest
 from collector.postgres.schema import APPEND_LOCK, LEADER_LOCK, LOCK_SPACE, migrate
+from collector.postgres.stats import migrate_stats
 from collector.queue.check import connect_read_only, give_back
 from collector.queue.rows import (
     DEAD_COLUMNS,
@@ -439,6 +440,7 @@ async def migrate_data_dir(conn: Connection, data_dir: Path, *, stats_version: i
     (migrated here first), in one transaction; `stats_version`: the version of stats.db
     this program reads. A one-line StartupError when refused; nothing is then written."""
     await migrate(conn)
+    await migrate_stats(conn)
     files = _Files(data_dir)
     try:
         await files.run(files.open)

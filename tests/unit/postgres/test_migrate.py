@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,11 +27,13 @@ from collector.postgres import LogReader, Pool, Request, SharedLog, connect, cre
 from collector.postgres.from_sqlite import MigrateReport, migrate_to
 from collector.postgres.schema import LEADER_LOCK, LOCK_SPACE
 from collector.postgres.schema import migrate as migrate_log
+from collector.postgres.stats import migrate_stats
 from collector.queue import Accepted, DeadJob, DurableQueue, inspect_file
 from collector.stats.schema import SCHEMA_VERSION
 from collector.stats.store import StatsStore
 from tests.support.model import cli_env, one_line, run_cli
-from tests.unit.stats.test_stats import capture
+from tests.support.paths import CAPTURE_JSONL
+from tests.support.stats import api
 
 TTL_S = 48 * 3600.0
 BATCH = 40  # events per request
@@ -47,6 +52,28 @@ class Old:
     processed_total: int
 
 
+def capture() -> list[dict[str, Any]]:
+    """The recording's 438 messages (one match), as the game sent them."""
+    return [json.loads(line) for line in CAPTURE_JSONL.read_text().splitlines()]
+
+
+def goal(guid: str, scorer: str, team: int, *, time: float) -> dict[str, Any]:
+    return api("GoalScored", {"MatchGuid": guid, "GoalSpeed": 80.0, "GoalTime": time,
+                              "Scorer": {"Name": scorer, "TeamNum": team},
+                              "Assister": {"Name": ""}})
+
+
+def with_goals(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The capture (one match, no goal) with three goals of its two players in the part
+    that the old worker applies, in place of three snapshots (438 messages still)."""
+    guid = json.loads(messages[100]["Data"])["MatchGuid"]
+    for at, (scorer, team, time_s) in zip((120, 160, 200), (("nickm", 0, 40.0),
+                                          ("Zone Killa", 1, 75.5), ("nickm", 0, 130.0)),
+                                          strict=True):
+        messages[at] = goal(guid, scorer, team, time=time_s)
+    return messages
+
+
 async def _take(queue: DurableQueue) -> Job:
     return await asyncio.wait_for(queue.next_job(), timeout=WAIT_S)
 
@@ -56,7 +83,7 @@ async def build_data_dir(data_dir: Path, *, stats: bool) -> Old:
     X-Source, X-Sequence and an Idempotency-Key each); the first 250 applied (to stats.db
     when `stats`) and acknowledged; 251 and 252 dead, 251 put back in its old place and
     failed once more; the rest pending."""
-    messages = capture()
+    messages = with_goals(capture())
     queue = DurableQueue(data_dir, ack_interval_ms=0)
     store = StatsStore(data_dir) if stats else None
     await queue.open()
@@ -220,30 +247,167 @@ async def test_a_failure_half_way_leaves_the_database_empty(tmp_path: Path, pg_d
     store = StatsStore(data_dir)
     await store.open()
     await store.close()
-    extra = data_dir / "stats.db"
-    import sqlite3
-
-    conn = sqlite3.connect(extra)
+    conn = sqlite3.connect(data_dir / "stats.db")
     try:
         conn.execute("CREATE TABLE unknown_to_postgres (id INTEGER PRIMARY KEY)")
         conn.execute("INSERT INTO unknown_to_postgres VALUES (1)")
         conn.commit()
     finally:
         conn.close()
-    with pytest.raises(StartupError, match="PostgreSQL has no statistics table "):
+    with pytest.raises(StartupError, match="PostgreSQL has no statistics table "
+                                           "unknown_to_postgres"):
         await migrate(data_dir, pg_dsn)
     log = SharedLog(pool)
     assert await read_all(log) == []
     assert await log.dead_count() == 0
     assert await log.last_seq() == 0
+    # As the schema starts it:
+    assert await postgres_rows(pool, "applied", ("id", "last_seq")) == [(1, 0)]
+
+
+# -- the statistics -------------------------------------------------------------------------
+
+
+def sqlite_tables(data_dir: Path) -> dict[str, tuple[list[str], list[tuple[Any, ...]]]]:
+    """Every table of stats.db but its own version: (columns, rows)."""
+    conn = sqlite3.connect(f"file:{data_dir / 'stats.db'}?mode=ro", uri=True)
+    try:
+        names = [n for (n,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' "
+            "AND name NOT LIKE 'sqlite_%' AND name != 'schema_version'")]
+        found = {}
+        for name in names:
+            columns = [r[1] for r in conn.execute(f"PRAGMA table_info({name})")]
+            rows = conn.execute(
+                f"SELECT {', '.join(columns)} FROM {name}").fetchall()  # noqa: S608
+            found[name] = (columns, sorted(rows, key=repr))
+        return found
+    finally:
+        conn.close()
+
+
+async def postgres_rows(pool: Pool, table: str, columns: Sequence[str]
+                        ) -> list[tuple[Any, ...]]:
+    """`columns` of every row of a PostgreSQL table, sorted like sqlite_tables'."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(f"SELECT {', '.join(columns)} FROM {table}")  # noqa: S608
+    return sorted((tuple(r[i] for i in range(len(columns))) for r in rows), key=repr)
+
+
+async def test_the_statistics_move_table_by_table(tmp_path: Path, pg_dsn: str,
+                                                  pool: Pool) -> None:
+    """Every table of stats.db, row for row and value for value, in PostgreSQL's table of
+    the same name; new ids above the old ones; new seqs above what the statistics saw."""
+    data_dir = tmp_path / "data"
+    old = await build_data_dir(data_dir, stats=True)
+    tables = sqlite_tables(data_dir)
+    assert tables["matches"][1], "the capture's match is in stats.db"
+    assert tables["goals"][1], "and its goals"
+    assert tables["match_engine"][1] or tables["match_players"][1]
+    before = sqlite_files(data_dir)
+
+    report = await migrate(data_dir, pg_dsn)
+
+    assert sqlite_files(data_dir) == before
+    for name, (columns, rows) in tables.items():
+        assert await postgres_rows(pool, name, columns) == rows, name
+    assert report.matches == len(tables["matches"][1])
+    assert report.players == len(tables["players"][1])
+    assert report.stats_rows == sum(len(rows) for _c, rows in tables.values())
+    assert await read_all(SharedLog(pool)) == old.pending
+    async with pool.acquire() as conn:
+        for table in ("matches", "players", "goals"):
+            highest = max(row[0] for row in tables[table][1])
+            assert await conn.fetchval(
+                f"SELECT nextval(pg_get_serial_sequence('{table}', 'id'))") > highest, table
+        # A new player row (what the stats store inserts) takes the next id, no collision.
+        new_id = await conn.fetchval(
+            "INSERT INTO players (key, name, last_seq) VALUES ('new', 'New', $1) "
+            "RETURNING id", old.last_seq + 1)
+        assert new_id > max(row[0] for row in tables["players"][1])
+
+
+async def test_new_seqs_start_above_what_the_statistics_applied(tmp_path: Path, pg_dsn: str,
+                                                                pool: Pool) -> None:
+    """stats.db alone (its queue.db gone): the next event must not get a seq the stats
+    store remembers as applied (it would be taken for a replay and skipped)."""
+    data_dir = tmp_path / "data"
+    store = StatsStore(data_dir)
+    await store.open()
+    try:
+        for i, message in enumerate(capture()[:APPLIED], start=1):
+            await store.apply(Job(i, message, 1_790_000_000.0 + i))
+    finally:
+        await store.close()
+    assert not (data_dir / "queue.db").exists()
+
+    report = await migrate(data_dir, pg_dsn)
+
+    assert (report.jobs, report.next_seq, report.applied_seq) == (0, APPLIED + 1, APPLIED)
+    assert report.matches == 1
+    log = SharedLog(pool)
+    [answer] = await log.append([Request([b"{}"], time.time())])
+    assert answer.first_seq == APPLIED + 1
+    assert await postgres_rows(pool, "applied", ("id", "last_seq")) == [(1, APPLIED)]
+
+
+async def test_a_database_with_statistics_of_its_own_is_refused(
+        tmp_path: Path, pg_dsn: str, pool: Pool) -> None:
+    data_dir = tmp_path / "data"
+    await build_data_dir(data_dir, stats=True)
+    conn = await connect(pg_dsn)
+    try:
+        await migrate_log(conn)
+        await migrate_stats(conn)
+        await conn.execute("UPDATE counters SET value = 3 WHERE name = 'stale_skipped'")
+    finally:
+        await conn.close()
+    with pytest.raises(StartupError, match=r"already holds statistics \(table counters"):
+        await migrate(data_dir, pg_dsn)
+    assert await read_all(SharedLog(pool)) == []
+    assert await postgres_rows(pool, "matches", ("id",)) == []
+
+
+async def test_a_database_whose_nodes_started_but_took_nothing_is_used(
+        tmp_path: Path, pg_dsn: str, pool: Pool) -> None:
+    """The schemas created, their starting rows only: empty, so the copy goes ahead."""
+    data_dir = tmp_path / "data"
+    old = await build_data_dir(data_dir, stats=True)
+    conn = await connect(pg_dsn)
+    try:
+        await migrate_log(conn)
+        await migrate_stats(conn)
+    finally:
+        await conn.close()
+    await migrate(data_dir, pg_dsn)
+    assert await read_all(SharedLog(pool)) == old.pending
+    counters = sqlite_tables(data_dir)["counters"][1]
+    assert await postgres_rows(pool, "counters", ("name", "value")) == counters
+
+
+def test_an_old_stats_schema_asks_for_one_start_of_the_daemon(tmp_path: Path,
+                                                              pg_dsn: str) -> None:
+    data_dir = tmp_path / "data"
+    asyncio.run(build_data_dir(data_dir, stats=True))
+    conn = sqlite3.connect(data_dir / "stats.db")
+    try:
+        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION - 1,))
+        conn.commit()
+    finally:
+        conn.close()
+    done = run_cli("migrate", "--data-dir", str(data_dir), "--dsn", pg_dsn, cwd=tmp_path)
+    assert done.returncode == 1
+    line = one_line(done.stderr)
+    assert f"stats.db is at schema version {SCHEMA_VERSION - 1}, this program copies " \
+           f"version {SCHEMA_VERSION}: start the daemon once in the SQLite mode" in line
 
 
 # -- the command ----------------------------------------------------------------------------
 
 
 def test_the_command_migrates_and_says_what_it_did(tmp_path: Path, pg_dsn: str) -> None:
-    """`collector migrate` with the DSN from COLLECTOR_POSTGRES_DSN (the default handler
-    list does not stand in its way): two lines, exit 0; run again: refused in one line."""
+    """`collector migrate` with the DSN from COLLECTOR_POSTGRES_DSN: two lines, exit 0;
+    run again: refused in one line."""
     data_dir = tmp_path / "data"
     old = asyncio.run(build_data_dir(data_dir, stats=False))
     env = cli_env(COLLECTOR_POSTGRES_DSN=pg_dsn)
