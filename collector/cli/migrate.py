@@ -78,13 +78,18 @@ def _refuse_damaged(data_dir: Path) -> None:
 def _print(report: MigrateReport, data_dir: Path, where: str) -> None:
     seqs = ("" if report.first_seq is None
             else f" (seqs {report.first_seq}-{report.last_seq})")
-    out(f"migrated {data_dir} into {where}: {report.jobs} pending jobs{seqs}, "
-        f"{report.dead} dead letters, {report.keys} Idempotency-Keys, {report.matches} "
-        f"matches, {report.players} players ({report.stats_rows} statistics rows); new "
-        f"events start at seq {report.next_seq}")
+    out(f"migrated {data_dir} into {where}: {_n(report.jobs, 'pending job')}{seqs}, "
+        f"{_n(report.dead, 'dead letter')}, {_n(report.keys, 'Idempotency-Key')}, "
+        f"{_n(report.matches, 'match', 'matches')}, {_n(report.players, 'player')} "
+        f"({_n(report.stats_rows, 'statistics row')}); new events start at seq "
+        f"{report.next_seq}")
     out(f"the SQLite files were only read: move {data_dir} aside (mv {data_dir} "
         f"{data_dir}.migrated) and give each node an empty data dir, so that no daemon in "
         "the SQLite mode applies these jobs a second time")
+
+
+def _n(count: int, one: str, many: str | None = None) -> str:
+    return f"{count} {one if count == 1 else many or one + 's'}"
 
 
 def register(subparsers: Any) -> None:

@@ -418,7 +418,8 @@ def test_the_command_migrates_and_says_what_it_did(tmp_path: Path, pg_dsn: str) 
     assert len(lines) == 2, done.stdout
     assert lines[0].startswith(f"migrated {data_dir} into ")
     assert (f": {len(old.pending)} pending jobs (seqs {APPLIED + 1}-{old.last_seq}), 1 dead "
-            f"letters, {len(old.keys)} Idempotency-Keys, 0 matches, 0 players") in lines[0]
+            f"letter, {len(old.keys)} Idempotency-Keys, 0 matches, 0 players (0 statistics "
+            "rows)") in lines[0]
     assert f"new events start at seq {old.last_seq + 1}" in lines[0]
     assert f"move {data_dir} aside" in lines[1]
 
