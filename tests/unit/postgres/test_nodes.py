@@ -8,103 +8,29 @@ post to each node directly.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
-from collector.config import POSTGRES_NO_STATS
-from tests.support.paths import REPO
-from tests.support.postgres import Cluster, missing_reason, start_cluster
-from tests.support.recorder import Record, read_records
-from tests.support.server import ServerProcess, wait_until
+from tests.support.postgres import (
+    Cluster,
+    Poster,
+    check_in_order_at_least_once,
+    missing_reason,
+    restart_server,
+    start_cluster,
+)
+from tests.support.postgres import applied as _applied
+from tests.support.postgres import check_once_in_order as _check_once_in_order
+from tests.support.postgres import node as _node
+from tests.support.postgres import queue_json as _queue
+from tests.support.postgres import running as _running
+from tests.support.server import wait_until
 
 pytestmark = pytest.mark.slow
-
-
-def _node(tmp_path: Path, dsn: str, name: str, record: Path) -> ServerProcess:
-    folder = tmp_path / name
-    folder.mkdir()
-    return ServerProcess(folder / "data", args=["--handler", "tests.support.recorder:record"],
-                         env={"COLLECTOR_POSTGRES_DSN": dsn, "COLLECTOR_POSTGRES_NODE": name,
-                              "RECORDER_FILE": str(record)})
-
-
-@contextlib.contextmanager
-def _running(nodes: list[ServerProcess]) -> Iterator[None]:
-    """The nodes started (ready), SIGKILLed at the end."""
-    try:
-        for node in nodes:
-            node.start()
-        yield
-    finally:
-        for node in nodes:
-            node.kill()
-
-
-async def _queue(session: aiohttp.ClientSession, node: ServerProcess) -> dict[str, Any]:
-    async with session.get(f"{node.url}/v1/queue") as resp:
-        assert resp.status == 200, await resp.text()
-        body: dict[str, Any] = await resp.json()
-        return body
-
-
-class Poster:
-    """Posts two-event arrays with unique ids; keeps what each 202 acknowledged."""
-
-    def __init__(self, session: aiohttp.ClientSession) -> None:
-        self.session = session
-        self.ids = itertools.count()
-        self.acked: dict[int, str] = {}  # seq -> event id
-        self.statuses: list[int] = []
-        self.retry_after_missing = 0
-
-    async def post(self, node: ServerProcess, *, key: str | None = None) -> dict[str, Any] | None:
-        n = next(self.ids)
-        ids = [f"e{n}a", f"e{n}b"]
-        headers = {} if key is None else {"Idempotency-Key": key}
-        try:
-            async with self.session.post(f"{node.url}/v1/events", headers=headers,
-                                         json=[{"id": i} for i in ids]) as resp:
-                self.statuses.append(resp.status)
-                body: dict[str, Any] = await resp.json()
-                if resp.status == 503 and "Retry-After" not in resp.headers:
-                    self.retry_after_missing += 1
-        except (TimeoutError, aiohttp.ClientConnectionError):
-            return None  # a node killed or stopping: nothing acknowledged
-        if resp.status == 202 and "Idempotent-Replayed" not in resp.headers:
-            for seq, event_id in zip(range(body["first_seq"], body["last_seq"] + 1), ids,
-                                     strict=True):
-                self.acked.setdefault(seq, event_id)
-        return body
-
-    async def load(self, nodes: list[ServerProcess], stop: asyncio.Event) -> None:
-        for turn in itertools.count():
-            if stop.is_set():
-                return
-            await self.post(nodes[turn % len(nodes)])
-            await asyncio.sleep(0.002)
-
-
-def _applied(record: Path) -> list[Record]:
-    return [r for r in read_records(record) if r.kind == "done"]
-
-
-def _check_once_in_order(records: list[Record], acked: dict[int, str]) -> None:
-    """Every acknowledged event applied, in seq order, with its own payload."""
-    seqs = [r.seq for r in records]
-    assert seqs == sorted(set(seqs)), "applied twice or out of seq order"
-    assert set(acked) <= set(seqs), f"acknowledged, never applied: {sorted(set(acked) - set(seqs))}"
-    by_seq = {r.seq: r.event_id for r in records}
-    assert all(by_seq[s] == e for s, e in acked.items()), "a seq holds another event"
 
 
 async def test_two_nodes_one_order_one_leader(postgres_cluster: Cluster, pg_dsn: str,
@@ -208,9 +134,14 @@ def own_cluster() -> Iterator[Cluster]:
     cluster.stop()
 
 
-async def test_postgres_stopped_under_load(own_cluster: Cluster, tmp_path: Path) -> None:
-    """PostgreSQL stopped while two nodes take events: 503 with Retry-After, never a
-    500 or a 202; once it is back, 202s again and every acknowledged event applied."""
+@pytest.mark.parametrize("restart", [False, True], ids=["stop-wait-start", "restart"])
+async def test_postgres_stopped_under_load(own_cluster: Cluster, tmp_path: Path,
+                                           restart: bool) -> None:
+    """PostgreSQL stopped (immediate) while two nodes take events, then started: either
+    after a while (503 with Retry-After, never a 500 or a 202, while it is down), or at
+    once (`pg_ctl restart`: every session cut, the leader's included). Then 202s again;
+    every acknowledged event is applied, in seq order, stored once; only what the term
+    cut short had applied after its last committed acknowledgement is applied again."""
     name = own_cluster.create_database()
     dsn = own_cluster.dsn(name)
     record = tmp_path / "applied.txt"
@@ -221,16 +152,25 @@ async def test_postgres_stopped_under_load(own_cluster: Cluster, tmp_path: Path)
             stop = asyncio.Event()
             load = asyncio.create_task(poster.load(nodes, stop))
             await wait_until(lambda: len(poster.acked) >= 100, timeout=30, what="202s")
-            await asyncio.to_thread(own_cluster.stop_server, "immediate")
             down_from = len(poster.statuses)
-            await wait_until(lambda: poster.statuses.count(503) >= 20, timeout=30,
-                             what="503s while PostgreSQL is down")
-            async with session.get(f"{nodes[0].url}/readyz") as resp:
-                assert resp.status == 503
-                assert "PostgreSQL" in (await resp.json())["detail"]
             acked_down = len(poster.acked)
-            up_from = len(poster.statuses)  # answered while down, all of them before this
-            await asyncio.to_thread(own_cluster.start_server)
+            if restart:
+                await asyncio.to_thread(restart_server, own_cluster, "immediate")
+                # The sessions the nodes held died with the server: the requests that
+                # meet them get 503s, the next ones new sessions.
+                await wait_until(lambda: 503 in poster.statuses[down_from:], timeout=30,
+                                 what="a 503 for a request that met a cut session")
+                up_from = down_from + poster.statuses[down_from:].index(503) + 1
+            else:
+                await asyncio.to_thread(own_cluster.stop_server, "immediate")
+                await wait_until(lambda: poster.statuses.count(503) >= 20, timeout=30,
+                                 what="503s while PostgreSQL is down")
+                async with session.get(f"{nodes[0].url}/readyz") as resp:
+                    assert resp.status == 503
+                    assert "PostgreSQL" in (await resp.json())["detail"]
+                acked_down = len(poster.acked)
+                up_from = len(poster.statuses)  # answered while down, all before this
+                await asyncio.to_thread(own_cluster.start_server)
             await wait_until(lambda: poster.statuses[up_from:].count(202) >= 50, timeout=60,
                              what="202s once PostgreSQL is back")
             stop.set()
@@ -240,22 +180,8 @@ async def test_postgres_stopped_under_load(own_cluster: Cluster, tmp_path: Path)
         statuses = poster.statuses
         assert set(statuses) <= {202, 503}, f"answers: {sorted(set(statuses))}"
         assert poster.retry_after_missing == 0
-        assert 202 not in statuses[down_from + 5:up_from], "a 202 while PostgreSQL was down"
+        assert poster.unanswered == 0, "requests that got no answer (a hang or a reset)"
+        if not restart:
+            assert 202 not in statuses[down_from + 5:up_from], "a 202 while PostgreSQL was down"
         assert len(poster.acked) > acked_down
-        records = _applied(record)
-        assert {r.seq for r in records} >= set(poster.acked)
-        by_seq = {r.seq: r.event_id for r in records}
-        assert all(by_seq[s] == e for s, e in poster.acked.items())
-
-
-def test_stats_handler_refused(tmp_path: Path) -> None:
-    """`collector serve` with a DSN and the default handler list: one line, exit 2."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
-    env.update(COLLECTOR_POSTGRES_DSN="postgresql://u:secret@127.0.0.1:1/db",
-               PYTHONPATH=str(REPO))
-    result = subprocess.run([sys.executable, "-m", "collector", "serve", "--data-dir",
-                             str(tmp_path / "data")], capture_output=True, text=True,
-                            env=env, timeout=60, check=False)
-    assert result.returncode == 2
-    assert result.stderr == f"collector: error: {POSTGRES_NO_STATS}\n"
-    assert "secret" not in result.stdout + result.stderr
+        check_in_order_at_least_once(_applied(record), poster.acked)
