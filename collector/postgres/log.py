@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -146,12 +147,14 @@ class SharedLog:
         """The append: one call of the schema's `log_append` (lock, keys, seqs, rows, in
         one round trip: the lock is held for as short as possible); `revive`: dead
         letters whose events these are (deleted in the caller's transaction)."""
+        # The events' texts as one bytea and where each ends in it (see LOG_APPEND).
+        events = [event for r in requests for event in r.events]
         try:
             rows = await conn.fetch(
                 "SELECT r_first, r_last, r_accepted, r_replayed FROM log_append("
-                "$1, $2, $3, $4, $5, $6, $7, $8) ORDER BY r_ord",
-                self._serialise, [len(r.events) for r in requests],
-                [event for r in requests for event in r.events],
+                "$1, $2, $3, $4, $5, $6, $7, $8, $9) ORDER BY r_ord",
+                self._serialise, [len(r.events) for r in requests], b"".join(events),
+                list(itertools.accumulate(map(len, events))),
                 [r.received_at for r in requests], [r.source for r in requests],
                 [r.sequence for r in requests],
                 [None if r.key is None else key_digest(r.key) for r in requests],
