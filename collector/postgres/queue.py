@@ -50,6 +50,9 @@ log = structlog.get_logger(__name__)
 _T = TypeVar("_T")
 
 _GROUP_MAX: Final = 2000  # requests per append at most
+#: Event text per append at most (the first request goes whatever its size): the group's
+#: texts go as one bytea, and a value of PostgreSQL holds at most 1 GB.
+_GROUP_MAX_BYTES: Final = 64 * 1024 * 1024
 _BACKLOG_FRESH_S: Final = 0.25  # the backlog figure for queue_full is reused this long
 _SETTLE_RETRY_S: Final = 1.0  # acknowledgements wait this long after a failed commit
 _POLL_S: Final = 0.005  # the leader looks for new jobs this often when idle
@@ -64,6 +67,7 @@ _DB_OR_TIMEOUT: Final[tuple[type[BaseException], ...]] = (*_DB_ERRORS, TimeoutEr
 class _Put:
     request: Request
     future: asyncio.Future[Accepted]
+    size: int  # bytes of event text
 
 
 @dataclass(slots=True)
@@ -236,7 +240,7 @@ class PostgresQueue:
         events = blobs if blobs is not None else [orjson.dumps(p) for p in payloads]
         put = _Put(Request(events, time.time() if received_at is None else received_at,
                            source, sequence, key),
-                   asyncio.get_running_loop().create_future())
+                   asyncio.get_running_loop().create_future(), sum(map(len, events)))
         self._outbox.append(put)
         self._queued_events += n
         if self._writer is None:
@@ -253,7 +257,12 @@ class PostgresQueue:
         """Append everything in the outbox as one group, then what came in meanwhile."""
         outbox = self._outbox
         while outbox:
-            puts = [outbox.popleft() for _ in range(min(len(outbox), _GROUP_MAX))]
+            puts = [outbox.popleft()]
+            size = puts[0].size
+            while (outbox and len(puts) < _GROUP_MAX
+                   and size + outbox[0].size <= _GROUP_MAX_BYTES):
+                size += outbox[0].size
+                puts.append(outbox.popleft())
             started = time.perf_counter()
             requests = [p.request for p in puts]
             try:
