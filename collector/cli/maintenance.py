@@ -9,6 +9,9 @@
   builds a fresh one from the archive handler's day files: every archived event, in seq
   order, through the stats store's own apply. Without an archive it says so, and starts
   an empty file only when told (`--empty`, or yes on a terminal).
+* In the PostgreSQL mode (`[postgres] dsn` set) the queue is not in the data dir: these
+  commands, and the admin commands given `--data-dir` without `--url`, refuse with one
+  line (exit 2) rather than read or create a SQLite file that no node uses.
 * `serve --check` runs the full check before the daemon starts. Without it the daemon
   checks the file itself only after an unclean stop (a quick check, which keeps a clean
   start fast); with it, a file damaged while the daemon was stopped (a bad copy, a
@@ -21,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import gzip
 import heapq
 import json
@@ -30,7 +34,7 @@ import shutil
 import sys
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -38,8 +42,8 @@ from typing import Any, Final
 import orjson
 
 from collector.cli.output import out
-from collector.config import load_settings
-from collector.errors import QueueCorruptError, StartupError
+from collector.config import Settings, load_settings
+from collector.errors import ConfigError, QueueCorruptError, StartupError
 from collector.files import aside_name, fsync_path, locked_data_dir
 from collector.handlers.archive import ARCHIVE_DIR
 from collector.jobs import Job
@@ -53,11 +57,43 @@ EXIT_SOUND: Final = 0
 EXIT_DAMAGED: Final = 1
 
 
-def _data_dir(args: argparse.Namespace) -> Path:
+#: In the PostgreSQL mode: what a command would do to the data dir, and what to do instead.
+_ON_POSTGRES: Final = {
+    "check": ("reads the data dir's SQLite queue file",
+              "ask a node instead: `collector status --url URL`"),
+    "recover": ("rebuilds the data dir's SQLite queue file",
+                "PostgreSQL recovers its own; ask a node: `collector status --url URL`"),
+    "rebuild-stats": ("rebuilds the data dir's stats.db",
+                      "there is nothing in the data dir to rebuild"),
+}
+_ASK_A_NODE: Final = ("works on the data dir's SQLite queue file",
+                      "ask a node instead: --url URL, without --data-dir")
+#: The admin commands that, given --data-dir and no --url, open the data dir's queue file.
+_QUEUE_FILE_COMMANDS: Final = ("status", "dead", "queue", "export", "import")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
     if getattr(args, "data_dir", None) is not None:
         overrides["server.data_dir"] = args.data_dir
-    data_dir = load_settings(getattr(args, "config", None), overrides=overrides).server.data_dir
+    return load_settings(getattr(args, "config", None), overrides=overrides)
+
+
+def _sqlite_only(settings: Settings, command: str, refusal: tuple[str, str]) -> None:
+    """Refuse `command` (one line, exit 2) when the queue is in PostgreSQL."""
+    if settings.postgres_dsn() is not None:
+        does, instead = refusal
+        raise ConfigError(
+            f"{command} {does}, and the queue and statistics are in PostgreSQL "
+            f"([postgres] dsn is set): {instead}; `collector migrate` moves an old SQLite "
+            "data dir into PostgreSQL")
+
+
+def _data_dir(args: argparse.Namespace, *, sqlite_only: bool = True) -> Path:
+    settings = _settings(args)
+    if sqlite_only:
+        _sqlite_only(settings, f"`collector {args.command}`", _ON_POSTGRES[args.command])
+    data_dir = settings.server.data_dir
     if data_dir.exists() and not data_dir.is_dir():
         raise StartupError(f"data dir {data_dir} is a file, not a folder")
     return data_dir
@@ -420,10 +456,28 @@ def _serve_checked(serve: Callable[[argparse.Namespace], int],
                    args: argparse.Namespace) -> int:
     """`serve --check`: the full check first; a damaged file stops the start."""
     if getattr(args, "check", False):
-        report = inspect_file(_data_dir(args), full=True)
+        report = inspect_file(_data_dir(args, sqlite_only=False), full=True)
         if report.problems:
             raise QueueCorruptError(report.path, report.problems)
     return serve(args)
+
+
+def _queue_file_checked(command: Callable[[argparse.Namespace], int],
+                        args: argparse.Namespace) -> int:
+    """An admin command given --data-dir and no --url: refused in the PostgreSQL mode."""
+    if args.data_dir is not None and args.url is None:
+        _sqlite_only(_settings(args), f"`collector {args.command} --data-dir`", _ASK_A_NODE)
+    return command(args)
+
+
+def _with_func(parsers: Iterable[argparse.ArgumentParser]) -> Iterator[argparse.ArgumentParser]:
+    """The parsers among `parsers` and their sub-commands' that set a `func`."""
+    for parser in parsers:
+        if parser.get_default("func") is not None:
+            yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                yield from _with_func(action.choices.values())
 
 
 def _where(parser: argparse.ArgumentParser) -> None:
@@ -434,7 +488,8 @@ def _where(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: Any) -> None:
-    """Add `check`, `recover` and `rebuild-stats`, and `--check` to `serve`."""
+    """Add `check`, `recover` and `rebuild-stats`, and `--check` to `serve`; refuse the
+    admin commands' --data-dir in the PostgreSQL mode."""
     check = subparsers.add_parser(
         "check", help="is the queue file sound? (exit 0 sound, 1 damaged)",
         description="Read the queue file (read-only; the daemon may run) and report whether "
@@ -481,3 +536,9 @@ def register(subparsers: Any) -> None:
                                 "refuse to start if it is damaged")
         original = serve.get_default("func")
         serve.set_defaults(func=lambda args: _serve_checked(original, args))
+
+    admin = [subparsers.choices[name] for name in _QUEUE_FILE_COMMANDS
+             if name in subparsers.choices]
+    for parser in _with_func(admin):
+        parser.set_defaults(func=functools.partial(_queue_file_checked,
+                                                   parser.get_default("func")))
