@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Final, Literal, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit, urlunsplit
 
 from collector.errors import ConfigError
@@ -149,6 +150,11 @@ class PostgresSettings:
     node: str | None = None
 
 
+#: The PostgreSQL mode's driver is an optional dependency (the `postgres` extra).
+POSTGRES_NEEDS_ASYNCPG: Final = ("[postgres] dsn: the PostgreSQL mode needs the asyncpg "
+                                 "driver: pip install 'collector[postgres]'")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Every setting of the daemon."""
@@ -179,6 +185,8 @@ class Settings:
             if not _dsn_ok(dsn):
                 raise ConfigError(f"postgres.dsn_file: {path} does not hold a "
                                   "postgresql:// URL")
+        if importlib.util.find_spec("asyncpg") is None:
+            raise ConfigError(POSTGRES_NEEDS_ASYNCPG)
         return dsn
 
     def token_value(self) -> str | None:

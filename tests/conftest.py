@@ -18,6 +18,7 @@ from collector.config import Settings, load_settings
 from collector.server.app import create_app
 from tests.support.api import RECORDER, Recorder
 from tests.support.ci import SkipGate
+from tests.support.postgres import Cluster, missing_reason, start_cluster
 from tests.support.server import (
     ClientFactory,
     ServerProcess,
@@ -31,9 +32,80 @@ def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
+# -- the two backends -----------------------------------------------------------------------
+# A test module (or class, or test) marked `both_backends` runs twice: on the embedded
+# SQLite mode, and on a real PostgreSQL (the queue and the statistics in one database,
+# as `[postgres] dsn` sets them). A test of that module that only means something in the
+# SQLite mode (a queue file, a damaged stats.db) is marked `sqlite_only`.
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Cluster]:
+    """The session's own cluster from Debian's packages (skipped when they are missing)."""
+    reason = missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    cluster = start_cluster()
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture
-def make_settings(data_dir: Path) -> SettingsFactory:
-    """Settings on this test's data dir; keyword arguments are "section__key" overrides."""
+def backend(request: pytest.FixtureRequest) -> str:
+    """"sqlite" (the default) or "postgres", for a test marked both_backends."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+class BackendDatabases:
+    """The PostgreSQL mode's databases of one test: one per data dir, as a data dir is
+    one deployment on SQLite (a test that compares two servers gets two databases)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self._by_dir: dict[Path, str] = {}
+
+    def dsn_of(self, data_dir: Path) -> str:
+        key = data_dir.resolve()
+        if key not in self._by_dir:
+            self._by_dir[key] = self.cluster.create_database()
+        return self.cluster.dsn(self._by_dir[key])
+
+    def drop_all(self) -> None:
+        for name in self._by_dir.values():
+            self.cluster.drop_database(name)
+
+
+@pytest.fixture
+def backend_databases(request: pytest.FixtureRequest,
+                      backend: str) -> Iterator[BackendDatabases | None]:
+    """In the PostgreSQL mode, the test's databases (one per data dir); else None."""
+    if backend != "postgres":
+        yield None
+        return
+    databases = BackendDatabases(request.getfixturevalue("postgres_cluster"))
+    yield databases
+    databases.drop_all()
+
+
+@pytest.fixture
+def backend_dsn(backend_databases: BackendDatabases | None, data_dir: Path) -> str | None:
+    """The DSN of the test's data dir's database in the PostgreSQL mode, else None."""
+    return None if backend_databases is None else backend_databases.dsn_of(data_dir)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    definition = metafunc.definition
+    if ("backend" in metafunc.fixturenames
+            and definition.get_closest_marker("both_backends") is not None
+            and definition.get_closest_marker("sqlite_only") is None):
+        metafunc.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+
+
+@pytest.fixture
+def make_settings(data_dir: Path, backend_databases: BackendDatabases | None
+                  ) -> SettingsFactory:
+    """Settings on this test's data dir; keyword arguments are "section__key" overrides.
+    In the PostgreSQL mode (a test marked both_backends), the data dir's own database."""
 
     def factory(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
@@ -43,6 +115,9 @@ def make_settings(data_dir: Path) -> SettingsFactory:
         for name, value in overrides.items():
             section, _, key = name.partition("__")
             values[f"{section}.{key}"] = value
+        if backend_databases is not None and "postgres.dsn" not in values:
+            values["postgres.dsn"] = backend_databases.dsn_of(Path(values["server.data_dir"]))
+            values.setdefault("postgres.node", "test-node")
         return load_settings(environ={}, overrides=values)
 
     return factory
@@ -58,10 +133,6 @@ def make_client(aiohttp_client: Any, make_settings: SettingsFactory) -> ClientFa
         return client
 
     return factory
-
-
-
-
 
 
 @pytest.fixture
@@ -84,10 +155,6 @@ def server_process(data_dir: Path) -> Iterator[Callable[..., ServerProcess]]:
 #: machine. Anything else that skips while CI=true fails the run: a test that does not
 #: run guards nothing, and CI must say so rather than pass. `.ci/run` installs what the
 #: skipping tests need (strace, e2fsprogs, systemd-container, systemd-sysv, ...).
-
-
-
-
 
 
 def pytest_configure(config: pytest.Config) -> None:

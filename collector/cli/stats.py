@@ -24,7 +24,7 @@ from collector.cli.client import (
     daemon_or_data_dir,
 )
 from collector.cli.output import cell, out, print_json, table, terminal_safe, when
-from collector.config import Settings
+from collector.config import Settings, mask_dsn
 from collector.logs import configure_logging
 from collector.stats import csvout
 from collector.stats.queries import parse_players_cursor
@@ -93,6 +93,18 @@ Local = Callable[[StatsStore, argparse.Namespace, Settings], Awaitable[dict[str,
 Fetch = Callable[[str, int], Awaitable[dict[str, Any]]]
 
 
+def _store(settings: Settings) -> StatsStore:
+    """The statistics to read when no daemon answers: stats.db in the data dir, or in
+    the PostgreSQL mode the shared database (read only: this process never leads)."""
+    dsn = settings.postgres_dsn()
+    if dsn is None:
+        return StatsStore(settings.server.data_dir, readonly=True)
+    from collector.postgres.stats import PostgresStats  # optional: asyncpg
+
+    return StatsStore(settings.server.data_dir, readonly=True,
+                      shared=PostgresStats(dsn, mask_dsn(dsn)))
+
+
 def _show(args: argparse.Namespace, path: str, local: Local,
           render: Callable[[dict[str, Any]], list[str]], kind: str) -> int:
     configure_logging("warning", "console", stream=sys.stderr)  # tables alone on stdout
@@ -117,7 +129,7 @@ def _show(args: argparse.Namespace, path: str, local: Local,
 
     async def from_file(settings: Settings, _why: str | None
                         ) -> tuple[dict[str, Any], str | None]:
-        store = StatsStore(settings.server.data_dir, readonly=True)
+        store = _store(settings)
         try:  # a damaged file: one line (StatsDamagedError), the thread stopped
             await store.open()
             data = await local(store, args, settings)

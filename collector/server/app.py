@@ -7,6 +7,7 @@ import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
@@ -14,8 +15,6 @@ from aiohttp import web
 from collector.config import Settings, mask_dsn
 from collector.files import forget_daemon, locked_data_dir
 from collector.handlers import HandlerContext, resolve
-from collector.postgres import Candidate, PostgresQueue
-from collector.postgres.stats import PostgresStats, StatsListener
 from collector.queue import DurableQueue
 from collector.server import (
     admin,
@@ -44,6 +43,10 @@ from collector.server.state import ServiceState
 from collector.stats.backend import StatsUnavailableError
 from collector.stats.store import StatsStore
 from collector.worker import Worker
+
+if TYPE_CHECKING:  # the PostgreSQL mode is optional (asyncpg: pip install '.[postgres]');
+    # its modules are imported by the contexts that need them, only when a DSN is set.
+    from collector.postgres import Candidate, PostgresQueue
 
 log = structlog.get_logger(__name__)
 
@@ -94,7 +97,8 @@ def create_app(settings: Settings) -> web.Application:
                 await queue.close()
 
     async def postgres_ctx(app: web.Application) -> AsyncIterator[None]:
-        # The data dir still holds the lock and the local files (stats.db, archive).
+        # The data dir still holds the lock and the local files (the archive).
+        from collector.postgres import PostgresQueue  # optional: asyncpg
         q, p = settings.queue, settings.postgres
         assert dsn is not None
         with locked_data_dir(settings.server.data_dir) as data_dir:
@@ -119,6 +123,7 @@ def create_app(settings: Settings) -> web.Application:
         postgres = app.get(POSTGRES)
         if postgres is not None:
             assert dsn is not None
+            from collector.postgres.stats import PostgresStats  # optional: asyncpg
             shared = PostgresStats(dsn, mask_dsn(dsn), epoch=lambda: postgres.term_epoch)
         store = StatsStore(settings.server.data_dir, durability=settings.queue.durability,
                            shared=shared)
@@ -146,6 +151,7 @@ def create_app(settings: Settings) -> web.Application:
             return
         # PostgreSQL: every node, the leader too, follows what the leader applied through
         # its notifications (None: some may have been missed, read again).
+        from collector.postgres.stats import StatsListener  # optional: asyncpg
         listener = StatsListener(
             dsn, lambda ids: hub.resync() if ids is None else hub.changed(ids))
         await listener.start()
@@ -181,6 +187,7 @@ def create_app(settings: Settings) -> web.Application:
                 return
             # Every node campaigns; the worker gets jobs only while this node leads.
             assert dsn is not None
+            from collector.postgres import Candidate  # optional: asyncpg
             candidate = Candidate(dsn, postgres.node)
             leading = asyncio.create_task(
                 _lead(postgres, candidate, worker, settings.server.shutdown_timeout),

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
 from collector.config import Settings
-from collector.postgres import PostgresQueue
 from collector.queue import JobQueue
 from collector.server.live import LiveHub
 from collector.server.metrics import ServiceMetrics
@@ -14,11 +15,14 @@ from collector.server.systemd import Notifier
 from collector.stats.store import StatsStore
 from collector.worker import Worker
 
+if TYPE_CHECKING:  # the PostgreSQL mode is optional (asyncpg: pip install '.[postgres]')
+    from collector.postgres import PostgresQueue
+
 SETTINGS = web.AppKey("settings", Settings)
 STATE = web.AppKey("state", ServiceState)
 QUEUE: web.AppKey[JobQueue] = web.AppKey("queue")
 #: The same queue in the PostgreSQL mode only (its node name, leadership, readiness).
-POSTGRES = web.AppKey("postgres", PostgresQueue)
+POSTGRES: web.AppKey[PostgresQueue] = web.AppKey("postgres")
 WORKER = web.AppKey("worker", Worker)
 STATS = web.AppKey("stats", StatsStore)
 NOTIFIER = web.AppKey("notifier", Notifier)

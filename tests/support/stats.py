@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
+
+from collector.stats.store import StatsStore
 
 GUID = "1F7ED23011F1435166EBAB919DB5566D"
 
@@ -25,3 +28,14 @@ def update(guid: str, players: list[tuple[str, str | None, int, int, int]],
 def api(event: str, data: dict[str, Any]) -> dict[str, Any]:
     """A Stats API message with Data double encoded, as on the wire."""
     return {"Event": event, "Data": json.dumps(data)}
+
+
+async def rows(store: StatsStore, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """The rows of `sql` on an open store's own connection, in its thread: stats.db's or
+    PostgreSQL's, whichever the store runs on (the SQL both speak)."""
+    db = store._require()
+
+    def query() -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in db.conn.execute(sql, params).fetchall()]
+
+    return await store._run(query)

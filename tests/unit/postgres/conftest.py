@@ -7,18 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from collector.postgres import Pool, create_pool, migrate
-from tests.support.postgres import Cluster, PoolFactory, missing_reason, start_cluster
-
-
-@pytest.fixture(scope="session")
-def postgres_cluster() -> Iterator[Cluster]:
-    """The session's own cluster from Debian's packages (skipped when they are missing)."""
-    reason = missing_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    cluster = start_cluster()
-    yield cluster
-    cluster.stop()
+from tests.support.postgres import Cluster, PoolFactory
 
 
 @pytest.fixture

@@ -9,9 +9,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from collector.jobs import Job
 from collector.stats.store import StatsStore
 from scripts.simulate_match import simulate
+
+pytestmark = pytest.mark.both_backends
 
 T0 = 1_790_000_000.0
 NAMES = ["Ann", "Bob"]

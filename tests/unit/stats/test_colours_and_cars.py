@@ -25,7 +25,9 @@ from collector.stats.derived import CAR_KEYS, MatchStats
 from collector.stats.schema import MIGRATIONS, SCHEMA_VERSION, STATS_FILE
 from collector.stats.store import StatsStore
 from tests.support.paths import CAPTURE_JSONL
-from tests.support.stats import GUID, api
+from tests.support.stats import GUID, api, rows
+
+pytestmark = pytest.mark.both_backends
 
 T0 = 1_790_000_000.0
 NICKM = "Steam|76561197960409023|0"
@@ -206,9 +208,8 @@ async def test_the_match_shows_the_cars_then_null_once_it_ended(store: StatsStor
     assert ended["ended_at"] is not None
     assert cars(ended) == {"nickm": None, "Zone Killa": None}
     # Not only hidden on reading: the stored car is gone with the engine's end.
-    with sqlite3.connect(store.path) as conn:
-        assert conn.execute("SELECT count(*) FROM match_players WHERE car IS NOT NULL"
-                            ).fetchone() == (0,)
+    assert await rows(store, "SELECT count(*) FROM match_players WHERE car IS NOT NULL"
+                      ) == [(0,)]
 
 
 async def test_the_car_follows_every_tick_and_survives_a_restart(tmp_path: Path) -> None:
@@ -240,6 +241,7 @@ async def test_the_car_follows_every_tick_and_survives_a_restart(tmp_path: Path)
 # -- the migration ------------------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only  # stats.db itself, or a command line on it
 async def test_a_schema_4_stats_db_migrates_and_its_live_match_goes_on(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     data_dir.mkdir()

@@ -24,6 +24,8 @@ from tests.support.model import run_cli
 from tests.support.season import MATCH_S, Game, build, sample_stats, season, set_stats
 from tests.support.server import ClientFactory, ServerProcess
 
+pytestmark = pytest.mark.both_backends
+
 HYPERLINK = '=HYPERLINK("http://x")'
 EVIL = (HYPERLINK, "Epic|evil|0")
 SUM = ("@SUM(1)", "Epic|sum|0")
@@ -102,6 +104,7 @@ async def get_json(client: Client, path: str) -> Any:
     return await resp.json()
 
 
+@pytest.mark.sqlite_only  # stats.db itself, or a command line on it
 async def test_matches_give_one_row_per_player_line(client: Client) -> None:
     text, headers = await get_csv(client, "/v1/matches?format=csv&limit=2")
     page = await get_json(client, "/v1/matches?limit=2")
@@ -131,6 +134,7 @@ async def test_matches_give_one_row_per_player_line(client: Client) -> None:
     assert {r["guid"] for r in as_dicts(more)} == {"g1", "g2", "g3", "g4"}
 
 
+@pytest.mark.sqlite_only  # stats.db itself, or a command line on it
 async def test_players_give_one_row_each(client: Client) -> None:
     text, headers = await get_csv(client, "/v1/players?format=csv&limit=100")
     assert "X-Next-Cursor" not in headers
@@ -147,6 +151,7 @@ async def test_players_give_one_row_each(client: Client) -> None:
     assert {r["player"] for r in rows} == {"Ann", "Bob", "Cid", "'" + HYPERLINK, "'@SUM(1)"}
 
 
+@pytest.mark.sqlite_only  # stats.db itself, or a command line on it
 async def test_sessions_give_one_row_per_player_session(client: Client) -> None:
     text, headers = await get_csv(client, "/v1/sessions?format=csv&limit=3")
     page = await get_json(client, "/v1/sessions?limit=3")
@@ -165,6 +170,7 @@ async def test_sessions_give_one_row_per_player_session(client: Client) -> None:
                               ("1.1", "2", "1", "1", "L1", "400")]
 
 
+@pytest.mark.sqlite_only  # stats.db itself, or a command line on it
 async def test_csv_requests_are_checked_like_json_ones(client: Client) -> None:
     for path in ("/v1/matches?format=csv&limit=0", "/v1/players?format=csv&before=x",
                  "/v1/sessions?format=csv&player=x", "/v1/matches?format=html"):
@@ -188,6 +194,7 @@ def fetch(url: str) -> str:
         return str(resp.read().decode()).replace("\r\n", "\n")
 
 
+@pytest.mark.sqlite_only  # stats.db itself, or a command line on it
 async def test_the_commands_print_the_apis_csv(tmp_path: Path, data_dir: Path,
                                                server_process: Any) -> None:
     db = await build(data_dir, hostile_games())

@@ -38,6 +38,8 @@ from tests.support.server import ClientFactory, ServerProcess
 from tests.support.stats import api, update
 from tests.unit.stats.test_stats_api import drained
 
+pytestmark = pytest.mark.both_backends
+
 GAP_S = 30 * 60.0
 #: The season's sessions, newest first (by first match start, then match id, player id).
 ORDER = ["2.3", "1.3", "3.2", "2.1", "1.1"]
@@ -105,6 +107,7 @@ async def test_the_gap_is_measured_from_the_previous_end(data_dir: Path, gap: fl
     assert [[m["guid"] for m in d["matches"]] for d in details if d] == sessions
 
 
+@pytest.mark.sqlite_only  # stats.db itself, or a command line on it
 async def test_a_match_without_an_end_counts_from_its_start(data_dir: Path) -> None:
     db = await build(data_dir)
     with sqlite3.connect(db) as conn:  # match 1 never ended: 2 starts 35:00 after its start
@@ -157,6 +160,7 @@ async def test_a_session_shows_its_matches_and_unknown_ones_are_none(
         assert await store.session(key, gap_s=GAP_S) is None
 
 
+@pytest.mark.sqlite_only  # stats.db itself, or a command line on it
 async def test_session_stats_are_the_aggregate_of_its_matches(data_dir: Path) -> None:
     db = await build(data_dir)
     s3, s4 = sample_stats(3.0), sample_stats(4.0)
@@ -267,6 +271,7 @@ def sessions_cli(*args: str, cwd: Path) -> tuple[int, str, str]:
     return result.returncode, result.stdout, result.stderr
 
 
+@pytest.mark.sqlite_only  # stats.db itself, or a command line on it
 async def test_the_command_reads_the_data_dir(tmp_path: Path, data_dir: Path) -> None:
     await build(data_dir)
     where = ("--data-dir", str(data_dir))
@@ -298,6 +303,7 @@ async def test_the_command_reads_the_data_dir(tmp_path: Path, data_dir: Path) ->
     assert "not a session id" in one_line(err)
 
 
+@pytest.mark.sqlite_only  # stats.db itself, or a command line on it
 async def test_the_command_asks_the_daemon(tmp_path: Path, data_dir: Path,
                                            server_process: Any) -> None:
     await build(data_dir)

@@ -8,9 +8,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from collector.jobs import Job
 from collector.stats.store import StatsStore
 from scripts.simulate_match import simulate
+
+pytestmark = pytest.mark.both_backends
 
 T0 = 1_790_000_000.0
 

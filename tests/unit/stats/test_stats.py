@@ -16,7 +16,9 @@ from collector.jobs import Job
 from collector.stats.schema import SCHEMA_VERSION, STATS_FILE
 from collector.stats.store import StatsStore
 from tests.support.paths import CAPTURE_JSONL
-from tests.support.stats import GUID, api, update
+from tests.support.stats import GUID, api, rows, update
+
+pytestmark = pytest.mark.both_backends
 
 T0 = 1_790_000_000.0
 
@@ -78,14 +80,12 @@ async def careers(store: StatsStore) -> dict[str, tuple[int, int, int]]:
     return {p["name"]: (p["matches"], p["goals"], p["score"]) for p in page["players"]}
 
 
-def sums_over_matches(db: Path) -> dict[str, tuple[int, int, int]]:
+async def sums_over_matches(store: StatsStore) -> dict[str, tuple[int, int, int]]:
     """What careers must equal: per player, the sum of their latest line in each match."""
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute(
-            "SELECT p.name, count(*), sum(mp.goals), sum(mp.score) FROM match_players mp "
-            "JOIN players p ON p.id = mp.player_id GROUP BY p.id"
-        ).fetchall()
-    return {name: (n, g, s) for name, n, g, s in rows}
+    found = await rows(
+        store, "SELECT p.name, count(*), sum(mp.goals), sum(mp.score) FROM match_players mp "
+        "JOIN players p ON p.id = mp.player_id GROUP BY p.id")
+    return {name: (int(n), int(g), int(s)) for name, n, g, s in found}
 
 
 async def test_the_recording_gives_the_score_and_lines_its_readme_states(
@@ -158,7 +158,7 @@ async def test_careers_are_sums_of_latest_lines_when_snapshots_repeat(
     # The same cumulative snapshot sent many times must not add up.
     await apply_all(store, jobs(first + first[-1:] * 5 + second))
     assert await careers(store) == {"A": (2, 3, 350), "B": (1, 0, 50)}
-    assert sums_over_matches(tmp_path / "data" / STATS_FILE) == await careers(store)
+    assert await sums_over_matches(store) == await careers(store)
 
 
 async def test_stale_updates_are_skipped_and_counted(tmp_path: Path, store: StatsStore) -> None:
@@ -428,6 +428,7 @@ INSERT INTO feeds VALUES ('', 1, NULL);
 """
 
 
+@pytest.mark.sqlite_only  # stats.db itself, or a command line on it
 async def test_a_v1_database_is_migrated_and_keeps_its_data(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
@@ -456,6 +457,7 @@ async def test_a_v1_database_is_migrated_and_keeps_its_data(tmp_path: Path) -> N
     assert version == SCHEMA_VERSION
 
 
+@pytest.mark.sqlite_only  # stats.db itself, or a command line on it
 async def test_a_database_from_a_newer_program_is_refused(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
@@ -469,6 +471,7 @@ async def test_a_database_from_a_newer_program_is_refused(tmp_path: Path) -> Non
     await store.close()
 
 
+@pytest.mark.sqlite_only  # stats.db itself, or a command line on it
 async def test_a_read_only_store_reads_and_never_creates(tmp_path: Path,
                                                          store: StatsStore) -> None:
     await apply_all(store, jobs(capture()[-3:]))

@@ -20,6 +20,8 @@ from collector.stats.store import StatsStore
 from tests.support.paths import CAPTURE_JSONL, REPO
 from tests.support.server import ClientFactory, ServerProcess, SettingsFactory
 
+pytestmark = pytest.mark.both_backends
+
 GUID = "1F7ED23011F1435166EBAB919DB5566D"
 WAIT_S = 30.0  # a ceiling for "the worker has caught up", never a measured time
 
@@ -276,6 +278,7 @@ async def run_cli(*args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+@pytest.mark.sqlite_only  # stats.db itself, or a command line on it
 async def test_cli_prints_tables_from_the_database_and_from_a_daemon(
         make_client: ClientFactory, data_dir: Path) -> None:
     client = await make_client(worker__handlers=("stats",), server__token="tok")

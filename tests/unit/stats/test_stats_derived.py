@@ -33,8 +33,11 @@ from collector.stats.schema import MIGRATIONS, STATS_FILE
 from collector.stats.store import StatsStore
 from tests.support import synthetic
 from tests.support.server import ClientFactory, ServerProcess, wait_until
+from tests.support.stats import rows
 from tests.support.synthetic import BLUE, GHOST, ORANGE
 from tests.unit.stats.test_derived import BLUE_STATS, GHOST_STATS, ORANGE_STATS, orange_boost_avg
+
+pytestmark = pytest.mark.both_backends
 
 Client = TestClient[Any, Any]
 WAIT_S = 60.0  # a ceiling for "the worker has caught up", never a measured time
@@ -339,6 +342,7 @@ async def test_a_run_that_fails_keeps_nothing_and_the_single_path_gives_the_same
 # -- migrations --------------------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only  # stats.db itself, or a command line on it
 async def test_a_schema_3_stats_db_opens_with_its_data_and_empty_derived_fields(
         tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
@@ -447,6 +451,7 @@ def test_collector_matches_id_shows_boost_and_movement_next_to_the_scoreboard() 
     assert "boost avg 34.5" in "\n".join(_render_player(player))
 
 
+@pytest.mark.sqlite_only  # stats.db itself, or a command line on it
 async def test_a_run_writes_each_engine_once_not_once_per_event(tmp_path: Path) -> None:
     messages = synthetic.scripted_match(30)
     jobs = [Job(seq=i + 1, payload=m, received_at=1e9 + i) for i, m in enumerate(messages)]
@@ -503,7 +508,7 @@ async def test_a_run_gives_exactly_what_the_jobs_one_by_one_give(tmp_path: Path)
                 else:
                     outcomes += await store.apply_run(chunk)
                 if (start + run) % size == 0 or start + run >= len(jobs):
-                    marks.append(_feed_marks(tmp_path / name / STATS_FILE))
+                    marks.append(await _feed_marks(store))
             match = await store.match(synthetic.GUID)
         finally:
             await store.close()
@@ -516,14 +521,10 @@ async def test_a_run_gives_exactly_what_the_jobs_one_by_one_give(tmp_path: Path)
     assert run_match == single_match
 
 
-def _feed_marks(path: Path) -> list[tuple[str, int]]:
-    """Each feed's committed X-Sequence mark (read through a connection of its own)."""
-    conn = sqlite3.connect(path)
-    try:
-        return [(str(f), int(h)) for f, h in
-                conn.execute("SELECT feed, high_sequence FROM feeds ORDER BY feed")]
-    finally:
-        conn.close()
+async def _feed_marks(store: StatsStore) -> list[tuple[str, int]]:
+    """Each feed's committed X-Sequence mark."""
+    return [(str(f), int(h)) for f, h in
+            await rows(store, "SELECT feed, high_sequence FROM feeds ORDER BY feed")]
 
 
 def _wire(event: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -576,16 +577,12 @@ async def test_an_event_between_two_same_snapshots_counts_in_a_run_too(
                     await store.apply(job)
             counts = (store.counters.applied, store.counters.unchanged,
                       store.counters.stale_skipped)
-        finally:
-            await store.close()
-        conn = sqlite3.connect(tmp_path / name / STATS_FILE)
-        try:
-            tables = [conn.execute(sql).fetchall() for sql in (
+            tables = [await rows(store, sql) for sql in (
                 "SELECT id, guid, ended_at IS NOT NULL, end_reason FROM matches ORDER BY id",
                 "SELECT match_id, player_id, score, stats FROM match_players ORDER BY 1, 2",
                 "SELECT feed, current_match, high_sequence FROM feeds",
                 "SELECT id, matches, score FROM players ORDER BY id")]
         finally:
-            conn.close()
+            await store.close()
         results.append((tables, counts))
     assert results[0] == results[1]
