@@ -10,19 +10,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from collector.cli.output import out
-from collector.config import load_settings, mask_dsn
+from collector.config import POSTGRES_NEEDS_ASYNCPG, load_settings, mask_dsn
 from collector.errors import ConfigError, StartupError
 from collector.files import locked_data_dir
 from collector.logs import configure_logging
-from collector.postgres.from_sqlite import MigrateReport, migrate_to
 from collector.queue import QUEUE_FILE, inspect_file
 from collector.stats.damage import find_damage
 from collector.stats.schema import SCHEMA_VERSION, STATS_FILE
+
+if TYPE_CHECKING:  # the PostgreSQL mode is optional (asyncpg), imported when it runs
+    from collector.postgres.from_sqlite import MigrateReport
 
 
 def _dsn(text: str) -> str:
@@ -39,6 +42,10 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         overrides["server.data_dir"] = args.data_dir
     settings = load_settings(args.config, overrides=overrides)
     dsn = args.dsn or settings.postgres_dsn()
+    if importlib.util.find_spec("asyncpg") is None:
+        raise ConfigError(POSTGRES_NEEDS_ASYNCPG)
+    from collector.postgres.from_sqlite import migrate_to  # optional: asyncpg
+
     if dsn is None:
         raise ConfigError("no PostgreSQL to migrate into: give --dsn, or set [postgres] dsn "
                           "or dsn_file (or COLLECTOR_POSTGRES_DSN)")
