@@ -121,7 +121,7 @@ BEGIN
                              FOR ends[offs[r.i] + j]
                                  - CASE WHEN offs[r.i] + j = 1 THEN 0
                                         ELSE ends[offs[r.i] + j - 1] END),
-                   received[r.i], sources[r.i], sequences[r.i] + j - 1
+                   received[r.i], sources[r.i], sequences[r.i] + (j - 1)
               FROM generate_series(1, reqs) AS r(i), generate_series(1, counts[r.i]) AS j
              WHERE keep[r.i];
         ELSE
@@ -135,7 +135,7 @@ BEGIN
                              FOR ends[offs[r.i] + j]
                                  - CASE WHEN offs[r.i] + j = 1 THEN 0
                                         ELSE ends[offs[r.i] + j - 1] END),
-                   received[r.i], sources[r.i], sequences[r.i] + j - 1
+                   received[r.i], sources[r.i], sequences[r.i] + (j - 1)
               FROM generate_series(1, reqs) AS r(i), generate_series(1, counts[r.i]) AS j
              WHERE keep[r.i];
         END IF;
