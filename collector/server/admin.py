@@ -178,22 +178,42 @@ async def peek(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/pending")
+@_database
 async def export_pending(request: web.Request) -> web.StreamResponse:
-    """Every pending job as JSON lines, in seq order (a copy: the worker carries on)."""
+    """Every pending job as JSON lines, in seq order (a copy: the worker carries on).
+
+    The first page is read before the answer begins, so that a database that cannot be
+    read is still a 503 (PostgreSQL mode). Once it has begun, a failure ends the
+    connection before the body's last chunk: the client sees an incomplete answer,
+    never a short export that looks whole, nor a hang."""
     queue = request.app[QUEUE]
+    pending = queue.pending
+    if POSTGRES in request.app:  # a follower's `pending` is 0: count the shared log
+        numbers = await queue.stats()
+        pending = numbers.pending + numbers.in_flight
+    jobs = aiter(queue.pending_jobs(page=_PAGE))
+    first = await anext(jobs, None)
     resp = web.StreamResponse(headers={hdrs.CONTENT_TYPE: NDJSON,
-                                       "X-Pending-Count": str(queue.pending)})
+                                       "X-Pending-Count": str(pending)})
     await resp.prepare(request)
     lines: list[bytes] = []
+    written = 0
     try:
-        async for job in queue.pending_jobs(page=_PAGE):
-            lines.append(orjson.dumps(job_json(job)))
-            if len(lines) >= _EXPORT_CHUNK:
-                await resp.write(b"\n".join(lines) + b"\n")
-                lines.clear()
+        if first is not None:
+            lines.append(orjson.dumps(job_json(first)))
+            async for job in jobs:
+                lines.append(orjson.dumps(job_json(job)))
+                if len(lines) >= _EXPORT_CHUNK:
+                    await resp.write(b"\n".join(lines) + b"\n")
+                    written += len(lines)
+                    lines.clear()
         if lines:
             await resp.write(b"\n".join(lines) + b"\n")
         await resp.write_eof()
     except ConnectionResetError:
         log.info("export_aborted", reason="the client went away")
+    except StorageError as exc:
+        log.error("export_failed", error=str(exc), jobs_sent=written)
+        if request.transport is not None:
+            request.transport.close()  # no last chunk: the client cannot take it as whole
     return resp

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.model import cli_env, one_line, post_events, request, run_cli, wait_until
-from tests.support.postgres import Cluster, node, running
+from tests.support.postgres import Cluster, missing_reason, node, running, start_cluster
 from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -157,6 +159,60 @@ def test_dead_letters(postgres_cluster: Cluster, pg_dsn: str, tmp_path: Path) ->
             == ["0 dead letter(s)"]
         assert _rows(_ok(_cli(tmp_path, pg_dsn, "status", "--url", url)))["dead letters"] \
             == "0"
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[Cluster]:
+    """A cluster of this test's own, which it stops."""
+    reason = missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    cluster = start_cluster()
+    yield cluster
+    cluster.stop()
+
+
+def test_export_when_postgresql_goes_away(own_cluster: Cluster, tmp_path: Path) -> None:
+    """PostgreSQL stopped while `collector export` streams GET /v1/pending: the export
+    fails with one line and exit 1 (the body ends without its last chunk), never a hang
+    nor a short export that looks whole; the lines it did write are the first jobs, in
+    order. While PostgreSQL is down, /v1/pending is a 503 with Retry-After before the
+    stream begins, and `export` says so."""
+    dsn = own_cluster.dsn(own_cluster.create_database())
+    server = _held_node(tmp_path, dsn)
+    pad = "x" * 2000  # 20 MB in all: far more than the sockets between them can hold
+    with running([server]):
+        for first in range(0, 10_000, 500):
+            answer = post_events(server.port, [{"n": n, "pad": pad}
+                                               for n in range(first, first + 500)])
+            assert answer.status == 202, answer.body
+        export = subprocess.Popen(
+            [sys.executable, "-m", "collector", "export", "--url", server.url],
+            cwd=tmp_path, env=cli_env(COLLECTOR_POSTGRES_DSN=dsn), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, bufsize=0)  # unbuffered: communicate() reads the rest
+        try:
+            assert export.stdout is not None
+            head = export.stdout.readline()  # the stream has begun; the rest waits on us
+            own_cluster.stop_server("immediate")
+            rest, err = export.communicate(timeout=60)
+        finally:
+            export.kill()
+        assert export.returncode == 1, err
+        line = one_line(err.decode())
+        assert line.startswith(f"collector: error: GET {server.url}/v1/pending: "), line
+        jobs = [json.loads(text) for text in (head + rest).splitlines()]
+        assert 0 < len(jobs) < 10_000
+        assert [j["payload"]["n"] for j in jobs] == list(range(len(jobs)))
+
+        down = request(server.port, "GET", "/v1/pending")
+        assert (down.status, down.body["error"]) == (503, "storage_unavailable"), down.body
+        assert down.headers["retry-after"] == "5"
+        done = _cli(tmp_path, dsn, "export", "--url", server.url)
+        assert done.returncode == 1
+        assert one_line(done.stderr).startswith(
+            f"collector: error: GET {server.url}/v1/pending: HTTP 503 storage_unavailable: ")
+        assert done.stdout == ""
+    assert "export_failed" in server.output()
 
 
 @pytest.mark.parametrize(("command", "does", "instead"), [
