@@ -85,8 +85,9 @@ def _sqlite_only(settings: Settings, command: str, refusal: tuple[str, str]) -> 
         does, instead = refusal
         raise ConfigError(
             f"{command} {does}, and the queue and statistics are in PostgreSQL "
-            f"([postgres] dsn is set): {instead}; `collector migrate` moves an old SQLite "
-            "data dir into PostgreSQL")
+            f"([postgres] dsn is set): {instead}; an old SQLite data dir goes into "
+            "PostgreSQL with `collector migrate` (or is worked on without the [postgres] "
+            "settings)")
 
 
 def _data_dir(args: argparse.Namespace, *, sqlite_only: bool = True) -> Path:

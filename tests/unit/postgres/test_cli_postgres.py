@@ -30,7 +30,8 @@ pytestmark = pytest.mark.slow
 #: Posted first, from one sender: seqs 1 and 2 are dead-lettered, 3 is held in flight.
 _EVENTS = [{"n": 1, "bad": True}, {"n": 2, "bad": True}, {"n": 3}, {"n": 4}, {"n": 5}]
 _REFUSAL = ("and the queue and statistics are in PostgreSQL ([postgres] dsn is set)")
-_MIGRATE = "`collector migrate` moves an old SQLite data dir into PostgreSQL"
+_MIGRATE = ("an old SQLite data dir goes into PostgreSQL with `collector migrate` (or is "
+            "worked on without the [postgres] settings)")
 
 
 def _held_node(tmp_path: Path, dsn: str) -> ServerProcess:
@@ -264,7 +265,8 @@ def test_dsn_from_the_config_file_refuses_too(tmp_path: Path) -> None:
 
 
 def test_sqlite_mode_unchanged(tmp_path: Path) -> None:
-    """Without a DSN the same commands work on the data dir as before."""
+    """Without a DSN the same commands work on the data dir as before (also on an old
+    SQLite data dir, before `collector migrate`)."""
     data_dir = tmp_path / "data"
     done = run_cli("check", "--data-dir", str(data_dir), cwd=tmp_path, env=cli_env())
     assert done.returncode == 0, done.stderr
