@@ -21,11 +21,13 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
 from collector.postgres import Connection, connect
+from tests.support import synthetic
 from tests.support.postgres import (
     Cluster,
     Poster,
@@ -190,3 +192,64 @@ async def test_locked_rows_stall_only_the_acknowledgements(
         assert leader.proc is not None
         assert {r.pid for r in records} == {leader.proc.pid}
         check_once_in_order(records, poster.acked)
+
+
+async def test_fence_row_held_under_the_stats_handler(postgres_cluster: Cluster, pg_dsn: str,
+                                                       tmp_path: Path) -> None:
+    """The default handler, `stats`, fences each of its commits on the same state row: a
+    session holding that row stops the leader's worker at the next write of statistics,
+    not ingest (202s from both nodes meanwhile); once the row goes, the worker resumes
+    and the match is in the statistics, each event applied once, in seq order."""
+    record = tmp_path / "applied.txt"
+    handlers = ["--handler", "stats", "--handler", "tests.support.recorder:record"]
+    nodes = [node(tmp_path, pg_dsn, f"node{i}", record, args=handlers) for i in range(2)]
+    messages = synthetic.scripted_match(30)
+    half = len(messages) // 2
+    with running(nodes):
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session, \
+                _session(pg_dsn) as holder, _session(pg_dsn) as watcher:
+            acked: dict[int, str] = {}
+            statuses: list[int] = []
+
+            async def post(events: list[dict[str, Any]], server: ServerProcess) -> None:
+                async with session.post(f"{server.url}/v1/events", json=events) as resp:
+                    statuses.append(resp.status)
+                    body = await resp.json()
+                if resp.status == 202:
+                    acked.update((s, "-") for s in range(body["first_seq"],
+                                                         body["last_seq"] + 1))
+
+            for turn, first in enumerate(range(0, half, 20)):
+                await post(messages[first:min(first + 20, half)], nodes[turn % 2])
+            await wait_until(lambda: {r.seq for r in applied(record)} >= set(acked),
+                             timeout=30, what="the first half applied")
+            await holder.execute("BEGIN")
+            assert await holder.fetch("SELECT epoch FROM log_state WHERE id = 1 FOR UPDATE")
+            held_from = len(statuses)
+            for turn, first in enumerate(range(half, len(messages), 20)):
+                await post(messages[first:first + 20], nodes[turn % 2])
+            answered_held = statuses[held_from:]
+
+            async def stats_waiting() -> bool:  # the statistics' fence, behind the holder
+                return bool(await watcher.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))"
+                    " AND query LIKE 'SELECT epoch FROM log_state%'", holder.get_server_pid()))
+
+            await wait_until(stats_waiting, timeout=30,
+                             what="the stats handler's commit waiting on the held row")
+            await asyncio.sleep(_HOLD_S)
+            assert await stats_waiting()
+            assert not {r.seq for r in applied(record)} >= set(acked)  # the worker waits
+            assert await _state(watcher, holder.get_server_pid()) == "idle in transaction"
+            await holder.execute("ROLLBACK")
+            await wait_until(lambda: {r.seq for r in applied(record)} >= set(acked),
+                             timeout=30, what="every event applied once the row went")
+            await wait_until(lambda: _mark_at_least(watcher, max(acked)), timeout=30,
+                             what="the committed mark at the last event")
+            async with session.get(f"{nodes[0].url}/v1/matches") as resp:
+                assert resp.status == 200
+                matches = (await resp.json())["matches"]
+        assert set(answered_held) == {202}, f"answers while held: {sorted(set(answered_held))}"
+        assert len(matches) == 1
+        records = applied(record)
+        assert [r.seq for r in records] == sorted(acked)
