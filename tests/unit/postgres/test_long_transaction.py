@@ -12,7 +12,8 @@ reads `seq > mark` in seq order, not below the oldest transaction). A session ho
 the fence row, or rows of the log the leader is about to delete, stalls only the
 leader's acknowledgements: ingest still answers 202, the handlers still run (the worker
 does not wait for its acknowledgements), and once the lock goes, the committed mark
-catches up.
+catches up. The `stats` handler fences each of its own commits on the state row too:
+under it, the fence row held stops the worker (not ingest) until the row goes.
 """
 
 from __future__ import annotations
