@@ -124,8 +124,11 @@ def make_settings(data_dir: Path, backend_databases: BackendDatabases | None
 
 
 @pytest.fixture
-def make_client(aiohttp_client: Any, make_settings: SettingsFactory) -> ClientFactory:
-    """Start the real application (real SQLite in tmp_path) behind a test client."""
+def make_client(make_settings: SettingsFactory, aiohttp_client: Any) -> ClientFactory:
+    """Start the real application (real SQLite in tmp_path) behind a test client.
+
+    make_settings comes first: its PostgreSQL databases (both_backends) are then torn
+    down after aiohttp_client has stopped the apps, not dropped under running ones."""
 
     async def factory(settings: Settings | None = None, **overrides: Any) -> TestClient[Any, Any]:
         app = create_app(settings or make_settings(**overrides))

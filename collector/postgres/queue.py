@@ -538,7 +538,10 @@ class PostgresQueue:
             dead=n.dead,
             processed_total=n.processed_total + unsettled,
             last_seq=n.last_seq,
+            # Rows acknowledged but not yet settled are still in the log: with nothing
+            # pending or in flight there is no age, as in the SQLite mode.
             oldest_pending_age_s=(None if n.oldest_received_at is None
+                                  or pending + in_flight == 0
                                   else max(0.0, time.time() - n.oldest_received_at)),
         )
 

@@ -26,6 +26,8 @@ from tests.support.handlers import PICKY
 from tests.support.paths import REPO
 from tests.support.server import ClientFactory, ServerProcess, wait_until
 
+pytestmark = pytest.mark.both_backends
+
 TOKEN = "admin-test-token-7c1e"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 JSON = {"Content-Type": "application/json"}

@@ -20,6 +20,8 @@ from collector.server.ingest import _inflate
 from tests.support.api import Recorder
 from tests.support.server import ClientFactory, wait_until
 
+pytestmark = pytest.mark.both_backends
+
 Client = TestClient[Any, Any]
 
 RECORD = ("tests.support.api:record",)

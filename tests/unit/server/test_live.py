@@ -31,6 +31,8 @@ from collector.stats.store import StatsStore
 from tests.support.server import ClientFactory, ServerProcess, SettingsFactory, wait_until
 from tests.support.stats import GUID, api, update
 
+pytestmark = pytest.mark.both_backends
+
 WAIT_S = 30.0  # a ceiling for "it arrived", never a measured time
 TOKEN = "live-token"
 
@@ -281,6 +283,7 @@ async def test_heartbeat_comments(make_client: ClientFactory) -> None:
         assert reader.events == []  # nothing changed: heartbeats only
 
 
+@pytest.mark.sqlite_only  # counts through store.on_applied; PostgreSQL notifies instead
 async def test_at_most_ten_a_second_per_client(make_client: ClientFactory) -> None:
     """Hundreds of applied jobs, one by one: the client gets a bounded, coalesced count."""
     client = await stats_client(make_client, queue__durability="normal")

@@ -14,6 +14,8 @@ from tests.support.api import RECORDER
 from tests.support.paths import CAPTURE_JSONL
 from tests.support.server import ClientFactory, wait_until
 
+pytestmark = pytest.mark.both_backends
+
 TOKEN = "metrics-test-token"
 JSON = {"Content-Type": "application/json"}
 

@@ -12,6 +12,8 @@ from aiohttp.test_utils import TestClient
 from tests.support.server import ClientFactory, wait_until
 from tests.support.stats import api
 
+pytestmark = pytest.mark.both_backends
+
 WAIT_S = 30.0  # a ceiling for "the worker has caught up", never a measured time
 TOKEN = "history-token"
 
