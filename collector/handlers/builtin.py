@@ -15,8 +15,20 @@ from collector.stats.store import StatsStore
 log = structlog.get_logger("collector.handler")
 
 
-async def noop(job: Job) -> None:
-    """Do nothing: acknowledges every job (benchmarks, smoke tests)."""
+class Noop:
+    """`noop`: do nothing, acknowledge every job (benchmarks, smoke tests). It takes runs
+    of jobs too, as the stats handler does, so the worker hands it runs rather than one
+    job at a time (a benchmark with it then measures what a real handler chain costs
+    the worker, not the one-at-a-time path)."""
+
+    async def __call__(self, job: Job) -> None:
+        return None
+
+    async def batch(self, jobs: Sequence[Job]) -> None:
+        return None
+
+
+noop = Noop()
 
 
 async def log_job(job: Job) -> None:
