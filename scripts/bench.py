@@ -1256,11 +1256,13 @@ def recording_copies(path: Path, copies: int) -> list[bytes]:
             for line in lines]
 
 
-def _pipeline_once(h: Harness, handler: str, bodies: Path, total: int, round_: int) -> float:
+def _pipeline_once(h: Harness, handler: str, bodies: Path, total: int, round_: int,
+                   dsn: str | None = None) -> float:
     """POST `total` events (100-event arrays, 8 connections) to a fresh daemon with
-    `handler`; events/s from the first POST until every one of them is processed."""
-    data_dir = h.tmp / f"pipeline-{handler}-{round_}"
-    server = h.collector(data_dir, handler=handler)
+    `handler` (with `dsn`, a PostgreSQL-mode node on that database); events/s from the
+    first POST until every one of them is processed."""
+    data_dir = h.tmp / f"pipeline-{handler}-{round_}{'' if dsn is None else '-pg'}"
+    server = h.collector(data_dir, handler=handler, dsn=dsn)
     server.wait_ready()
     argv = [sys.executable, str(LOADGEN), "--port", str(server.port), "--bodies", str(bodies),
             "--connections", str(h.plan.fill_connections),
@@ -1283,14 +1285,22 @@ def _pipeline_once(h: Harness, handler: str, bodies: Path, total: int, round_: i
     return total / elapsed
 
 
-def figure_pipeline(h: Harness) -> None:
-    """The whole pipeline on real recorded messages, default handler (stats) against noop,
-    in turns: POST, store, apply, until the last event is applied."""
+def _pipeline_bodies(h: Harness) -> tuple[Path, int]:
+    """The pipeline's request bodies (copies of the recording in 100-event arrays) and
+    how many events they hold."""
     events = recording_copies(CAPTURE, h.plan.pipeline_copies)
     total = len(events) - len(events) % EVENTS_PER_ARRAY
     bodies = h.tmp / "pipeline.bodies"
-    write_bodies(bodies, [events[i:i + EVENTS_PER_ARRAY]
-                          for i in range(0, total, EVENTS_PER_ARRAY)], array=True)
+    if not bodies.exists():
+        write_bodies(bodies, [events[i:i + EVENTS_PER_ARRAY]
+                              for i in range(0, total, EVENTS_PER_ARRAY)], array=True)
+    return bodies, total
+
+
+def figure_pipeline(h: Harness) -> None:
+    """The whole pipeline on real recorded messages, default handler (stats) against noop,
+    in turns: POST, store, apply, until the last event is applied."""
+    bodies, total = _pipeline_bodies(h)
     say(f"\n== pipeline: {total:,} real messages ({h.plan.pipeline_copies} copies of the "
         f"recording, each a match of its own) POSTed in 100-event arrays at "
         f"{h.plan.fill_connections} connections, until the last is applied; --handler stats "
@@ -1549,6 +1559,7 @@ def figure_postgres(h: Harness) -> None:
                         say(f"        node {n}: {one.per_second * EVENTS_PER_ARRAY:,.0f} "
                             f"events/s, p50 {lat['p50'] / 1000:.2f} ms, "
                             f"p99 {lat['p99'] / 1000:.2f} ms")
+        applying = _pg_pipeline(h, db)
     finally:
         db.close()
     medians: dict[str, dict[str, Any]] = {}
@@ -1579,6 +1590,8 @@ def figure_postgres(h: Harness) -> None:
                              "" if ref_ms is None else "1 SQLite node"))
     h.report.add(Row("postgres: acknowledged events not applied, every run", "events",
                      float(lost_all), None, Target("max", 0, "none")))
+    h.report.add(Row("postgres: pipeline, stats handler, 1 PostgreSQL-mode node", "events/s",
+                     applying["postgres"], applying["sqlite"], None, "1 SQLite node"))
 
     def as_json(run: dict[str, Any]) -> dict[str, Any]:
         return {k: (dataclasses.asdict(v) if isinstance(v, LoadResult) else
@@ -1589,7 +1602,29 @@ def figure_postgres(h: Harness) -> None:
         "database": "given (--postgres)" if h.postgres_dsn else "private cluster",
         "median": {k: as_json(v) for k, v in medians.items()},
         "rounds": {k: [as_json(r) for r in rs] for k, rs in runs.items()},
+        "pipeline_stats": applying,
     }
+
+
+def _pg_pipeline(h: Harness, db: PgDatabase) -> dict[str, float]:
+    """The pipeline figure's load (real recorded matches, until the last event is
+    applied) with the stats handler, on one SQLite-mode node and one PostgreSQL-mode
+    node in turns: what the leader applies, statistics included. Median rounds."""
+    bodies, total = _pipeline_bodies(h)
+    say(f"  pipeline with --handler stats: {total:,} real messages "
+        f"({h.plan.pipeline_copies} copies of the recording), {h.plan.rounds} rounds in turns")
+    rates: dict[str, list[float]] = {"sqlite": [], "postgres": []}
+    for round_ in range(1, h.plan.rounds + 1):
+        for key in rates:
+            dsn = db.database() if key == "postgres" else None
+            rate = _pipeline_once(h, "stats", bodies, total, round_, dsn=dsn)
+            rates[key].append(rate)
+            say(f"  {round_}  stats, 1 {'PostgreSQL' if dsn else 'SQLite'}-mode node  "
+                f"{rate:,.0f} events/s")
+    medians = {k: median_value(v) or 0.0 for k, v in rates.items()}
+    say(f"  median rounds: stats on SQLite {medians['sqlite']:,.0f} events/s, on PostgreSQL "
+        f"{medians['postgres']:,.0f} events/s")
+    return medians
 
 
 # -- the dashboard --------------------------------------------------------------------------
