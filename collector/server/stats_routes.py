@@ -244,9 +244,11 @@ async def get_session(request: web.Request) -> web.Response:
 
 
 @routes.get("/v1/stats")
+@_reads_stats
 async def stats_counters(request: web.Request) -> web.Response:
-    """What the stats handler did: applied, unchanged, replayed, stale, bogus goals."""
-    c = request.app[STATS].counters
+    """What the stats handler did: applied, unchanged, replayed (this process), stale and
+    bogus goals (totals, the same on every node)."""
+    c = await request.app[STATS].refresh_counters()
     return json_response({
         "applied": c.applied, "unchanged": c.unchanged, "replayed": c.replayed,
         "stale_skipped": c.stale_skipped, "bogus_goals": c.bogus_goals,

@@ -168,6 +168,15 @@ class StatsStore:
         log.info("stats_opened", path=self.location, schema_version=db.version,
                  last_seq=db.last_seq, readonly=self._readonly)
 
+    async def refresh_counters(self) -> StatsCounters:
+        """The counters; in the shared mode the stored totals (stale, bogus goals) are read
+        again, as the leader, another node, may have added to them."""
+        db = self._db
+        if self._shared is not None and db is not None:
+            self.counters.stale_skipped, self.counters.bogus_goals = await self._guarded(
+                db.stored_counters)
+        return self.counters
+
     async def close(self) -> None:
         """Close the database and stop the thread."""
         db, self._db = self._db, None
