@@ -44,7 +44,9 @@ Figures (noop handler, the worker draining concurrently unless said otherwise):
            node, one PostgreSQL-mode node and two PostgreSQL-mode nodes on one database
            (a load generator per node, 16 connections each), in turns: events/s, p50/p99
            latency, each node's group commits, and whether every acknowledged event was
-           applied (the leader's /v1/queue drained; processed against acknowledged).
+           applied (the leader's /v1/queue drained; processed against acknowledged);
+           then the pipeline's load with --handler stats on one SQLite-mode node and
+           one PostgreSQL-mode node (what a leader applies, statistics included).
            --postgres DSN uses that server; else a private cluster is started for the run
            (scripts/pgcluster.py: Debian's binaries, fsync on, a free port, never 5432)
 
