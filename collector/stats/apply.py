@@ -40,9 +40,16 @@ class _Feed:
 class Apply:
     """One job's changes, inside the transaction the caller opened."""
 
-    def __init__(self, conn: Connection, job: Job, *, revisit: bool = False) -> None:
+    def __init__(self, conn: Connection, job: Job, *, revisit: bool = False,
+                 memo: dict[tuple[Any, ...], tuple[Any, ...]] | None = None) -> None:
         self.conn = conn
         self.job = job
+        #: Rows of `players` (by key) and `match_players` (by match and player) as this
+        #: transaction last read or wrote them: the caller's, shared by the jobs of one
+        #: transaction (nothing else writes them meanwhile), emptied when a job's
+        #: savepoint is rolled back. A snapshot stores every player's line; at a few
+        #: changed scoreboards a second per feed, these reads were most statements.
+        self.memo: dict[tuple[Any, ...], tuple[Any, ...]] = {} if memo is None else memo
         self.feed = self._feed(job.source or "")
         #: The job's place in its feed's own numbering.
         self.position = job.sequence if job.sequence is not None else job.seq
@@ -398,11 +405,16 @@ class Apply:
     def _line(self, match_id: int, line: formats.PlayerLine) -> None:
         """Store a player's latest line in a match; careers change by the difference."""
         player_id, name_changed = self._player(line)
-        old = self.conn.execute(
-            "SELECT name, team, score, goals, shots, assists, saves, touches, demos "
-            "FROM match_players WHERE match_id = ? AND player_id = ?",
-            (match_id, player_id),
-        ).fetchone()
+        key = ("line", match_id, player_id)
+        old = self.memo.get(key)
+        if old is None:
+            old = self.conn.execute(
+                "SELECT name, team, score, goals, shots, assists, saves, touches, demos "
+                "FROM match_players WHERE match_id = ? AND player_id = ?",
+                (match_id, player_id),
+            ).fetchone()
+            if old is not None:
+                self.memo[key] = old = tuple(old)
         new_numbers = [getattr(line, f) for f in LINE_FIELDS]
         if old is None:
             numbers = [n if n is not None else 0 for n in new_numbers]
@@ -414,6 +426,7 @@ class Apply:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (match_id, player_id, line.name, team, *numbers, self.job.seq),
             )
+            self.memo[key] = (line.name, team, *numbers)
             first = 1
         else:
             old_numbers = [n if n is not None else 0 for n in old[2:]]
@@ -431,6 +444,7 @@ class Apply:
                 "WHERE match_id = ? AND player_id = ?",
                 (line.name, team, *numbers, self.job.seq, match_id, player_id),
             )
+            self.memo[key] = (line.name, team, *numbers)
             first = 0
         self._touch_player(player_id, delta, first)
 
@@ -446,21 +460,27 @@ class Apply:
     def _player(self, line: formats.PlayerLine) -> tuple[int, bool]:
         """(players.id, whether its name or id changed), creating the player if new."""
         key = _player_key(line)
-        row = self.conn.execute(
-            "SELECT id, name, primary_id FROM players WHERE key = ?", (key,)
-        ).fetchone()
+        memo_key = ("player", key)
+        row = self.memo.get(memo_key)
+        if row is None:
+            row = self.conn.execute(
+                "SELECT id, name, primary_id FROM players WHERE key = ?", (key,)
+            ).fetchone()
         if row is None:
             (player_id,) = self.conn.execute(
                 "INSERT INTO players (key, name, primary_id, last_seq) VALUES (?, ?, ?, ?) "
                 "RETURNING id",
                 (key, line.name, line.primary_id, self.job.seq),
             ).fetchone()
+            self.memo[memo_key] = (int(player_id), line.name, line.primary_id)
             self.changed = True
             return int(player_id), False
         if row[1] != line.name and line.primary_id is not None:
             self.conn.execute("UPDATE players SET name = ? WHERE id = ?", (line.name, row[0]))
+            self.memo[memo_key] = (int(row[0]), line.name, row[2])
             self.changed = True
             return int(row[0]), True
+        self.memo[memo_key] = tuple(row)
         return int(row[0]), False
 
 

@@ -301,6 +301,8 @@ class _Tx:
     boards: dict[str, tuple[tuple[Any, ...], int, int | None]] = field(default_factory=dict)
     marks: dict[str, int] = field(default_factory=dict)  # X-Sequence marks not written yet
     written: set[int] = field(default_factory=set)  # players whose statistics it wrote
+    #: Rows it read or wrote, for the next jobs of the transaction (Apply.memo).
+    memo: dict[tuple[Any, ...], tuple[Any, ...]] = field(default_factory=dict)
 
 
 def _scoreboard(snap: formats.Snapshot) -> tuple[Any, ...]:
@@ -512,7 +514,7 @@ class _Db:
                 self._feed_generic(event, job, tx)
             return "unchanged"
         conn.execute("SAVEPOINT job")
-        apply = Apply(conn, job, revisit=revisit)
+        apply = Apply(conn, job, revisit=revisit, memo=tx.memo)
         outcome = apply.run(event)
         kept = not (outcome == "unchanged" or (revisit and outcome != "applied"))
         if kept:
@@ -523,6 +525,7 @@ class _Db:
         else:
             conn.execute("ROLLBACK TO job")
             conn.execute("RELEASE job")
+            tx.memo.clear()  # it may hold rows of the undone writes
             if revisit:
                 outcome = "replayed"
         match_id = apply.match_id
