@@ -18,7 +18,7 @@ from collector.config import Settings, load_settings
 from collector.server.app import create_app
 from tests.support.api import RECORDER, Recorder
 from tests.support.ci import SkipGate
-from tests.support.postgres import Cluster, missing_reason, start_cluster
+from tests.support.postgres import Cluster, cluster_or_skip
 from tests.support.server import (
     ClientFactory,
     ServerProcess,
@@ -42,12 +42,7 @@ def data_dir(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def postgres_cluster() -> Iterator[Cluster]:
     """The session's own cluster from Debian's packages (skipped when they are missing)."""
-    reason = missing_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    cluster = start_cluster()
-    yield cluster
-    cluster.stop()
+    yield from cluster_or_skip()
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import pytest
 
 from scripts.pgcluster import (
     PG_ROOT,
@@ -35,13 +36,38 @@ from tests.support.server import ServerProcess
 if TYPE_CHECKING:
     from collector.postgres import Pool
 
-__all__ = ["PG_ROOT", "SUPERUSER", "Cluster", "PoolFactory", "Poster", "applied",
-           "check_in_order_at_least_once", "check_once_in_order", "find_bindir",
-           "missing_reason", "node", "queue_json", "restart_server", "running",
-           "start_cluster"]
+__all__ = [
+    "PG_ROOT",
+    "SUPERUSER",
+    "Cluster",
+    "PoolFactory",
+    "Poster",
+    "applied",
+    "check_in_order_at_least_once",
+    "check_once_in_order",
+    "cluster_or_skip",
+    "find_bindir",
+    "missing_reason",
+    "node",
+    "queue_json",
+    "restart_server",
+    "running",
+    "start_cluster",
+]
 
 #: make_pool(max_size=N): a pool on the test's database, schema migrated (one node's).
 PoolFactory = Callable[..., Awaitable["Pool"]]
+
+
+def cluster_or_skip() -> Iterator[Cluster]:
+    """A private cluster for a fixture (stopped and removed after it); the test is
+    skipped when Debian's PostgreSQL packages are missing (which fails a CI run)."""
+    reason = missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    cluster = start_cluster()
+    yield cluster
+    cluster.stop()
 
 
 def restart_server(cluster: Cluster, mode: str = "immediate") -> None:

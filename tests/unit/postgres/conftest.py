@@ -7,7 +7,13 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from collector.postgres import Pool, create_pool, migrate
-from tests.support.postgres import Cluster, PoolFactory
+from tests.support.postgres import Cluster, PoolFactory, cluster_or_skip
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[Cluster]:
+    """A cluster of this test's own, which it may stop, restart or start again."""
+    yield from cluster_or_skip()
 
 
 @pytest.fixture

@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.model import cli_env, one_line, post_events, request, run_cli, wait_until
-from tests.support.postgres import Cluster, missing_reason, node, running, start_cluster
+from tests.support.postgres import Cluster, node, running
 from tests.support.server import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -161,16 +160,6 @@ def test_dead_letters(postgres_cluster: Cluster, pg_dsn: str, tmp_path: Path) ->
         assert _rows(_ok(_cli(tmp_path, pg_dsn, "status", "--url", url)))["dead letters"] \
             == "0"
 
-
-@pytest.fixture
-def own_cluster() -> Iterator[Cluster]:
-    """A cluster of this test's own, which it stops."""
-    reason = missing_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    cluster = start_cluster()
-    yield cluster
-    cluster.stop()
 
 
 def test_export_when_postgresql_goes_away(own_cluster: Cluster, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -19,9 +19,7 @@ from tests.support.postgres import (
     Cluster,
     Poster,
     check_in_order_at_least_once,
-    missing_reason,
     restart_server,
-    start_cluster,
 )
 from tests.support.postgres import applied as _applied
 from tests.support.postgres import check_once_in_order as _check_once_in_order
@@ -122,16 +120,6 @@ async def test_leader_killed_another_takes_over(
         assert len(again) <= len(by_old) // 2, f"{len(again)} of {len(by_old)} applied again"
         record_property("applied_again", f"{len(again)} of {len(records)}")
 
-
-@pytest.fixture
-def own_cluster() -> Iterator[Cluster]:
-    """A cluster of this test's own, which it stops and starts."""
-    reason = missing_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    cluster = start_cluster()
-    yield cluster
-    cluster.stop()
 
 
 @pytest.mark.parametrize("restart", [False, True], ids=["stop-wait-start", "restart"])
