@@ -141,16 +141,18 @@ def create_app(settings: Settings) -> web.Application:
         hub = LiveHub(store)
         await hub.start()
         app[LIVE] = hub
+        store.on_applied = hub.changed
         if dsn is None:
-            store.on_applied = hub.changed
             try:
                 yield
             finally:
                 store.on_applied = None
                 await hub.stop()
             return
-        # PostgreSQL: every node, the leader too, follows what the leader applied through
-        # its notifications (None: some may have been missed, read again).
+        # PostgreSQL: every node follows what the leader applied through its
+        # notifications (None: some may have been missed, read again); the leader's own
+        # store also tells its hub at once, as in the SQLite mode (a match marked twice
+        # is read once more, and sent only if it changed).
         from collector.postgres.stats import StatsListener  # optional: asyncpg
         listener = StatsListener(
             dsn, lambda ids: hub.resync() if ids is None else hub.changed(ids))
@@ -158,6 +160,7 @@ def create_app(settings: Settings) -> web.Application:
         try:
             yield
         finally:
+            store.on_applied = None
             await listener.stop()
             await hub.stop()
 
