@@ -89,7 +89,9 @@ async def test_counts_accepted_rejected_processed_and_latencies(
     assert 1 <= samples[("collector_queue_commit_duration_seconds_count", ())] <= 2
     assert samples[("collector_queue_commit_duration_seconds_bucket", (("le", "+Inf"),))] >= 1
     handler = (("handler", "noop"),)
-    assert samples[("collector_handler_duration_seconds_count", handler)] == 6
+    # One observation per handler call: noop takes runs, so a call is a run of the six
+    # jobs or part of it (never more calls than jobs, at least one).
+    assert 1 <= samples[("collector_handler_duration_seconds_count", handler)] <= 6
     assert samples[("collector_handler_errors_total", handler)] == 0
     assert samples[("collector_worker_running", ())] == 1
     assert samples[("process_cpu_seconds_total", ())] > 0  # the process collector is there
