@@ -230,10 +230,12 @@ class Bridge:
         waiting_logged = False
         while True:
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(cfg.game_host, cfg.game_port),
-                    cfg.connect_timeout,
-                )
+                # asyncio.timeout, not wait_for: on 3.11, wait_for swallows a cancellation
+                # that comes as the connection attempt fails, and the bridge then went on
+                # retrying after SIGTERM instead of stopping.
+                async with asyncio.timeout(cfg.connect_timeout):
+                    reader, writer = await asyncio.open_connection(cfg.game_host,
+                                                                   cfg.game_port)
             except (OSError, TimeoutError) as exc:
                 if not waiting_logged:
                     log.info("game_unreachable", game=game, error=os_reason(exc),

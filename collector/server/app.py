@@ -288,7 +288,8 @@ async def _fqdn_ctx(app: web.Application) -> AsyncIterator[None]:
     so it runs in a thread and is given up after a short wait."""
     loop = asyncio.get_running_loop()
     try:
-        fqdn = await asyncio.wait_for(loop.run_in_executor(None, socket.getfqdn), _FQDN_WAIT_S)
+        async with asyncio.timeout(_FQDN_WAIT_S):  # not wait_for: see bridge/relay.py
+            fqdn = await loop.run_in_executor(None, socket.getfqdn)
     except (TimeoutError, OSError):
         log.info("fqdn_unknown", detail="the host name's domain did not resolve in time")
     else:

@@ -53,7 +53,8 @@ def test_a_second_bridge_on_the_same_spool_is_refused_with_one_line(tmp_path: Pa
     log_path = tmp_path / "first.log"
     with log_path.open("wb") as log:
         first = subprocess.Popen([sys.executable, "-m", "collector", *bridge_args(spool_dir)],
-                                 stdout=log, stderr=subprocess.STDOUT, env=cli_env(),
+                                 stdout=log, stderr=subprocess.STDOUT,
+                                 env=cli_env(PYTHONFAULTHANDLER="1"),
                                  cwd=tmp_path)
     try:
         def started() -> bool:
@@ -63,7 +64,12 @@ def test_a_second_bridge_on_the_same_spool_is_refused_with_one_line(tmp_path: Pa
         wait_until_sync(started, "the first bridge holds the spool", timeout=30)
         spool_before = digest(spool_dir / SPOOL_FILE)
 
-        second = run_cli(*bridge_args(spool_dir), cwd=tmp_path, timeout=30)
+        try:
+            second = run_cli(*bridge_args(spool_dir), cwd=tmp_path, timeout=30)
+        except AssertionError as hang:  # with the first one's side of the story
+            state = "running" if first.poll() is None else f"exited {first.returncode}"
+            raise AssertionError(f"{hang}\nthe first bridge, {state}:\n"
+                                 f"{log_path.read_text()}") from None
 
         assert second.returncode == 1
         line = one_line(second.stderr)
@@ -73,7 +79,14 @@ def test_a_second_bridge_on_the_same_spool_is_refused_with_one_line(tmp_path: Pa
         assert first.poll() is None  # the first one carries on, its spool untouched
         assert digest(spool_dir / SPOOL_FILE) == spool_before
         first.send_signal(signal.SIGTERM)
-        assert first.wait(30) == 0, log_path.read_text()
+        try:
+            code = first.wait(30)
+        except subprocess.TimeoutExpired:
+            first.send_signal(signal.SIGABRT)
+            first.wait(10)
+            raise AssertionError("the first bridge ignored SIGTERM; its log, and its "
+                                 f"threads at SIGABRT:\n{log_path.read_text()}") from None
+        assert code == 0, log_path.read_text()
     finally:
         if first.poll() is None:
             first.kill()

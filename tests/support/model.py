@@ -22,6 +22,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -274,12 +275,28 @@ def cli_env(**extra: str) -> dict[str, str]:
 def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
             timeout: float = 60.0, prefix: tuple[str, ...] = ()
             ) -> subprocess.CompletedProcess[str]:
-    """Run `python -m collector ARGS` to completion (`prefix`: e.g. a setpriv command)."""
-    return subprocess.run(
-        [*prefix, sys.executable, "-m", "collector", *args],
-        cwd=cwd, env=env or cli_env(), capture_output=True, text=True, timeout=timeout,
-        check=False,
-    )
+    """Run `python -m collector ARGS` to completion (`prefix`: e.g. a setpriv command).
+
+    A command still running after `timeout` seconds fails the test with what it printed
+    and, from faulthandler on SIGABRT, where each of its threads was: a hang says where.
+    """
+    argv = [*prefix, sys.executable, "-m", "collector", *args]
+    env = {**(env or cli_env()), "PYTHONFAULTHANDLER": "1"}
+    with subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            try:
+                stdout, stderr = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                stdout, stderr = proc.communicate()
+            raise AssertionError(
+                f"`collector {' '.join(args)}` still ran after {timeout:g} s; stdout:\n{stdout}"
+                f"\nstderr, with its threads' stacks at SIGABRT:\n{stderr}") from None
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
 
 
 def one_line(stderr: str) -> str:

@@ -409,6 +409,25 @@ async def test_the_bridge_reconnects_when_the_game_closes_and_reopens(
     assert summary.dropped_bytes == len(torn)  # the torn message is not glued to the next
 
 
+async def test_a_stop_while_the_game_refuses_always_ends_the_bridge(spool_dir: Path) -> None:
+    """SIGTERM (the stop event) while the reader retries a game that refuses: with no
+    pause between tries, the cancellation lands as a connection attempt fails, which
+    asyncio.wait_for swallowed on 3.11, and the bridge retried on forever (a CI hang)."""
+    cfg = config(spool_dir, free_port(), f"http://127.0.0.1:{free_port()}",
+                 reconnect_interval=1e-4)
+    for attempt in range(20):
+        bridge = RunningBridge(cfg)
+        await asyncio.sleep(0.01 + attempt / 1000)  # the reader is retrying by now
+        bridge.stop_event.set()
+        done, _ = await asyncio.wait([bridge.task], timeout=10)  # a hang guard, not a figure
+        if not done:
+            bridge.task.cancel()
+            await asyncio.wait([bridge.task], timeout=10)
+            pytest.fail(f"stop {attempt + 1} did not end the bridge (the reader retried on)")
+        summary = bridge.task.result()
+        assert (summary.connections, summary.received) == (0, 0)
+
+
 # -- pieces -----------------------------------------------------------------------------------
 
 
