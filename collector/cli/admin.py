@@ -152,6 +152,12 @@ def _print_status(report: dict[str, Any]) -> None:
     rows = [
         ("from", report["source"]),
         ("state", state),
+    ]
+    if report.get("node") is not None:  # the PostgreSQL mode: which node, and its part
+        part = "leader, runs the worker" if report.get("leader") else \
+            "follower, another node runs the worker"
+        rows.append(("node", f"{report['node']} ({part})"))
+    rows += [
         ("pending", report["pending"] + report.get("in_flight", 0)),
         ("dead letters", report["dead"]),
         ("processed", report["processed_total"]),

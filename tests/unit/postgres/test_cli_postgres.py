@@ -84,6 +84,7 @@ def test_status_peek_export_import(postgres_cluster: Cluster, pg_dsn: str,
         rows = _rows(_ok(_cli(tmp_path, pg_dsn, "status", "--url", url)))
         assert (rows["from"], rows["state"], rows["pending"], rows["dead letters"],
                 rows["processed"], rows["last seq"]) == (url, "ready", "3", "2", "0", "5")
+        assert rows["node"] == "node0 (leader, runs the worker)"
         status = json.loads(_ok(_cli(tmp_path, pg_dsn, "status", "--url", url, "--json")))
         assert (status["node"], status["leader"], status["in_flight"]) == ("node0", True, 1)
 
