@@ -45,6 +45,20 @@ from tests.support.paths import REPO
 BENCH = REPO / "scripts" / "bench.py"
 
 
+def quick_bench(tmp_path: Path, only: str, *extra: str, timeout: float) -> tuple[Path, str]:
+    """Run `bench.py --quick --only ONLY` (no COLLECTOR_* settings) to a successful end:
+    the JSON file it wrote, and what it printed."""
+    out_json = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--only", only, *extra,
+         "--json", str(out_json), "--work-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out_json, proc.stdout
+
+
 def test_time_at_interpolates_between_samples() -> None:
     samples = [(1.0, 0), (2.0, 100), (4.0, 300)]
     assert time_at(samples, 0) == 1.0
@@ -160,15 +174,7 @@ def test_the_harness_runs_the_busy_processes_until_it_closes(tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_quick_single_run_with_the_own_load_generator(tmp_path: Path) -> None:
-    out_json = tmp_path / "bench.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
-    proc = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--only", "single", "--no-wrk", "--busy", "1",
-         "--json", str(out_json), "--work-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=100, env=env, cwd=REPO, check=False,
-    )
-    out = proc.stdout
-    assert proc.returncode == 0, out + proc.stderr
+    out_json, out = quick_bench(tmp_path, "single", "--no-wrk", "--busy", "1", timeout=100)
     assert "load generator: scripts/loadgen.py" in out
     assert "busy machine: 1 process(es) spinning" in out
     for line in ("reference, asyncio + json", "collector serve --handler noop",
@@ -259,15 +265,7 @@ def test_the_dashboard_history_is_built_through_the_stats_store(tmp_path: Path) 
 def test_quick_dashboard_run(tmp_path: Path) -> None:
     """`--quick --only dashboard`: a small history, a real daemon on it, every call of
     every page timed and weighed, with /healthz beside them. The shape, not the numbers."""
-    out_json = tmp_path / "bench.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
-    proc = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--only", "dashboard", "--json", str(out_json),
-         "--work-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=100, env=env, cwd=REPO, check=False,
-    )
-    out = proc.stdout
-    assert proc.returncode == 0, out + proc.stderr
+    out_json, out = quick_bench(tmp_path, "dashboard", timeout=100)
     for line in ("== dashboard: a history of 60 matches", "reference GET /healthz",
                  "GET /v1/sessions?limit=8", "GET /metrics", "slowest call: GET /v1/",
                  "| dashboard home page: its 3 call(s) at once, p50",
@@ -350,15 +348,7 @@ def test_quick_postgres_run(tmp_path: Path) -> None:
     reason = missing_reason()
     if reason is not None:
         pytest.skip(reason)
-    out_json = tmp_path / "bench.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COLLECTOR_")}
-    proc = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--only", "postgres", "--json", str(out_json),
-         "--work-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=110, env=env, cwd=REPO, check=False,
-    )
-    out = proc.stdout
-    assert proc.returncode == 0, out + proc.stderr
+    out_json, out = quick_bench(tmp_path, "postgres", timeout=110)
     for line in ("== postgres: POSTs of 100-event arrays", "PostgreSQL: a private cluster",
                  "fsync=on", "1 SQLite-mode node", "1 PostgreSQL-mode node",
                  "2 PostgreSQL-mode nodes", "every acknowledged event applied: yes",
