@@ -1375,17 +1375,14 @@ class PgDatabase:
             "SELECT string_agg(name || '=' || setting, ', ' ORDER BY name) FROM pg_settings "
             "WHERE name IN ('fsync', 'synchronous_commit', 'shared_buffers', 'wal_sync_method')")
         return (f"a private cluster started for this run (PostgreSQL {version}, port "
-                f"{self.cluster.port}, {settings}), a fresh database per run; the nodes "
-                "share its host, so they connect over its Unix socket")
+                f"{self.cluster.port}, {settings}), a fresh database per run")
 
     def database(self) -> str:
         """The DSN for the next run."""
         if self.cluster is None:
             assert self.given is not None
             return self.given
-        # The way a node on the server's host connects (docs/scale-out.md): over TCP
-        # loopback the two nodes measured 49-52k events/s here, over the socket 55-58k.
-        dsn: str = self.cluster.socket_dsn(self.cluster.create_database("bench"))
+        dsn: str = self.cluster.dsn(self.cluster.create_database("bench"))
         return dsn
 
     def commits(self) -> int | None:

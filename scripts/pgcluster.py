@@ -84,11 +84,6 @@ class Cluster:
         """A DSN for `dbname` over TCP (so that TCP keepalive settings apply)."""
         return f"postgresql://{SUPERUSER}@{self.host}:{self.port}/{dbname}"
 
-    def socket_dsn(self, dbname: str = "postgres") -> str:
-        """A DSN for `dbname` over the cluster's Unix socket: how a node on the server's
-        own host connects (no TCP stack on either side; keepalives do not apply)."""
-        return f"postgresql://{SUPERUSER}@/{dbname}?host={self.base}&port={self.port}"
-
     def psql(self, sql: str, dbname: str = "postgres") -> str:
         """Run `sql` with psql as the superuser; returns its unaligned output."""
         result = subprocess.run(
