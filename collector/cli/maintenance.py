@@ -456,7 +456,9 @@ def _report(args: argparse.Namespace, path: Path, state: str, aside: Path | None
 def _serve_checked(serve: Callable[[argparse.Namespace], int],
                    args: argparse.Namespace) -> int:
     """`serve --check`: the full check first; a damaged file stops the start."""
-    if getattr(args, "check", False):
+    # In the PostgreSQL mode the queue is in the database, which checks its own pages; a
+    # queue.db left in the data dir (what `collector migrate` read) is not the queue.
+    if getattr(args, "check", False) and _settings(args).postgres_dsn() is None:
         report = inspect_file(_data_dir(args, sqlite_only=False), full=True)
         if report.problems:
             raise QueueCorruptError(report.path, report.problems)

@@ -121,6 +121,20 @@ def test_status_peek_export_import(postgres_cluster: Cluster, pg_dsn: str,
     assert not (server.data_dir / "queue.db").exists()  # nothing went to a SQLite file
 
 
+def test_serve_check_leaves_a_left_over_queue_file_alone(pg_dsn: str, tmp_path: Path) -> None:
+    """`serve --check` in the PostgreSQL mode: the queue is in the database, so a damaged
+    queue.db left in the data dir (say, the one `collector migrate` read) does not stop
+    the node, and is kept as it was."""
+    server = node(tmp_path, pg_dsn, "node0", tmp_path / "applied.txt",
+                  args=["--check", "--handler", "tests.support.recorder:record"])
+    server.data_dir.mkdir()
+    junk = b"SQLite format 3\0" + bytes(range(256)) * 64
+    (server.data_dir / "queue.db").write_bytes(junk)
+    with running([server]):
+        answer = post_events(server.port, [{"n": 1}], {})
+        assert answer.status == 202, answer.body
+    assert (server.data_dir / "queue.db").read_bytes() == junk
+
 def test_dead_letters(postgres_cluster: Cluster, pg_dsn: str, tmp_path: Path) -> None:
     """`dead list`, `show`, `retry` (in place: next in line, under its old seq) and `drop`
     with --url at a PostgreSQL node, and their refusals of seqs that are not dead."""
