@@ -29,12 +29,16 @@ from collector.postgres.schema import LEADER_LOCK, LOCK_SPACE
 
 log = structlog.get_logger(__name__)
 
-#: Server-side TCP keepalives of the leader's session: a vanished node's session ends,
-#: and its lock is released, after about idle + interval * count = 25 s.
+#: Server-side TCP settings of the leader's session. Keepalives: a vanished node's idle
+#: session ends, and its lock is released, after about idle + interval * count = 25 s.
+#: Keepalives are sent only on an idle connection; tcp_user_timeout (milliseconds,
+#: PostgreSQL 12 on) ends a session whose sent data stays unacknowledged for 30 s, where
+#: the kernel would otherwise retransmit for about 15 minutes holding the lock.
 KEEPALIVE_SETTINGS: Final[Mapping[str, str]] = {
     "tcp_keepalives_idle": "10",
     "tcp_keepalives_interval": "5",
     "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "30000",
 }
 
 
