@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import datetime as dt
 import gzip
 import os
@@ -109,7 +110,8 @@ class Archive:
         self._compress_wanted = True
         if self._compressing is None or self._compressing.done():
             self._compressing = asyncio.create_task(self._compress_passes(),
-                                                    name="collector-archive-compress")
+                                                    name="collector-archive-compress",
+                                                    context=contextvars.Context())  # not a job's
 
     async def _compress_passes(self) -> list[Path]:
         """Compression passes until no new day file asked for one; the files written."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import time
 from collections import deque
@@ -244,7 +245,8 @@ class PostgresQueue:
         self._outbox.append(put)
         self._queued_events += n
         if self._writer is None:
-            self._writer = asyncio.create_task(self._write(), name="collector-pg-writer")
+            self._writer = asyncio.create_task(self._write(), name="collector-pg-writer",
+                                               context=contextvars.Context())  # not a request's
             self._writer.add_done_callback(self._writer_done)
         return await asyncio.shield(put.future)
 
@@ -394,8 +396,15 @@ class PostgresQueue:
             acks.upto = job.seq if acks.upto is None else max(acks.upto, job.seq)
         acks.processed += 1
         if self._flush_task is None:
-            self._flush_task = asyncio.create_task(self._flush_later(self._ack_interval),
-                                                   name="collector-pg-acks")
+            self._flush_later_task(self._ack_interval)
+
+    def _flush_later_task(self, delay: float) -> None:
+        # In a context of its own: a task copies its creator's, and the first ack comes
+        # from a job's handler, so every later line of the flush (a retry's warning) would
+        # carry that one job's seq and source, bound for its handler's log lines.
+        self._flush_task = asyncio.create_task(self._flush_later(delay),
+                                               name="collector-pg-acks",
+                                               context=contextvars.Context())
 
     async def _flush_later(self, delay: float) -> None:
         try:
@@ -405,13 +414,11 @@ class PostgresQueue:
             pass  # lost is set
         except StorageError as exc:
             log.warning("ack_commit_failed", error=str(exc), retry_in_s=_SETTLE_RETRY_S)
-            self._flush_task = asyncio.create_task(self._flush_later(_SETTLE_RETRY_S),
-                                                   name="collector-pg-acks")
+            self._flush_later_task(_SETTLE_RETRY_S)
             return
         self._flush_task = None
         if self._acks and self._term is not None:  # came in while committing
-            self._flush_task = asyncio.create_task(self._flush_later(self._ack_interval),
-                                                   name="collector-pg-acks")
+            self._flush_later_task(self._ack_interval)
 
     async def _settle(self, call: Callable[[int], Awaitable[_T]]) -> _T:
         """A settling write fenced on the term's epoch; FencedError sets `lost`."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,12 @@ async def test_locked_rows_stall_only_the_acknowledgements(
             # says so, and tries again.
             await wait_until(lambda: "ack_commit_failed" in leader.output(), timeout=30,
                              what="the leader's acknowledgement timing out on the lock")
+            # The acknowledgements of many jobs: the warning names none of them (the task
+            # does not carry the context of the job whose ack started it).
+            warned = [json.loads(line) for line in leader.output().splitlines()
+                      if '"ack_commit_failed"' in line]
+            assert warned
+            assert not [w for w in warned if "seq" in w], warned
             await wait_until(lambda: _top(record) > acked_then + 100
                              and poster.statuses[opened:].count(202) >= 100, timeout=30,
                              what="202s and the handlers applying while the rows are held")
