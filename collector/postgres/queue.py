@@ -401,7 +401,7 @@ class PostgresQueue:
     def _flush_later_task(self, delay: float) -> None:
         # In a context of its own: a task copies its creator's, and the first ack comes
         # from a job's handler, so every later line of the flush (a retry's warning) would
-        # carry that one job's seq and source, bound for its handler's log lines.
+        # carry that one job's seq, bound for its handler's log lines.
         self._flush_task = asyncio.create_task(self._flush_later(delay),
                                                name="collector-pg-acks",
                                                context=contextvars.Context())
