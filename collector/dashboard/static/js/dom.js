@@ -53,6 +53,19 @@ export function teamColor(teams, num) {
   return TEAM_DEFAULT[num] || "#8892a6";
 }
 
+// The score of each team of `nums` (default: the match's teams, in order) in the team's
+// colour, with a dash between two: the one way every page shows a score. `attrs(num)`
+// gives a page's own attributes for a team's score, `dash` the dash's class.
+export function teamScores(match, { nums, dash = "muted", attrs = () => ({}) } = {}) {
+  const teams = match.teams || [];
+  const order = nums || teams.map((t) => t.num).sort((a, b) => a - b);
+  return order.flatMap((num, i) => [
+    i ? h("span", { class: dash }, "–") : null,
+    h("span", { ...attrs(num), style: { "--team": teamColor(teams, num) } },
+      String(teams.find((t) => t.num === num)?.score ?? 0)),
+  ]).filter(Boolean);
+}
+
 export function teamName(teams, num) {
   const team = (teams || []).find((t) => t.num === num);
   return (team && team.name) || (num === 0 ? "Blue" : num === 1 ? "Orange" : `Team ${num}`);

@@ -2,7 +2,7 @@
 
 import { api } from "../api.js";
 import {
-  fmtDuration, fmtNum, fmtWhen, h, link, mount, ready, section, table, teamColor,
+  fmtDuration, fmtNum, fmtWhen, h, link, mount, ready, section, table, teamScores,
 } from "../dom.js";
 
 export async function render(main) {
@@ -21,15 +21,10 @@ export async function render(main) {
 }
 
 export function scoreline(match) {
-  const teams = (match.teams || []).slice().sort((a, b) => a.num - b.num);
-  if (!teams.length) return h("span", { class: "muted" }, "–");
-  return h("span", { class: "scoreline" }, teams.map((t, i) => [
-    i ? h("span", { class: "muted" }, "–") : null,
-    h("span", {
-      class: `s${match.winner === t.num ? " winner" : ""}`,
-      style: { "--team": teamColor(match.teams, t.num) },
-    }, String(t.score ?? 0)),
-  ]));
+  if (!(match.teams || []).length) return h("span", { class: "muted" }, "–");
+  return h("span", { class: "scoreline" }, teamScores(match, {
+    attrs: (num) => ({ class: `s${match.winner === num ? " winner" : ""}` }),
+  }));
 }
 
 function liveCard(match) {

@@ -2,7 +2,7 @@
 // compact, transparent variant for an OBS browser source.
 
 import { stream } from "../api.js";
-import { fmtClock, fmtNum, h, KMH_PER_UU, mount, ready, teamColor, teamName } from "../dom.js";
+import { fmtClock, fmtNum, h, KMH_PER_UU, mount, ready, teamColor, teamName, teamScores } from "../dom.js";
 
 const EVENTS_KEPT = 12;
 // Scoreboard counters whose increase is shown as an event.
@@ -65,12 +65,9 @@ class LiveView {
 
   show(match) {
     if (match.id !== this.matchId) this.reset(match);
-    const teams = (match.teams || []).slice().sort((a, b) => a.num - b.num);
-    this.scores.replaceChildren(...teams.flatMap((t, i) => [
-      i ? h("span", { class: "muted" }, "–") : null,
-      h("span", { "data-team": t.num, style: { "--team": teamColor(match.teams, t.num) },
-        title: teamName(match.teams, t.num) }, String(t.score ?? 0)),
-    ]).filter(Boolean));
+    this.scores.replaceChildren(...teamScores(match, {
+      attrs: (num) => ({ "data-team": num, title: teamName(match.teams, num) }),
+    }));
     this.clock.textContent = fmtClock(match.time_seconds, match.overtime);
     this.arena.textContent = match.arena_name || match.arena || "";
     if (match.ended_at) {

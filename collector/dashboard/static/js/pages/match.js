@@ -4,6 +4,7 @@
 import { api } from "../api.js";
 import {
   fmtClock, fmtDuration, fmtNum, fmtWhen, h, link, mount, pathId, ready, section, teamColor, teamName,
+  teamScores,
 } from "../dom.js";
 import { playersBar, shade } from "../charts.js";
 
@@ -67,14 +68,11 @@ function header(match, teams) {
         [fmtWhen(match.started_at), match.playlist, `${fmtDuration(match.duration_s)} of play`]
           .filter(Boolean).join(" · "))),
     h("div", { class: "big-score" },
-      teams.map((num, i) => [
-        i ? h("span", { class: "dash" }, "–") : null,
-        h("span", {
-          class: "team-score", "data-testid": "team-score", "data-team": num,
-          style: { "--team": teamColor(match.teams, num) },
-          title: teamName(match.teams, num),
-        }, String((match.teams || []).find((t) => t.num === num)?.score ?? 0)),
-      ]),
+      teamScores(match, {
+        nums: teams, dash: "dash",
+        attrs: (num) => ({ class: "team-score", "data-testid": "team-score", "data-team": num,
+          title: teamName(match.teams, num) }),
+      }),
       h("span", { class: "status" }, status)));
 }
 
