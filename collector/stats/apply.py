@@ -37,6 +37,20 @@ class _Feed:
     high_sequence: int | None  # the highest X-Sequence applied
 
 
+def feed_row(conn: Connection, memo: dict[tuple[Any, ...], tuple[Any, ...]],
+             name: str) -> tuple[Any, ...]:
+    """A feed's (current match, X-Sequence mark), (None, None) for a feed not seen yet:
+    as `memo` (the transaction's) has it, else read and remembered there."""
+    key = ("feed", name)
+    row = memo.get(key)
+    if row is None:
+        found = conn.execute(
+            "SELECT current_match, high_sequence FROM feeds WHERE feed = ?", (name,)
+        ).fetchone()
+        row = memo[key] = (None, None) if found is None else (found[0], found[1])
+    return row
+
+
 class Apply:
     """One job's changes, inside the transaction the caller opened."""
 
@@ -44,11 +58,13 @@ class Apply:
                  memo: dict[tuple[Any, ...], tuple[Any, ...]] | None = None) -> None:
         self.conn = conn
         self.job = job
-        #: Rows of `players` (by key) and `match_players` (by match and player) as this
-        #: transaction last read or wrote them: the caller's, shared by the jobs of one
-        #: transaction (nothing else writes them meanwhile), emptied when a job's
-        #: savepoint is rolled back. A snapshot stores every player's line; at a few
-        #: changed scoreboards a second per feed, these reads were most statements.
+        #: Rows of `players` (by key), `match_players` (by match and player), `feeds` (by
+        #: name) and the written part of `match_teams` as this transaction last read or
+        #: wrote them: the caller's, shared by the jobs of one transaction (nothing else
+        #: writes them meanwhile), emptied when a job's savepoint is rolled back. A
+        #: snapshot stores every player's line and both teams; at a few changed
+        #: scoreboards a second per feed, these reads and unchanged writes were most
+        #: statements (each a round trip on PostgreSQL).
         self.memo: dict[tuple[Any, ...], tuple[Any, ...]] = {} if memo is None else memo
         self.feed = self._feed(job.source or "")
         #: The job's place in its feed's own numbering.
@@ -106,12 +122,8 @@ class Apply:
     # -- feeds and counters ---------------------------------------------------------------
 
     def _feed(self, name: str) -> _Feed:
-        row = self.conn.execute(
-            "SELECT current_match, high_sequence FROM feeds WHERE feed = ?", (name,)
-        ).fetchone()
-        if row is None:
-            return _Feed(name, None, None)
-        return _Feed(name, row[0], row[1])
+        current, high = feed_row(self.conn, self.memo, name)
+        return _Feed(name, current, high)
 
     def _advance_mark(self) -> None:
         if self.job.sequence is not None:
@@ -126,6 +138,7 @@ class Apply:
             "high_sequence = excluded.high_sequence",
             (f.name, f.current, f.high_sequence),
         )
+        self.memo[("feed", f.name)] = (f.current, f.high_sequence)
 
     def _count(self, name: str) -> None:
         if not self.revisit:  # counted the first time already
@@ -361,6 +374,15 @@ class Apply:
         for team in snap.teams:
             # A value the snapshot lacks (None) keeps the last known one: a colour once
             # seen stays, whatever a later message leaves out or sends malformed.
+            key = ("team", match.id, team.num)
+            values: tuple[Any, ...] = (team.name, team.score, team.color_primary,
+                                       team.color_secondary)
+            known = self.memo.get(key)
+            if known is not None:
+                values = tuple(v if v is not None else k for v, k in zip(values, known,
+                                                                         strict=True))
+                if values == known:
+                    continue  # the row holds these: the upsert would change nothing
             cur = self.conn.execute(
                 "INSERT INTO match_teams AS t (match_id, num, name, score, color_primary, "
                 "color_secondary) VALUES (?, ?, ?, ?, ?, ?) "
@@ -378,6 +400,10 @@ class Apply:
                  team.color_secondary),
             )
             self.changed = self.changed or cur.rowcount > 0
+            if None in values:  # the row keeps a value this transaction has not seen
+                self.memo.pop(key, None)
+            else:
+                self.memo[key] = values
         for line in snap.players:
             self._line(match.id, line)
         return None

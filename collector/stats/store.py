@@ -46,7 +46,7 @@ import structlog
 from collector.errors import StartupError
 from collector.jobs import Job
 from collector.stats import formats, queries, sessions
-from collector.stats.apply import Apply, Outcome
+from collector.stats.apply import Apply, Outcome, feed_row
 from collector.stats.backend import Connection, SharedBackend, StatsUnavailableError
 from collector.stats.damage import (
     REBUILD_COMMAND,
@@ -530,7 +530,7 @@ class _Db:
                 outcome = "replayed"
         match_id = apply.match_id
         if match_id is None and isinstance(event, formats.Snapshot) and not apply.late:
-            match_id = self._match_of(event.match_guid, apply.feed.current)
+            match_id = self._match_of(tx, event.match_guid, apply.feed.current)
         if isinstance(event, formats.Snapshot):
             if not revisit:
                 self._remember_scoreboard(tx, event, job, apply, outcome, match_id)
@@ -600,8 +600,13 @@ class _Db:
         for name in [feed] if feed is not None else list(tx.marks):
             mark = tx.marks.pop(name, None) if name is not None else None
             if mark is not None:
-                self.conn.execute("UPDATE feeds SET high_sequence = ? WHERE feed = ?",
-                                  (mark, name))
+                cur = self.conn.execute("UPDATE feeds SET high_sequence = ? WHERE feed = ?",
+                                        (mark, name))
+                known = tx.memo.get(("feed", name))
+                if known is not None and cur.rowcount:
+                    tx.memo[("feed", name)] = (known[0], mark)
+                else:
+                    tx.memo.pop(("feed", name), None)
 
     def _feed_generic(self, event: formats.Generic, job: Job, tx: _Tx) -> None:
         """Feed a clock, phase or demolition event to its match's engine, if known.
@@ -609,24 +614,30 @@ class _Db:
         Late ones (at or below the feed's X-Sequence mark) count only if demolitions,
         which count whenever they come.
         """
-        row = self.conn.execute(
-            "SELECT current_match, high_sequence FROM feeds WHERE feed = ?", (job.source or "",)
-        ).fetchone()
-        current, high = (None, None) if row is None else (row[0], row[1])
+        current, high = feed_row(self.conn, tx.memo, job.source or "")
         late = job.sequence is not None and high is not None and job.sequence <= high
         if late and not isinstance(event, formats.Demolition):
             return
         data = event.data
         guid = data.get("MatchGuid") if isinstance(data, Mapping) else None
-        match_id = self._match_of(guid if isinstance(guid, str) else None, current)
+        match_id = self._match_of(tx, guid if isinstance(guid, str) else None, current)
         if match_id is not None:
             self._feed(tx, match_id, event, job)
 
-    def _match_of(self, guid: str | None, current: int | None) -> int | None:
-        """The match an event names (by id), else the feed's current one; never a new one."""
+    def _match_of(self, tx: _Tx, guid: str | None, current: int | None) -> int | None:
+        """The match an event names (by id), else the feed's current one; never a new one.
+        A guid's id, once there, never changes (matches are never deleted): the
+        transaction remembers the ids it found."""
         if guid:
+            key = ("match id", guid)
+            known = tx.memo.get(key)
+            if known is not None:
+                return int(known[0])
             row = self.conn.execute("SELECT id FROM matches WHERE guid = ?", (guid,)).fetchone()
-            return None if row is None else int(row[0])
+            if row is None:
+                return None
+            tx.memo[key] = (int(row[0]),)
+            return int(row[0])
         return current
 
     def _feed(self, tx: _Tx, match_id: int, event: formats.Event, job: Job) -> None:
