@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 import os
 import sys
-from typing import Any, TextIO
+from collections.abc import Coroutine
+from typing import Any, TextIO, TypeVar
 
 import orjson
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 from structlog.typing import Processor
+
+_T = TypeVar("_T")
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
@@ -113,3 +118,14 @@ def configure_logging(
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         cache_logger_on_first_use=cache,
     )
+
+
+def detached_task(coro: Coroutine[Any, Any, _T], *, name: str) -> asyncio.Task[_T]:
+    """A background task that starts in an empty context, not its creator's.
+
+    A task copies the context it is created in, and the structlog values bound for one
+    request (request_id) or one job (seq) live there: a task started by a request or a
+    job but serving many (the PostgreSQL writer, the acknowledgement flush, the
+    archive's compression) would otherwise name that one in every line it logs.
+    """
+    return asyncio.create_task(coro, name=name, context=contextvars.Context())

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import datetime as dt
 import gzip
 import os
@@ -31,6 +30,7 @@ import structlog
 from collector.files import fsync_path
 from collector.handlers.base import HandlerContext
 from collector.jobs import Handler, Job
+from collector.logs import detached_task
 
 log = structlog.get_logger(__name__)
 
@@ -109,9 +109,8 @@ class Archive:
     def _compress_old(self) -> None:
         self._compress_wanted = True
         if self._compressing is None or self._compressing.done():
-            self._compressing = asyncio.create_task(self._compress_passes(),
-                                                    name="collector-archive-compress",
-                                                    context=contextvars.Context())  # not a job's
+            self._compressing = detached_task(self._compress_passes(),
+                                              name="collector-archive-compress")
 
     async def _compress_passes(self) -> list[Path]:
         """Compression passes until no new day file asked for one; the files written."""

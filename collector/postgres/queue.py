@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import time
 from collections import deque
@@ -33,6 +32,7 @@ import structlog
 
 from collector.errors import QueueClosedError, QueueFullError, StartupError, StorageError
 from collector.jobs import Job
+from collector.logs import detached_task
 from collector.postgres import db
 from collector.postgres.leader import Term
 from collector.postgres.log import (
@@ -245,8 +245,7 @@ class PostgresQueue:
         self._outbox.append(put)
         self._queued_events += n
         if self._writer is None:
-            self._writer = asyncio.create_task(self._write(), name="collector-pg-writer",
-                                               context=contextvars.Context())  # not a request's
+            self._writer = detached_task(self._write(), name="collector-pg-writer")
             self._writer.add_done_callback(self._writer_done)
         return await asyncio.shield(put.future)
 
@@ -399,12 +398,9 @@ class PostgresQueue:
             self._flush_later_task(self._ack_interval)
 
     def _flush_later_task(self, delay: float) -> None:
-        # In a context of its own: a task copies its creator's, and the first ack comes
-        # from a job's handler, so every later line of the flush (a retry's warning) would
-        # carry that one job's seq, bound for its handler's log lines.
-        self._flush_task = asyncio.create_task(self._flush_later(delay),
-                                               name="collector-pg-acks",
-                                               context=contextvars.Context())
+        # Detached: the first ack comes from a job's handler, whose seq the flush's lines
+        # must not carry.
+        self._flush_task = detached_task(self._flush_later(delay), name="collector-pg-acks")
 
     async def _flush_later(self, delay: float) -> None:
         try:
