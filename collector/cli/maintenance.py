@@ -90,10 +90,14 @@ def _sqlite_only(settings: Settings, command: str, refusal: tuple[str, str]) -> 
             "settings)")
 
 
-def _data_dir(args: argparse.Namespace, *, sqlite_only: bool = True) -> Path:
+def _data_dir(args: argparse.Namespace) -> Path:
+    """The data dir of a command that works on its SQLite files (refused otherwise)."""
     settings = _settings(args)
-    if sqlite_only:
-        _sqlite_only(settings, f"`collector {args.command}`", _ON_POSTGRES[args.command])
+    _sqlite_only(settings, f"`collector {args.command}`", _ON_POSTGRES[args.command])
+    return _folder(settings)
+
+
+def _folder(settings: Settings) -> Path:
     data_dir = settings.server.data_dir
     if data_dir.exists() and not data_dir.is_dir():
         raise StartupError(f"data dir {data_dir} is a file, not a folder")
@@ -458,10 +462,12 @@ def _serve_checked(serve: Callable[[argparse.Namespace], int],
     """`serve --check`: the full check first; a damaged file stops the start."""
     # In the PostgreSQL mode the queue is in the database, which checks its own pages; a
     # queue.db left in the data dir (what `collector migrate` read) is not the queue.
-    if getattr(args, "check", False) and _settings(args).postgres_dsn() is None:
-        report = inspect_file(_data_dir(args, sqlite_only=False), full=True)
-        if report.problems:
-            raise QueueCorruptError(report.path, report.problems)
+    if getattr(args, "check", False):
+        settings = _settings(args)
+        if settings.postgres_dsn() is None:
+            report = inspect_file(_folder(settings), full=True)
+            if report.problems:
+                raise QueueCorruptError(report.path, report.problems)
     return serve(args)
 
 

@@ -135,6 +135,7 @@ def test_serve_check_leaves_a_left_over_queue_file_alone(pg_dsn: str, tmp_path: 
         assert answer.status == 202, answer.body
     assert (server.data_dir / "queue.db").read_bytes() == junk
 
+
 def test_dead_letters(postgres_cluster: Cluster, pg_dsn: str, tmp_path: Path) -> None:
     """`dead list`, `show`, `retry` (in place: next in line, under its old seq) and `drop`
     with --url at a PostgreSQL node, and their refusals of seqs that are not dead."""

@@ -2,7 +2,9 @@
 // compact, transparent variant for an OBS browser source.
 
 import { stream } from "../api.js";
-import { fmtClock, fmtNum, h, KMH_PER_UU, mount, ready, teamColor, teamName, teamScores } from "../dom.js";
+import {
+  fmtClock, fmtNum, h, KMH_PER_UU, mount, ready, teamColor, teamName, teamScores,
+} from "../dom.js";
 
 const EVENTS_KEPT = 12;
 // Scoreboard counters whose increase is shown as an event.
